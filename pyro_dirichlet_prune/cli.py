@@ -1,0 +1,241 @@
+"""Command line: ``dirichlet-prune pretrain|prune|evaluate``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import __version__
+from .data import DATASETS, load_data
+from .errors import UserError
+from .inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
+from .models import MODELS
+
+PROG = "dirichlet-prune"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+    p.add_argument("--dataset", choices=DATASETS, default=dataset_default,
+                   help="data set (fake-* are torchvision FakeData, for runs with no data)"
+                   + (f"; default {dataset_default}" if dataset_default else "; default: the checkpoint's"))
+    p.add_argument("--data-dir", default=None,
+                   help="folder in torchvision's layout (default $DATA_DIR, else ./data); Fashion-MNIST is also "
+                        "found under /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)")
+    p.add_argument("--val-size", type=_positive_int, default=5000,
+                   help="examples of the training set held out for validation (default 5000)")
+    p.add_argument("--split-seed", type=_nonneg_int, default=0,
+                   help="seed of the train/validation split, shared by pre-training and pruning (default 0)")
+    p.add_argument("--max-train-examples", type=_positive_int, default=None,
+                   help="use only the first N training examples (quick runs and smoke tests)")
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder; written only when the run succeeds")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Dirichlet pruning of pre-trained CNNs as a Pyro program (Adamczewski & Park, 2021).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pre = sub.add_parser("pretrain", help="train a network from scratch",
+                         description="Train a network with Adam and cosine decay; keep the epoch of lowest validation error.")
+    pre.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
+    pre.add_argument("--widths", default=None, help="prunable widths, e.g. 10-20-100-25 (default: the model's)")
+    _add_data_args(pre)
+    pre.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
+    pre.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    pre.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
+    pre.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    pre.add_argument("--augment-shift", type=_nonneg_int, default=2,
+                     help="random translation by up to N pixels (default 2; 0 turns it off)")
+    pre.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    _add_out_args(pre)
+
+    pr = sub.add_parser("prune", help="learn switches, prune physically, fine-tune",
+                        description="Fit Dirichlet switch posteriors to a frozen pre-trained network by SVI, "
+                                    "rank units by posterior mean, remove the others physically and fine-tune.")
+    pr.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
+    _add_data_args(pr)
+    pr.add_argument("--checkpoint", default=None,
+                    help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    d = SwitchConfig()
+    pr.add_argument("--guide", choices=GUIDES, default=d.guide,
+                    help="dirichlet: sampled switches; dirichlet-mean: likelihood at the Dirichlet mean plus "
+                         f"closed-form KL (default {d.guide})")
+    pr.add_argument("--elbo", choices=ELBOS, default=d.elbo,
+                    help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL) "
+                         f"(default {d.elbo}; ignored by dirichlet-mean)")
+    pr.add_argument("--particles", type=_positive_int, default=d.particles,
+                    help=f"Monte-Carlo switch samples per step (default {d.particles})")
+    pr.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                    help="joint: all layers' switches at once; sequential: one layer at a time, input first "
+                         f"(default {d.schedule})")
+    pr.add_argument("--alpha0", type=_positive_float, default=d.alpha0,
+                    help=f"concentration of the symmetric Dirichlet prior (default {d.alpha0})")
+    pr.add_argument("--init-concentration", type=_positive_float, default=d.init_concentration,
+                    help=f"initial guide concentration of every unit (default {d.init_concentration})")
+    pr.add_argument("--floor", type=_positive_float, default=d.floor,
+                    help=f"lower bound of guide concentrations (default {d.floor})")
+    pr.add_argument("--switch-lr", type=_positive_float, default=d.lr,
+                    help=f"Adam learning rate of the concentrations (default {d.lr})")
+    pr.add_argument("--switch-epochs", type=_positive_int, default=d.epochs,
+                    help=f"epochs of switch learning, per stage (default {d.epochs}, as in the paper)")
+    pr.add_argument("--switch-batch-size", type=_positive_int, default=d.batch_size,
+                    help=f"minibatch size of switch learning (default {d.batch_size})")
+    cut = pr.add_mutually_exclusive_group(required=True)
+    cut.add_argument("--arch", help="kept units per prunable layer, e.g. 6-8-40-20")
+    cut.add_argument("--rate", type=_rate, help="fraction of every layer's units to remove, e.g. 0.5")
+    pr.add_argument("--finetune-epochs", type=_nonneg_int, default=3, help="fine-tuning epochs (default 3)")
+    pr.add_argument("--finetune-lr", type=_positive_float, default=1e-3, help="fine-tuning Adam learning rate (default 1e-3)")
+    pr.add_argument("--augment-shift", type=_nonneg_int, default=2,
+                    help="random translation during fine-tuning, in pixels (default 2)")
+    pr.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    _add_out_args(pr)
+
+    ev = sub.add_parser("evaluate", help="test error and size of a saved network",
+                        description="Load a checkpoint (pre-trained or pruned) in a fresh process and report its "
+                                    "test error, parameters and MACs as JSON on stdout.")
+    ev.add_argument("checkpoint", help="a model.pt or pruned.pt written by pretrain or prune")
+    _add_data_args(ev, dataset_default=None)
+    return parser
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _pretrain(args: argparse.Namespace) -> dict:
+    from .pipeline import PretrainConfig, run_pretrain
+    from .training import TrainConfig
+
+    cfg = PretrainConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, widths=args.widths,
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          weight_decay=args.weight_decay, augment_shift=args.augment_shift, seed=args.seed),
+        val_size=args.val_size, split_seed=args.split_seed, max_train_examples=args.max_train_examples,
+    )
+    report = run_pretrain(cfg, args.out, args.overwrite)
+    m = report["metrics"]
+    print(f"pretrained {args.model} on {args.dataset}: test error {m['test']['error']:.4f}, "
+          f"{m['params']} params, {m['macs']} MACs -> {args.out}")
+    return report
+
+
+def _prune(args: argparse.Namespace) -> dict:
+    from .pipeline import PruneConfig, run_prune
+    from .training import TrainConfig
+
+    cfg = PruneConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
+        switch=SwitchConfig(
+            guide=args.guide, elbo=args.elbo, particles=args.particles, alpha0=args.alpha0,
+            init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
+            epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule, seed=args.seed,
+        ),
+        arch=args.arch, rate=args.rate,
+        finetune=TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, augment_shift=args.augment_shift,
+                             seed=args.seed),
+        seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
+        max_train_examples=args.max_train_examples,
+    )
+    r = run_prune(cfg, args.out, args.overwrite)
+    print(
+        f"{r['architecture']['base']} -> {r['architecture']['pruned']}: test error "
+        f"{r['base']['test']['error']:.4f} (base), {r['pruned']['test']['error']:.4f} (pruned), "
+        f"{r['finetuned']['test']['error']:.4f} (fine-tuned); params {r['base']['params']} -> "
+        f"{r['finetuned']['params']}, MACs {r['base']['macs']} -> {r['finetuned']['macs']}; "
+        f"{r['timings_seconds']['total']:.1f} s -> {args.out}"
+    )
+    return r
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from .metrics import count_macs, count_params
+    from .models.checkpoint import load_checkpoint
+    from .training import evaluate
+
+    net, info = load_checkpoint(args.checkpoint)
+    dataset = args.dataset or info.get("dataset")
+    data = load_data(dataset, args.data_dir, args.val_size, args.split_seed)
+    if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
+        raise UserError(f"checkpoint {args.checkpoint} does not take {dataset} inputs")
+    result = {
+        "checkpoint": args.checkpoint,
+        "model": info["model"],
+        "dataset": dataset,
+        "arch": "-".join(map(str, net.widths)),
+        "params": count_params(net),
+        "macs": count_macs(net, data.input_shape),
+        "test": evaluate(net, data.test),
+    }
+    print(json.dumps(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _set_threads(getattr(args, "threads", None))
+        {"pretrain": _pretrain, "prune": _prune, "evaluate": _evaluate}[args.command](args)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Data sets held in memory as normalised tensors, with a seeded validation split.
+
+Supported: ``mnist``, ``fashion-mnist`` and ``cifar10`` through ``torchvision.datasets``
+(downloaded when online), Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
+(``/usr/share/datasets/fashion-mnist``) when offline, and ``fake-mnist`` / ``fake-cifar10``
+built from ``torchvision.datasets.FakeData`` for runs that need no data at all.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# (torchvision class name, per-channel mean, per-channel std, input shape, classes)
+_SPECS = {
+    "mnist": ("MNIST", (0.1307,), (0.3081,), (1, 28, 28), 10),
+    "fashion-mnist": ("FashionMNIST", (0.2860,), (0.3530,), (1, 28, 28), 10),
+    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32), 10),
+    "fake-mnist": (None, (0.5,), (0.25,), (1, 28, 28), 10),
+    "fake-cifar10": (None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (3, 32, 32), 10),
+}
+DATASETS = tuple(_SPECS)
+
+
+@dataclass
+class Split:
+    """Normalised images ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class DataBundle:
+    """Train / validation / test splits of one data set. The validation split is drawn from
+    the training set; every choice made during a run uses it, the test set is only reported."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    source: str
+
+
+def default_data_dir() -> Path:
+    """``$DATA_DIR`` if set, else ``./data``."""
+    return Path(os.environ.get("DATA_DIR", "data"))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise UserError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _debian_fashion(directory: Path) -> tuple[np.ndarray, ...] | None:
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = []
+    for n in names:
+        for candidate in (directory / n, directory / f"{n}.gz"):
+            if candidate.exists():
+                paths.append(candidate)
+                break
+        else:
+            return None
+    return tuple(_read_idx(p) for p in paths)
+
+
+def _torchvision_raw(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _SPECS[name][0])
+    train = cls(root=str(root), train=True, download=download)
+    test = cls(root=str(root), train=False, download=download)
+
+    def arrays(ds):
+        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        targets = ds.targets.numpy() if isinstance(ds.targets, torch.Tensor) else np.asarray(ds.targets)
+        return data, targets
+
+    return (*arrays(train), *arrays(test))
+
+
+def _fake_raw(name: str, seed: int, num_train: int, num_test: int) -> tuple[np.ndarray, ...]:
+    import torchvision
+
+    shape = _SPECS[name][3]
+    out = []
+    for size, offset in ((num_train, 0), (num_test, 1)):
+        ds = torchvision.datasets.FakeData(
+            size=size, image_size=shape, num_classes=_SPECS[name][4], random_offset=seed * 2 + offset
+        )
+        imgs = np.stack([np.asarray(ds[i][0]) for i in range(size)])
+        labels = np.asarray([int(ds[i][1]) for i in range(size)])
+        out += [imgs, labels]
+    return tuple(out)
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, mean, std) -> Split:
+    x = torch.from_numpy(np.array(images, copy=True)).float().div_(255.0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2).contiguous()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return Split((x - m) / s, torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def load_data(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    val_size: int | float = 5000,
+    seed: int = 0,
+    download: bool = True,
+    fake_sizes: tuple[int, int] = (2000, 500),
+) -> DataBundle:
+    """Load a data set into memory and split ``val_size`` examples (a count, or a fraction of
+    the training set) off the training set with a permutation seeded by ``seed``.
+
+    Where the data are looked for: ``data_dir`` (default ``$DATA_DIR``, else ``./data``) in
+    torchvision's layout; for Fashion-MNIST also ``data_dir/fashion-mnist`` and Debian's
+    ``/usr/share/datasets/fashion-mnist``; then a torchvision download into ``data_dir`` when
+    ``download``. An explicit ``data_dir`` that does not exist is an error (no download into a
+    mistyped path). Raises ``UserError`` naming every place looked at when nothing is found.
+    """
+    if name not in _SPECS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    tv_name, mean, std, shape, classes = _SPECS[name]
+    if tv_name is None:
+        raw = _fake_raw(name, seed, *fake_sizes)
+        source = f"torchvision.datasets.FakeData({fake_sizes[0]}+{fake_sizes[1]})"
+    else:
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        if data_dir is not None and not root.is_dir():
+            raise UserError(f"data directory {root} does not exist")
+        raw, source, looked = None, None, [str(root / tv_name / "raw")]
+        try:
+            raw = _torchvision_raw(name, root, download=False)
+            source = f"torchvision {tv_name} at {root}"
+        except (RuntimeError, FileNotFoundError, OSError):
+            pass
+        if raw is None and name == "fashion-mnist":
+            for d in (root / "fashion-mnist", DEBIAN_FASHION_MNIST):
+                looked.append(str(d))
+                if d.is_dir() and (found := _debian_fashion(d)) is not None:
+                    raw, source = found, f"IDX files at {d}"
+                    break
+        download_error = ""
+        if raw is None and download:
+            try:
+                raw = _torchvision_raw(name, root, download=True)
+                source = f"torchvision {tv_name}, downloaded to {root}"
+            except Exception as exc:  # no network, server down, ...
+                first = str(exc).splitlines()[0][:120] if str(exc) else ""
+                download_error = f"; download failed ({type(exc).__name__}: {first})"
+        if raw is None:
+            hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
+            raise UserError(
+                f"no {name} data found (looked in {', '.join(looked)}{download_error}); "
+                f"pass --data-dir to a folder in torchvision's layout, set $DATA_DIR, run once online{hint}"
+            )
+    xtr, ytr, xte, yte = raw
+    train_all = _to_split(xtr, ytr, mean, std)
+    test = _to_split(xte, yte, mean, std)
+    if tuple(train_all.x.shape[1:]) != shape:
+        raise UserError(f"{name}: images of shape {tuple(train_all.x.shape[1:])}, expected {shape}")
+    n = len(train_all)
+    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    if not 0 < n_val < n:
+        raise UserError(f"validation size {val_size} leaves no training or no validation data (of {n})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return DataBundle(
+        name=name,
+        train=Split(train_all.x[train_idx], train_all.y[train_idx]),
+        val=Split(train_all.x[val_idx], train_all.y[val_idx]),
+        test=test,
+        num_classes=classes,
+        input_shape=shape,
+        source=source,
+    )
+
+
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift every image by up to ``max_shift`` pixels in each direction (edge pixels repeated)."""
+    if max_shift <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    rows = (dy.view(b, 1, 1, 1) + torch.arange(h).view(1, 1, h, 1)).expand(b, c, h, padded.shape[3])
+    cols = (dx.view(b, 1, 1, 1) + torch.arange(w).view(1, 1, 1, w)).expand(b, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    shuffle: bool = True,
+    generator: torch.Generator | None = None,
+    augment_shift: int = 0,
+    augment_flip: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y, idx)`` minibatches; ``idx`` are the examples' indices in ``split``."""
+    n = len(split)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        x = split.x[idx]
+        if augment_shift:
+            x = random_translate(x, augment_shift, generator)
+        if augment_flip:
+            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        yield x, split.y[idx], idx
+
+
+def num_batches(split: Split, batch_size: int) -> int:
+    return (len(split) + batch_size - 1) // batch_size

@@ -1,0 +1,222 @@
+"""The end-to-end pipelines behind ``dirichlet-prune pretrain`` and ``dirichlet-prune prune``.
+
+prune: pre-trained network → switch posterior q(s) = prod_l Dir(phi_l) by SVI → rank units by
+E_q[s_l] = phi_l / sum(phi_l) → cut-off → physical surgery → fine-tuning, with a JSON report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from .data import DataBundle, Split, load_data
+from .errors import UserError
+from .inference.svi import SwitchConfig, fit_switches
+from .metrics import count_macs, count_params
+from .models import SwitchedNetwork, build_model
+from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
+from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
+from .pruning.surgery import prune_units
+from .report import now, output_folder, versions, write_json
+from .training import TrainConfig, evaluate, train
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Pyro, Python's and NumPy's generators."""
+    pyro.set_rng_seed(seed)
+    torch.manual_seed(seed)
+
+
+def _subset(data: DataBundle, max_train: int | None) -> DataBundle:
+    if not max_train or max_train >= len(data.train):
+        return data
+    if max_train < 1:
+        raise UserError(f"--max-train-examples must be positive, got {max_train}")
+    return dataclasses.replace(data, train=Split(data.train.x[:max_train], data.train.y[:max_train]))
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    widths: str | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, augment_shift=2))
+    val_size: int = 5000
+    split_seed: int = 0
+    max_train_examples: int | None = None
+
+
+def run_pretrain(cfg: PretrainConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Train ``cfg.model`` from scratch; writes ``model.pt`` and ``report.json`` into ``out``."""
+    from .models import MODELS
+
+    if cfg.model not in MODELS:
+        build_model(cfg.model)  # raises the clear error
+    widths = None
+    if cfg.widths:
+        default = build_model(cfg.model)
+        widths = list(parse_arch(cfg.widths, dict(zip(range(len(default.widths)), default.widths))).values())
+    seed_everything(cfg.train.seed)
+    data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    with output_folder(out, overwrite) as tmp:
+        net = build_model(cfg.model, widths, data.num_classes, data.input_shape[0])
+        t0 = time.perf_counter()
+        result = train(net, data, cfg.train, desc=f"pretrain {cfg.model}")
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "val": evaluate(net, data.val),
+            "test": evaluate(net, data.test),
+            "params": count_params(net),
+            "macs": count_macs(net, data.input_shape),
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "seconds": seconds,
+        }
+        save_checkpoint(
+            tmp / "model.pt", net, cfg.model, cfg.dataset, data.num_classes, data.input_shape,
+            meta={"test_error": metrics["test"]["error"], "train_config": dataclasses.asdict(cfg.train)},
+        )
+        report = {
+            "command": "pretrain",
+            "created": now(),
+            "config": dataclasses.asdict(cfg),
+            "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "metrics": metrics,
+            "versions": versions(),
+        }
+        write_json(tmp / "report.json", report)
+    return report
+
+
+@dataclass
+class PruneConfig:
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    arch: str | None = None
+    rate: float | None = None
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, augment_shift=2))
+    seed: int = 0
+    val_size: int = 5000
+    split_seed: int = 0
+    max_train_examples: int | None = None
+
+
+def _resolve_checkpoint(cfg: PruneConfig) -> Path:
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    path = shipped_checkpoint(cfg.model, cfg.dataset)
+    if path is None:
+        raise UserError(
+            f"no pre-trained {cfg.model} for {cfg.dataset} ships with the package; "
+            f"run `dirichlet-prune pretrain --model {cfg.model} --dataset {cfg.dataset} --out DIR` "
+            f"and pass --checkpoint DIR/model.pt"
+        )
+    return path
+
+
+def _size(net, shape) -> dict:
+    return {"params": count_params(net), "macs": count_macs(net, shape), "arch": "-".join(map(str, net.widths))}
+
+
+def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Dirichlet-prune a pre-trained network (module docstring); returns the report written to
+    ``out/report.json``. Nothing is written to ``out`` unless the whole run succeeds."""
+    if (cfg.arch is None) == (cfg.rate is None):
+        raise UserError("give exactly one cut-off: --arch (e.g. 6-8-40-20) or --rate (e.g. 0.5)")
+    try:
+        cfg.switch.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg.finetune.epochs < 0:
+        raise UserError(f"--finetune-epochs must be non-negative, got {cfg.finetune.epochs}")
+    build_model(cfg.model)  # unknown model → clear error before any work
+    ckpt = _resolve_checkpoint(cfg)
+    net, info = load_checkpoint(ckpt, cfg.model)
+    widths = dict(zip([p.name for p in net.switch_points()], net.widths))
+    kept_counts = parse_arch(cfg.arch, widths) if cfg.arch is not None else rate_widths(cfg.rate, widths)
+    if out is not None and Path(out).exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
+        raise UserError(
+            f"checkpoint {ckpt} expects inputs {tuple(info['input_shape'])} and {info['num_classes']} classes; "
+            f"{cfg.dataset} has {tuple(data.input_shape)} and {data.num_classes}"
+        )
+    timings["load"] = time.perf_counter() - t
+    seed_everything(cfg.seed)
+    switch_cfg = dataclasses.replace(cfg.switch, seed=cfg.seed)
+    finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed)
+
+    with output_folder(out, overwrite) as tmp:
+        base = {**_size(net, data.input_shape), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
+
+        t = time.perf_counter()
+        switched = SwitchedNetwork(net)
+        fit = fit_switches(switched, data.train, switch_cfg)
+        switched.remove_hooks()
+        timings["switches"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        means = fit.posterior_means()
+        keep = keep_top(means, kept_counts)
+        pruned = prune_units(net, keep, data.input_shape)
+        timings["surgery"] = time.perf_counter() - t
+        after_surgery = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
+
+        t = time.perf_counter()
+        for p in pruned.parameters():
+            p.requires_grad_(True)
+        ft = train(pruned, data, finetune_cfg, desc="fine-tune")
+        timings["finetune"] = time.perf_counter() - t
+        finetuned = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
+
+        save_checkpoint(
+            tmp / "pruned.pt", pruned, cfg.model, cfg.dataset, data.num_classes, data.input_shape,
+            meta={"base_checkpoint": str(ckpt), "kept": keep, "test_error": finetuned["test"]["error"]},
+        )
+        posterior = {
+            layer: {
+                "concentration": phi.tolist(),
+                "mean": means[layer].tolist(),
+                "kept": keep[layer],
+            }
+            for layer, phi in fit.concentrations.items()
+        }
+        write_json(tmp / "posterior.json", posterior)
+        report = {
+            "command": "prune",
+            "created": now(),
+            "config": dataclasses.asdict(cfg) | {"switch": dataclasses.asdict(switch_cfg), "finetune": dataclasses.asdict(finetune_cfg)},
+            "checkpoint": str(ckpt),
+            "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "architecture": {"base": base["arch"], "pruned": arch_string(keep)},
+            "base": base,
+            "pruned": after_surgery,
+            "finetuned": finetuned | {"best_epoch": ft.best_epoch, "history": ft.history},
+            "compression": {
+                "params_ratio": base["params"] / finetuned["params"],
+                "macs_ratio": base["macs"] / finetuned["macs"],
+            },
+            "switches": {
+                "steps": len(fit.losses),
+                "stages": fit.stages,
+                "final_loss": sum(fit.losses[-20:]) / len(fit.losses[-20:]),
+                "losses": fit.losses,
+            },
+            "kept": keep,
+            "timings_seconds": timings | {"total": sum(timings.values())},
+            "versions": versions(),
+        }
+        write_json(tmp / "report.json", report)
+    return report

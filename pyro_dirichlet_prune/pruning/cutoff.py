@@ -1,0 +1,52 @@
+"""Cut-offs: which units of each layer to keep, given an importance score per unit."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import UserError
+
+
+def parse_arch(arch: str, widths: Mapping[str, int]) -> dict[str, int]:
+    """Parse ``"6-8-40-20"`` into kept units per layer (layers in the network's order)."""
+    parts = arch.strip().split("-")
+    try:
+        kept = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"architecture {arch!r} is not a dash-separated list of integers") from None
+    if len(kept) != len(widths):
+        raise UserError(
+            f"architecture {arch!r} has {len(kept)} widths but the network has {len(widths)} prunable "
+            f"layers ({'-'.join(str(w) for w in widths.values())})"
+        )
+    out = {}
+    for (name, width), k in zip(widths.items(), kept):
+        if not 1 <= k <= width:
+            raise UserError(f"architecture {arch!r}: layer {name} has {width} units, cannot keep {k}")
+        out[name] = k
+    return out
+
+
+def rate_widths(rate: float, widths: Mapping[str, int]) -> dict[str, int]:
+    """Kept units when a fraction ``rate`` of every layer is removed: max(1, round(D·(1 - rate)))."""
+    if not 0.0 <= rate < 1.0:
+        raise UserError(f"--rate must be in [0, 1), got {rate}")
+    return {name: max(1, int(math.floor(d * (1.0 - rate) + 0.5))) for name, d in widths.items()}
+
+
+def keep_top(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]) -> dict[str, list[int]]:
+    """Indices (sorted) of the ``kept[l]`` highest-scoring units of every layer; ties go to the
+    lower index so that the choice is deterministic."""
+    out = {}
+    for name, k in kept.items():
+        s = scores[name].detach().double()
+        order = sorted(range(s.numel()), key=lambda j: (-float(s[j]), j))
+        out[name] = sorted(order[:k])
+    return out
+
+
+def arch_string(kept: Mapping[str, Sequence[int]] | Mapping[str, int]) -> str:
+    """``"6-8-40-20"`` from kept indices or counts per layer."""
+    return "-".join(str(v if isinstance(v, int) else len(v)) for v in kept.values())

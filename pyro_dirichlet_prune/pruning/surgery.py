@@ -1,0 +1,67 @@
+"""Physical removal of units: a smaller network whose tensors really shrink.
+
+Torch-Pruning's dependency graph finds every tensor coupled to a layer's output units (the
+layer's own weight rows and bias, a following batch-norm, the next layer's input columns,
+the flatten into the first linear layer) and slices them all consistently.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..models.switch_points import SwitchPoint, switch_points
+
+
+def _prune_fn(module: nn.Module):
+    if isinstance(module, nn.Conv2d):
+        return tp.prune_conv_out_channels
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    raise TypeError(f"cannot prune units of {type(module).__name__}")
+
+
+def mask_scales(points: Sequence[SwitchPoint], keep: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """0/1 switch scales that zero the removed units: the masked network of a keep-set."""
+    scales = {}
+    for p in points:
+        if p.name in keep:
+            m = torch.zeros(p.width)
+            m[list(keep[p.name])] = 1.0
+            scales[p.name] = m
+    return scales
+
+
+def prune_units(
+    net: nn.Module, keep: Mapping[str, Sequence[int]], input_shape: Sequence[int]
+) -> nn.Module:
+    """Return a copy of ``net`` in which layer l keeps only the units ``keep[l]``.
+
+    The copy computes exactly what ``net`` computes with the removed units' outputs set to
+    zero before their non-linearity (the masked network), as long as the non-linearity maps
+    zero to zero and removed units feed nothing else.
+    """
+    pruned = copy.deepcopy(net)
+    pruned.eval()
+    points = {p.name: p for p in switch_points(pruned)}
+    unknown = set(keep) - set(points)
+    if unknown:
+        raise KeyError(f"no prunable layer named {sorted(unknown)}")
+    requires_grad = {n: p.requires_grad for n, p in pruned.named_parameters()}
+    example = torch.zeros(1, *input_shape)
+    graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
+    for name, kept in keep.items():
+        point = points[name]
+        kept = sorted(set(int(i) for i in kept))
+        if not kept or kept[0] < 0 or kept[-1] >= point.width:
+            raise ValueError(f"layer {name}: kept units {kept} not within 0..{point.width - 1} or empty")
+        remove = [j for j in range(point.width) if j not in set(kept)]
+        if remove:
+            group = graph.get_pruning_group(point.module, _prune_fn(point.module), idxs=remove)
+            group.prune()
+    for n, p in pruned.named_parameters():
+        p.requires_grad_(requires_grad.get(n, True))
+    return pruned
