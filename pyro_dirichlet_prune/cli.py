@@ -55,13 +55,15 @@ def _rate(text: str) -> float:
     return value
 
 
-def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist", split: bool = True) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=dataset_default,
                    help="data set (fake-* are torchvision FakeData, for runs with no data)"
                    + (f"; default {dataset_default}" if dataset_default else "; default: the checkpoint's"))
     p.add_argument("--data-dir", default=None,
                    help="folder in torchvision's layout (default $DATA_DIR, else ./data); Fashion-MNIST is also "
                         "found under /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)")
+    if not split:
+        return
     p.add_argument("--val-size", type=_positive_int, default=5000,
                    help="examples of the training set held out for validation (default 5000)")
     p.add_argument("--split-seed", type=_nonneg_int, default=0,
@@ -132,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     cut = pr.add_mutually_exclusive_group(required=True)
     cut.add_argument("--arch", help="kept units per prunable layer, e.g. 6-8-40-20")
     cut.add_argument("--rate", type=_rate, help="fraction of every layer's units to remove, e.g. 0.5")
-    pr.add_argument("--finetune-epochs", type=_nonneg_int, default=3, help="fine-tuning epochs (default 3)")
-    pr.add_argument("--finetune-lr", type=_positive_float, default=1e-3, help="fine-tuning Adam learning rate (default 1e-3)")
+    pr.add_argument("--finetune-epochs", type=_nonneg_int, default=20,
+                    help="fine-tuning epochs, Adam with cosine decay, best validation epoch kept (default 20)")
+    pr.add_argument("--finetune-lr", type=_positive_float, default=2e-3, help="fine-tuning Adam learning rate (default 2e-3)")
     pr.add_argument("--augment-shift", type=_nonneg_int, default=2,
                     help="random translation during fine-tuning, in pixels (default 2)")
     pr.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Load a checkpoint (pre-trained or pruned) in a fresh process and report its "
                                     "test error, parameters and MACs as JSON on stdout.")
     ev.add_argument("checkpoint", help="a model.pt or pruned.pt written by pretrain or prune")
-    _add_data_args(ev, dataset_default=None)
+    _add_data_args(ev, dataset_default=None, split=False)
     return parser
 
 
@@ -206,7 +209,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
 
     net, info = load_checkpoint(args.checkpoint)
     dataset = args.dataset or info.get("dataset")
-    data = load_data(dataset, args.data_dir, args.val_size, args.split_seed)
+    data = load_data(dataset, args.data_dir, val_size=0)
     if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(f"checkpoint {args.checkpoint} does not take {dataset} inputs")
     result = {

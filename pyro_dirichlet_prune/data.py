@@ -100,14 +100,16 @@ def _torchvision_raw(name: str, root: Path, download: bool) -> tuple[np.ndarray,
     return (*arrays(train), *arrays(test))
 
 
-def _fake_raw(name: str, seed: int, num_train: int, num_test: int) -> tuple[np.ndarray, ...]:
+def _fake_raw(name: str, num_train: int, num_test: int) -> tuple[np.ndarray, ...]:
     import torchvision
 
     shape = _SPECS[name][3]
     out = []
-    for size, offset in ((num_train, 0), (num_test, 1)):
+    # FakeData seeds item i with i + random_offset: disjoint offset ranges keep the test
+    # images out of the training set. The data do not depend on the split seed.
+    for size, offset in ((num_train, 0), (num_test, num_train)):
         ds = torchvision.datasets.FakeData(
-            size=size, image_size=shape, num_classes=_SPECS[name][4], random_offset=seed * 2 + offset
+            size=size, image_size=shape, num_classes=_SPECS[name][4], random_offset=offset
         )
         imgs = np.stack([np.asarray(ds[i][0]) for i in range(size)])
         labels = np.asarray([int(ds[i][1]) for i in range(size)])
@@ -135,7 +137,8 @@ def load_data(
     fake_sizes: tuple[int, int] = (2000, 500),
 ) -> DataBundle:
     """Load a data set into memory and split ``val_size`` examples (a count, or a fraction of
-    the training set) off the training set with a permutation seeded by ``seed``.
+    the training set; 0 for no validation split) off the training set with a permutation
+    seeded by ``seed``.
 
     Where the data are looked for: ``data_dir`` (default ``$DATA_DIR``, else ``./data``) in
     torchvision's layout; for Fashion-MNIST also ``data_dir/fashion-mnist`` and Debian's
@@ -147,7 +150,7 @@ def load_data(
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     tv_name, mean, std, shape, classes = _SPECS[name]
     if tv_name is None:
-        raw = _fake_raw(name, seed, *fake_sizes)
+        raw = _fake_raw(name, *fake_sizes)
         source = f"torchvision.datasets.FakeData({fake_sizes[0]}+{fake_sizes[1]})"
     else:
         root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -186,8 +189,8 @@ def load_data(
         raise UserError(f"{name}: images of shape {tuple(train_all.x.shape[1:])}, expected {shape}")
     n = len(train_all)
     n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-    if not 0 < n_val < n:
-        raise UserError(f"validation size {val_size} leaves no training or no validation data (of {n})")
+    if not 0 <= n_val < n:
+        raise UserError(f"validation size {val_size} leaves no training data (of {n})")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     return DataBundle(

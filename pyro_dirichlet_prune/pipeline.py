@@ -19,7 +19,7 @@ from .inference.svi import SwitchConfig, fit_switches
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, build_model
 from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
-from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
+from .pruning.cutoff import arch_string, keep_top, parse_arch, parse_widths, rate_widths
 from .pruning.surgery import prune_units
 from .report import now, output_folder, versions, write_json
 from .training import TrainConfig, evaluate, train
@@ -59,8 +59,13 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, overwrite: bool = False) 
         build_model(cfg.model)  # raises the clear error
     widths = None
     if cfg.widths:
-        default = build_model(cfg.model)
-        widths = list(parse_arch(cfg.widths, dict(zip(range(len(default.widths)), default.widths))).values())
+        widths = parse_widths(cfg.widths)
+        try:
+            build_model(cfg.model, widths)
+        except ValueError as exc:
+            raise UserError(f"--widths {cfg.widths}: {exc}") from None
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
     seed_everything(cfg.train.seed)
     data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
     with output_folder(out, overwrite) as tmp:
@@ -102,7 +107,7 @@ class PruneConfig:
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     arch: str | None = None
     rate: float | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, augment_shift=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, augment_shift=2))
     seed: int = 0
     val_size: int = 5000
     split_seed: int = 0

@@ -78,6 +78,7 @@ def train(net: nn.Module, data: DataBundle, cfg: TrainConfig, desc: str = "train
         if val["error"] < best_err:
             best_err, best_state, result.best_epoch = val["error"], copy.deepcopy(net.state_dict()), epoch + 1
     bar.close()
-    net.load_state_dict(best_state)
+    if best_state is not None:
+        net.load_state_dict(best_state)
     net.eval()
     return result

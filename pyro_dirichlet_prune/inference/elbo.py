@@ -39,6 +39,9 @@ class MeanSwitchELBO(ELBO):
     """The paper's mean variant (module docstring). Latent sites of the guide must be
     distributions with a ``mean`` and a closed-form KL against the model's prior."""
 
+    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - not trace-based
+        raise NotImplementedError("MeanSwitchELBO evaluates the model at the guide's mean; it draws no traces")
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         latent = {

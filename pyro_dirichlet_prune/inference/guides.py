@@ -60,7 +60,7 @@ class DirichletSwitchGuide:
 
     def __call__(self, x=None, y=None, idx=None) -> dict[str, torch.Tensor]:
         return {
-            layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer)))
+            layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer), validate_args=False))
             for layer in self.widths
         }
 

@@ -78,11 +78,14 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> tuple[
         raise UserError(f"checkpoint {path} is not a {FORMAT} checkpoint")
     if model is not None and payload["model"] != model:
         raise UserError(f"checkpoint {path} holds a {payload['model']} network, not {model}")
-    shape = payload["input_shape"]
-    net = build_model(payload["model"], payload["widths"], payload["num_classes"], in_channels=shape[0])
+    try:
+        shape = payload["input_shape"]
+        net = build_model(payload["model"], payload["widths"], payload["num_classes"], in_channels=shape[0])
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise UserError(f"checkpoint {path} has inconsistent metadata ({exc})") from None
     try:
         net.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"checkpoint {path} does not fit {payload['model']} {payload['widths']}: {first}") from None
     net.eval()

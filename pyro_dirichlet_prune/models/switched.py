@@ -67,7 +67,8 @@ class SwitchedNetwork(nn.Module):
             scale = self._scales.get(name)
             if scale is None:
                 return None
-            scale = scale.to(output.dtype)
+            if scale.dtype != output.dtype:
+                scale = scale.to(output.dtype)
             if scale.dim() == 1:
                 scale = scale.view(1, -1, *([1] * (output.dim() - 2)))
             else:
@@ -134,7 +135,7 @@ class DirichletSwitchModel:
 
     def prior(self, layer: str) -> dist.Dirichlet:
         """p(s_l) = Dirichlet(alpha0 · 1_{D_l})."""
-        return dist.Dirichlet(self._prior[layer])
+        return dist.Dirichlet(self._prior[layer], validate_args=False)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None
@@ -142,11 +143,11 @@ class DirichletSwitchModel:
         scales = {}
         for name, d in self.widths.items():
             s = pyro.sample(switch_site(name), self.prior(name))
-            scales[name] = d * s
+            scales[name] = (d * s).to(torch.get_default_dtype())
         with self.network.scaled(scales):
             logits = self.network(x)
         if idx is None:
             idx = torch.arange(x.shape[0])
         with pyro.plate("data", self.num_data, subsample=idx):
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+            pyro.sample("obs", dist.Categorical(logits=logits, validate_args=False), obs=y)
         return logits

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -9,13 +10,16 @@ import torch
 from ..errors import UserError
 
 
+def parse_widths(arch: str) -> list[int]:
+    """``"6-8-40-20"`` → ``[6, 8, 40, 20]``; anything but dash-separated decimal integers is an error."""
+    if not re.fullmatch(r"\s*[0-9]+(-[0-9]+)*\s*", arch or ""):
+        raise UserError(f"architecture {arch!r} is not a dash-separated list of integers")
+    return [int(p) for p in arch.strip().split("-")]
+
+
 def parse_arch(arch: str, widths: Mapping[str, int]) -> dict[str, int]:
     """Parse ``"6-8-40-20"`` into kept units per layer (layers in the network's order)."""
-    parts = arch.strip().split("-")
-    try:
-        kept = [int(p) for p in parts]
-    except ValueError:
-        raise UserError(f"architecture {arch!r} is not a dash-separated list of integers") from None
+    kept = parse_widths(arch)
     if len(kept) != len(widths):
         raise UserError(
             f"architecture {arch!r} has {len(kept)} widths but the network has {len(widths)} prunable "

@@ -50,7 +50,11 @@ def prune_units(
     unknown = set(keep) - set(points)
     if unknown:
         raise KeyError(f"no prunable layer named {sorted(unknown)}")
+    # The dependency graph is traced through autograd, so a frozen copy must require grad
+    # while it is built; the flags are restored afterwards.
     requires_grad = {n: p.requires_grad for n, p in pruned.named_parameters()}
+    for p in pruned.parameters():
+        p.requires_grad_(True)
     example = torch.zeros(1, *input_shape)
     graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
     for name, kept in keep.items():

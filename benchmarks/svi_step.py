@@ -1,0 +1,115 @@
+"""Time one SVI step of switch learning against plain PyTorch on the same frozen network.
+
+    python benchmarks/svi_step.py [--model lenet5] [--batch-size 100] [--repeats 300]
+
+Three steps on the same minibatch, interleaved round-robin so that machine noise hits them
+alike, median over ``--repeats`` rounds:
+
+* ``svi``: ``pyro.infer.SVI.step`` with the Dirichlet guide and ``Trace_ELBO`` (one particle):
+  sample the float64 switches, run the switched network, score, backward, Adam update of phi.
+* ``plain``: a plain PyTorch forward + cross-entropy + backward of the network with its
+  weights requiring grad (the cost of one ordinary training step, without the optimiser).
+* ``plain_switched``: the same computation as ``svi`` without Pyro: fixed channel scales
+  requiring grad multiply the layer outputs, forward + cross-entropy + backward.
+
+Prints the ratios svi/plain and svi/plain_switched and writes a JSON report (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide
+from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
+from pyro_dirichlet_prune.report import versions, write_json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--num-data", type=int, default=55000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/svi_step.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    pyro.set_rng_seed(args.seed)
+
+    net = build_model(args.model)
+    net.eval()
+    x = torch.randn(args.batch_size, 1, 28, 28)
+    y = torch.randint(0, 10, (args.batch_size,))
+    idx = torch.arange(args.batch_size)
+
+    # plain: weights require grad
+    plain_net = build_model(args.model)
+    plain_net.load_state_dict(net.state_dict())
+    plain_net.eval()
+
+    def plain_step() -> None:
+        plain_net.zero_grad(set_to_none=True)
+        F.cross_entropy(plain_net(x), y, reduction="sum").backward()
+
+    # svi on the frozen network
+    switched = SwitchedNetwork(net)
+    model = DirichletSwitchModel(switched, alpha0=0.5, num_data=args.num_data)
+    guide = DirichletSwitchGuide(model.widths)
+    pyro.clear_param_store()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss=Trace_ELBO())
+
+    def svi_step() -> None:
+        svi.step(x, y, idx)
+
+    # the same computation without Pyro
+    scales = {n: torch.ones(d, requires_grad=True) for n, d in switched.widths.items()}
+
+    def plain_switched_step() -> None:
+        for s in scales.values():
+            s.grad = None
+        with switched.scaled(scales):
+            F.cross_entropy(switched(x), y, reduction="sum").backward()
+
+    steps = {"svi": svi_step, "plain": plain_step, "plain_switched": plain_switched_step}
+    for _ in range(args.warmup):
+        for f in steps.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.repeats):
+        for k, f in steps.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["svi"] / med["plain"]
+    ratio_switched = med["svi"] / med["plain_switched"]
+    for k, v in med.items():
+        print(f"{k:15s} median {1e3 * v:8.3f} ms  (p10 {1e3 * sorted(times[k])[len(times[k]) // 10]:.3f} ms)")
+    print(f"ratio svi / plain forward+backward          = {ratio:.3f}")
+    print(f"ratio svi / plain switched forward+backward = {ratio_switched:.3f}")
+    write_json(
+        args.out,
+        {
+            "config": vars(args),
+            "median_seconds": med,
+            "ratio_svi_over_plain": ratio,
+            "ratio_svi_over_plain_switched": ratio_switched,
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Hand-written forward passes used as references by the tests (no hooks, no library code)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _scale(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if scale is None:
+        return t
+    return t * scale.to(t.dtype).view(1, -1, *([1] * (t.dim() - 2)))
+
+
+def lenet5_forward(net, x: torch.Tensor, scales: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """LeNet5 with each prunable layer's pre-activation multiplied channel-wise by scales[name]."""
+    scales = scales or {}
+    h = _scale(F.conv2d(x, net.conv1.weight, net.conv1.bias), scales.get("conv1"))
+    h = F.max_pool2d(F.relu(h), 2)
+    h = _scale(F.conv2d(h, net.conv2.weight, net.conv2.bias), scales.get("conv2"))
+    h = F.max_pool2d(F.relu(h), 2).flatten(1)
+    h = F.relu(_scale(h @ net.fc1.weight.T + net.fc1.bias, scales.get("fc1")))
+    h = F.relu(_scale(h @ net.fc2.weight.T + net.fc2.bias, scales.get("fc2")))
+    return h @ net.fc3.weight.T + net.fc3.bias
+
+
+def lenet5_params(c1: int, c2: int, f1: int, f2: int, classes: int = 10) -> int:
+    return (25 * c1 + c1) + (25 * c1 * c2 + c2) + (16 * c2 * f1 + f1) + (f1 * f2 + f2) + (f2 * classes + classes)
+
+
+def lenet5_macs(c1: int, c2: int, f1: int, f2: int, classes: int = 10) -> int:
+    # conv1: 24x24 outputs x 25 taps; conv2: 8x8 outputs x 25 taps x c1 inputs
+    return 24 * 24 * 25 * c1 + 8 * 8 * 25 * c1 * c2 + 16 * c2 * f1 + f1 * f2 + f2 * classes
+
+
+def caffe_params(c1: int, c2: int, f1: int, classes: int = 10) -> int:
+    return (25 * c1 + c1) + (25 * c1 * c2 + c2) + (16 * c2 * f1 + f1) + (f1 * classes + classes)
+
+
+def caffe_macs(c1: int, c2: int, f1: int, classes: int = 10) -> int:
+    return 24 * 24 * 25 * c1 + 8 * 8 * 25 * c1 * c2 + 16 * c2 * f1 + f1 * classes

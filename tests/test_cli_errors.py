@@ -1,0 +1,216 @@
+"""Bad input: a one-line ``dirichlet-prune: error: ...`` on stderr (or argparse's usage error),
+a non-zero exit status, and no output written (neither the --out folder nor a ``.partial-``
+folder beside it)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyro_dirichlet_prune import cli
+from pyro_dirichlet_prune.models import build_model
+from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Untrained lenet5 and lenet5-caffe checkpoints (the errors happen before any training)."""
+    d = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    for model in ("lenet5", "lenet5-caffe"):
+        save_checkpoint(d / f"{model}.pt", build_model(model), model, "mnist", 10, SHAPE)
+    (d / "corrupt.pt").write_bytes(os.urandom(4096))
+    (d / "text.pt").write_text("not a checkpoint\n")
+    torch.save({"hello": 1}, d / "foreign.pt")
+    return d
+
+
+def _no_output(out):
+    assert not out.exists(), f"{out} was written"
+    if out.parent.exists():
+        stray = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
+        assert not stray, stray
+
+
+def _user_error(capsys, argv, match):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dirichlet-prune: error:"), err
+    assert match in lines[0], err
+    return lines[0]
+
+
+def _usage_error(capsys, argv, match):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("usage: dirichlet-prune")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dirichlet-prune") and "error:" in last and match in last, err
+
+
+def _prune(ckpt, out, *extra, arch="6-8-40-20", data=("--dataset", "fake-mnist", "--val-size", "500")):
+    return ["prune", "--checkpoint", str(ckpt), "--arch", arch, "--finetune-epochs", "0", *data, *extra,
+            "--out", str(out)]
+
+
+def test_unknown_model(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--model", "resnet"), "unknown model 'resnet'")
+    _no_output(out)
+    _user_error(capsys, ["pretrain", "--model", "vgg", "--dataset", "fake-mnist", "--out", str(out)], "unknown model")
+    _no_output(out)
+
+
+@pytest.mark.parametrize("arch,match", [("6-8-40", "has 3 widths"), ("6-8-40-20-1", "has 5 widths"),
+                                        ("6-8-400-20", "cannot keep 400"), ("6-0-40-20", "cannot keep 0"),
+                                        ("six-8-40-20", "not a dash-separated list")])
+def test_bad_arch(ckpts, tmp_path, capsys, arch, match):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, arch=arch), match)
+    _no_output(out)
+
+
+def test_missing_data_dir(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-data"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, data=("--dataset", "mnist", "--data-dir", str(missing))),
+                "does not exist")
+    _no_output(out)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("name,match", [("corrupt.pt", "not a readable PyTorch file"),
+                                        ("text.pt", "not a readable PyTorch file"),
+                                        ("foreign.pt", "is not a pyro-dirichlet-prune/1 checkpoint"),
+                                        ("missing.pt", "does not exist")])
+def test_bad_checkpoint_file(ckpts, tmp_path, capsys, name, match):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / name, out), match)
+    _no_output(out)
+    _user_error(capsys, ["evaluate", str(ckpts / name), "--dataset", "fake-mnist"], match)
+
+
+def test_checkpoint_of_another_model(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5-caffe.pt", out, "--model", "lenet5"), "holds a lenet5-caffe network")
+    _no_output(out)
+
+
+def test_existing_out_without_overwrite(ckpts, tmp_path, capsys, monkeypatch):
+    import pyro_dirichlet_prune.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_data", _tiny_fake_data)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out), "already exists")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    _user_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--val-size", "500", "--out", str(out)], "already exists")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["prune", "--checkpoint", "x.pt", "--out", "o"], "one of the arguments --arch --rate is required"),
+    (["prune", "--checkpoint", "x.pt", "--arch", "1-1-1-1", "--rate", "0.5", "--out", "o"], "not allowed with"),
+    (["prune", "--checkpoint", "x.pt", "--rate", "1.5", "--out", "o"], "--rate"),
+    (["prune", "--checkpoint", "x.pt", "--rate", "0.5", "--alpha0", "-1", "--out", "o"], "--alpha0"),
+    (["prune", "--checkpoint", "x.pt", "--rate", "0.5", "--dataset", "svhn", "--out", "o"], "--dataset"),
+    (["prune", "--checkpoint", "x.pt", "--rate", "0.5", "--guide", "gauss", "--out", "o"], "--guide"),
+    (["pretrain", "--epochs", "0", "--out", "o"], "--epochs"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_argparse_usage_errors(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    _usage_error(capsys, argv, match)
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_inside_the_run_leaves_nothing(ckpts, tmp_path, capsys, monkeypatch):
+    """An error after the output folder was opened (here: during switch learning) removes the
+    temporary folder; nothing appears at --out."""
+    import pyro_dirichlet_prune.pipeline as pipeline
+    from pyro_dirichlet_prune.errors import UserError
+
+    def boom(*a, **k):
+        raise UserError("switch learning failed on purpose")
+
+    monkeypatch.setattr(pipeline, "fit_switches", boom)
+    monkeypatch.setattr(pipeline, "load_data", _tiny_fake_data)
+    out = tmp_path / "nested" / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out), "failed on purpose")
+    _no_output(out)
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fit_switches", interrupt)
+    assert cli.main(_prune(ckpts / "lenet5.pt", out)) == 130
+    assert "nothing was written" in capsys.readouterr().err
+    _no_output(out)
+
+
+def _tiny_fake_data(name, data_dir=None, val_size=5000, seed=0, download=True):
+    from pyro_dirichlet_prune.data import load_data
+
+    return load_data(name, data_dir, 50, seed, download, fake_sizes=(150, 50))
+
+
+def test_evaluate_fake_checkpoint_with_default_options(tmp_path, capsys, monkeypatch):
+    """``evaluate`` only needs the test set: a fake-mnist checkpoint must evaluate with the
+    default options (the default --val-size 5000 exceeds fake-mnist's 2000 training images)."""
+    ck = tmp_path / "fake.pt"
+    save_checkpoint(ck, build_model("lenet5"), "lenet5", "fake-mnist", 10, SHAPE)
+    rc = cli.main(["evaluate", str(ck)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert '"dataset": "fake-mnist"' in captured.out
+
+
+def test_error_through_a_real_process(ckpts, tmp_path):
+    """The installed entry point behaves the same: status 2, one line on stderr, nothing on stdout."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pyro_dirichlet_prune", *_prune(ckpts / "corrupt.pt", out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dirichlet-prune: error: checkpoint"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    _no_output(out)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(widths=[10, 20, 100]), "bad.pt"), (dict(widths=[0, 20, 100, 25]), "bad.pt"),
+                                       (dict(input_shape=[]), "bad.pt"), (dict(model="resnet"), "resnet"),
+                                       (dict(num_classes=0), "bad.pt")],
+                         ids=["short-widths", "zero-width", "no-shape", "unknown-model", "no-classes"])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_checkpoint_with_inconsistent_metadata(tmp_path, capsys, bad, match):
+    """A checkpoint file whose metadata cannot describe a network is a corrupt checkpoint:
+    clean one-line error, no traceback."""
+    from pyro_dirichlet_prune.models.checkpoint import FORMAT
+
+    payload = dict(format=FORMAT, model="lenet5", widths=[10, 20, 100, 25], num_classes=10, input_shape=[1, 28, 28],
+                   dataset="mnist", state_dict=build_model("lenet5").state_dict(), meta={})
+    payload.update(bad)
+    ck = tmp_path / "bad.pt"
+    torch.save(payload, ck)
+    _user_error(capsys, ["evaluate", str(ck), "--dataset", "fake-mnist"], match)
+
+
+def test_prune_without_checkpoint_when_none_ships(tmp_path, capsys):
+    out = tmp_path / "run"
+    _user_error(capsys, ["prune", "--model", "lenet5-caffe", "--dataset", "fake-mnist", "--arch", "1-1-1",
+                         "--out", str(out)], "no pre-trained lenet5-caffe")
+    _no_output(out)

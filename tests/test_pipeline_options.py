@@ -1,0 +1,67 @@
+"""The prune pipeline's other cut-off and inference options on a tiny fake data set:
+``--rate`` keeps max(1, round(D(1 - rate))) units per layer, the mean guide and the
+sequential schedule (one SVI stage per layer) run end to end; ``pretrain --widths``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pyro_dirichlet_prune.pipeline as pipeline
+from helpers import lenet5_params
+from pyro_dirichlet_prune import cli
+from pyro_dirichlet_prune.data import load_data
+from pyro_dirichlet_prune.models import build_model
+from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _tiny(name, data_dir=None, val_size=5000, seed=0, download=True):
+    return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))
+
+
+@pytest.fixture
+def ckpt(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    path = tmp_path / "base.pt"
+    save_checkpoint(path, build_model("lenet5"), "lenet5", "fake-mnist", 10, (1, 28, 28))
+    return path
+
+
+@pytest.mark.parametrize("extra,stages", [(["--guide", "dirichlet-mean", "--schedule", "sequential"], 4),
+                                          (["--elbo", "meanfield", "--particles", "2"], 1)])
+def test_rate_cutoff_and_inference_options(ckpt, tmp_path, extra, stages):
+    out = tmp_path / "run"
+    rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--rate", "0.5",
+                   "--finetune-epochs", "0", "--switch-batch-size", "40", "--threads", "1", *extra, "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["architecture"]["pruned"] == "5-10-50-13"
+    assert rep["finetuned"]["params"] == lenet5_params(5, 10, 50, 13)
+    assert len(rep["switches"]["stages"]) == stages
+    assert rep["switches"]["steps"] == stages * 3  # 120 training examples / batch 40
+    assert [s["layers"] for s in rep["switches"]["stages"]] == (
+        [["conv1"], ["conv2"], ["fc1"], ["fc2"]] if stages == 4 else [["conv1", "conv2", "fc1", "fc2"]])
+    net, _ = load_checkpoint(out / "pruned.pt")
+    assert tuple(net.widths) == (5, 10, 50, 13)
+
+
+def test_pretrain_with_smaller_widths(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    out = tmp_path / "pre"
+    assert cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "2-3-4-2", "--epochs", "1",
+                     "--threads", "1", "--out", str(out)]) == 0
+    net, info = load_checkpoint(out / "model.pt", "lenet5")
+    assert info["widths"] == [2, 3, 4, 2]
+    assert json.loads((out / "report.json").read_text())["metrics"]["params"] == lenet5_params(2, 3, 4, 2)
+
+
+def test_pretrain_with_wider_widths(tmp_path, monkeypatch, capsys):
+    """--widths sets the network's widths; a wider LeNet-5 than the default is a valid network
+    (the widths are checked only for being positive by the model itself)."""
+    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    out = tmp_path / "pre"
+    rc = cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "12-24-120-30", "--epochs", "1",
+                   "--threads", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    _, info = load_checkpoint(out / "model.pt", "lenet5")
+    assert info["widths"] == [12, 24, 120, 30]
