@@ -1,6 +1,6 @@
 """Time one SVI step of switch learning against plain PyTorch on the same frozen network.
 
-    python benchmarks/svi_step.py [--model lenet5] [--batch-size 100] [--repeats 300]
+    python benchmarks/svi_step.py [--model lenet5] [--batch-size 256] [--repeats 300]
 
 Three steps on the same minibatch, interleaved round-robin so that machine noise hits them
 alike, median over ``--repeats`` rounds:
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide
+from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
 from pyro_dirichlet_prune.report import versions, write_json
 
@@ -34,7 +35,8 @@ from pyro_dirichlet_prune.report import versions, write_json
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5")
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=SwitchConfig().batch_size,
+                    help="minibatch size (default: the default of switch learning)")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)

@@ -10,49 +10,31 @@ from . import __version__
 from .data import DATASETS, load_data
 from .errors import UserError
 from .inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
+from .models.switched import SCALES
 from .models import MODELS
 
 PROG = "dirichlet-prune"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(kind: type, ok, expected: str):
+    """An argparse type: parse ``kind`` and require ``ok(value)``, else say what was ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+_rate = _number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist", split: bool = True) -> None:
@@ -116,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {d.elbo}; ignored by dirichlet-mean)")
     pr.add_argument("--particles", type=_positive_int, default=d.particles,
                     help=f"Monte-Carlo switch samples per step (default {d.particles})")
+    pr.add_argument("--switch-scale", choices=SCALES, default=d.scale,
+                    help="dim: a layer's output is multiplied by D*s, so the prior mean is the pre-trained network; "
+                         "simplex: multiplied by s itself, as written in the paper (the likelihood then pushes the "
+                         f"switch mass onto the units that matter) (default {d.scale})")
     pr.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                     help="joint: all layers' switches at once; sequential: one layer at a time, input first "
                          f"(default {d.schedule})")
@@ -134,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     cut = pr.add_mutually_exclusive_group(required=True)
     cut.add_argument("--arch", help="kept units per prunable layer, e.g. 6-8-40-20")
     cut.add_argument("--rate", type=_rate, help="fraction of every layer's units to remove, e.g. 0.5")
-    pr.add_argument("--finetune-epochs", type=_nonneg_int, default=20,
-                    help="fine-tuning epochs, Adam with cosine decay, best validation epoch kept (default 20)")
+    pr.add_argument("--finetune-epochs", type=_nonneg_int, default=40,
+                    help="fine-tuning epochs, Adam with cosine decay, best validation epoch kept (default 40: "
+                         "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")
     pr.add_argument("--finetune-lr", type=_positive_float, default=2e-3, help="fine-tuning Adam learning rate (default 2e-3)")
     pr.add_argument("--augment-shift", type=_nonneg_int, default=2,
                     help="random translation during fine-tuning, in pixels (default 2)")
@@ -183,7 +170,8 @@ def _prune(args: argparse.Namespace) -> dict:
         switch=SwitchConfig(
             guide=args.guide, elbo=args.elbo, particles=args.particles, alpha0=args.alpha0,
             init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
-            epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule, seed=args.seed,
+            epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
+            scale=args.switch_scale, seed=args.seed,
         ),
         arch=args.arch, rate=args.rate,
         finetune=TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, augment_shift=args.augment_shift,

@@ -107,7 +107,7 @@ class PruneConfig:
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     arch: str | None = None
     rate: float | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, augment_shift=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=2e-3, augment_shift=2))
     seed: int = 0
     val_size: int = 5000
     split_seed: int = 0

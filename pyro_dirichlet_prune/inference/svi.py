@@ -17,7 +17,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from ..data import Split, batches, num_batches
-from ..models.switched import DirichletSwitchModel, SwitchedNetwork
+from ..models.switched import SCALES, DirichletSwitchModel, SwitchedNetwork
 from .elbo import MeanSwitchELBO
 from .guides import DEFAULT_FLOOR, DirichletSwitchGuide
 
@@ -44,8 +44,9 @@ class SwitchConfig:
     floor: float = DEFAULT_FLOOR
     lr: float = 0.05
     epochs: int = 1
-    batch_size: int = 100
+    batch_size: int = 256
     schedule: str = "joint"
+    scale: str = "dim"
     seed: int = 0
 
     def validate(self) -> None:
@@ -53,6 +54,8 @@ class SwitchConfig:
             raise ValueError(f"unknown guide {self.guide!r}; choose one of {', '.join(GUIDES)}")
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown switch scale {self.scale!r}; choose one of {', '.join(SCALES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for key in ("particles", "epochs", "batch_size"):
@@ -104,7 +107,7 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig) -> S
     steps_per_stage = cfg.epochs * num_batches(train, cfg.batch_size)
     start = time.perf_counter()
     for layers in stages:
-        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers)
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale)
         guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)
         svi = SVI(model, guide, pyro.optim.Adam({"lr": cfg.lr}), loss=make_elbo(cfg))
         label = "+".join(layers) if len(layers) > 1 else layers[0]

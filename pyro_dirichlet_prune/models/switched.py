@@ -33,6 +33,9 @@ SWITCH_DTYPE = torch.float64
 concentrations underflow to the smallest float and their log-density is badly biased."""
 
 
+SCALES = ("dim", "simplex")
+
+
 def switch_site(layer: str) -> str:
     """Name of the sample site of a layer's switch."""
     return f"switch.{layer}"
@@ -107,6 +110,10 @@ class DirichletSwitchModel:
         num_data: N, the size of the training set that minibatches are scaled to.
         layers: the switch points that get a switch (default all); the others are left
             unswitched, which is how per-layer sequential learning fits one layer at a time.
+        scale: ``"dim"`` multiplies by D_l · s_l (the prior mean is the pre-trained network);
+            ``"simplex"`` multiplies by s_l itself, as written in the paper (the layer's total
+            output is then shrunk by 1/D_l and the likelihood rewards putting the switch mass on
+            the units that matter).
     """
 
     def __init__(
@@ -115,7 +122,10 @@ class DirichletSwitchModel:
         alpha0: float,
         num_data: int,
         layers: Sequence[str] | None = None,
+        scale: str = "dim",
     ) -> None:
+        if scale not in SCALES:
+            raise ValueError(f"unknown switch scale {scale!r}; choose one of {', '.join(SCALES)}")
         if not alpha0 > 0:
             raise ValueError(f"alpha0 must be positive, got {alpha0}")
         if num_data < 1:
@@ -129,6 +139,8 @@ class DirichletSwitchModel:
         if unknown:
             raise KeyError(f"no switch point named {unknown}")
         self.widths = {n: widths[n] for n in self.layers}
+        self.scale = scale
+        self._factor = {n: float(d) if scale == "dim" else 1.0 for n, d in self.widths.items()}
         self._prior = {
             n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()
         }
@@ -143,7 +155,7 @@ class DirichletSwitchModel:
         scales = {}
         for name, d in self.widths.items():
             s = pyro.sample(switch_site(name), self.prior(name))
-            scales[name] = (d * s).to(torch.get_default_dtype())
+            scales[name] = (self._factor[name] * s).to(torch.get_default_dtype())
         with self.network.scaled(scales):
             logits = self.network(x)
         if idx is None:

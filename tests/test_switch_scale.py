@@ -1,0 +1,44 @@
+"""The two switch scalings of the model: ``dim`` multiplies a layer's output by D·s (the
+prior mean 1/D leaves the network unchanged), ``simplex`` multiplies it by s itself."""
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
+from pyro_dirichlet_prune.models.switched import switch_site
+
+
+def _conv1_output(scale: str, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    net = build_model("lenet5", widths=(4, 3, 5, 2)).eval()
+    sw = SwitchedNetwork(net)
+    seen = {}
+    net.conv1.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    x = torch.randn(3, 1, 28, 28)
+    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=10, layers=["conv1"], scale=scale)
+    poutine.condition(model, data={switch_site("conv1"): s})(x)
+    with torch.no_grad():
+        raw = torch.nn.functional.conv2d(x, net.conv1.weight, net.conv1.bias)
+    return seen["out"], raw
+
+
+@pytest.mark.parametrize("scale,factor", [("dim", 4.0), ("simplex", 1.0)])
+def test_switch_multiplies_layer_output(scale, factor):
+    s = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    out, raw = _conv1_output(scale, s)
+    expected = raw * (factor * s).float().view(1, -1, 1, 1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_dim_scale_at_prior_mean_is_the_pretrained_network():
+    out, raw = _conv1_output("dim", torch.full((4,), 0.25, dtype=torch.float64))
+    torch.testing.assert_close(out, raw)
+
+
+def test_unknown_scale_is_refused():
+    net = build_model("lenet5")
+    with pytest.raises(ValueError, match="switch scale"):
+        DirichletSwitchModel(SwitchedNetwork(net), 0.5, 10, scale="log")
