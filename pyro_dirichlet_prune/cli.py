@@ -56,7 +56,12 @@ def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mn
 
 def _add_out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder; written only when the run succeeds")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder (and discard an interrupted run of it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same --out from its last saved state (same options)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100,
+                   help="save the state of training loops every N steps, for --resume (default 100)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
 
 
@@ -154,7 +159,7 @@ def _pretrain(args: argparse.Namespace) -> dict:
                           weight_decay=args.weight_decay, augment_shift=args.augment_shift, seed=args.seed),
         val_size=args.val_size, split_seed=args.split_seed, max_train_examples=args.max_train_examples,
     )
-    report = run_pretrain(cfg, args.out, args.overwrite)
+    report = run_pretrain(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     m = report["metrics"]
     print(f"pretrained {args.model} on {args.dataset}: test error {m['test']['error']:.4f}, "
           f"{m['params']} params, {m['macs']} MACs -> {args.out}")
@@ -179,7 +184,7 @@ def _prune(args: argparse.Namespace) -> dict:
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples,
     )
-    r = run_prune(cfg, args.out, args.overwrite)
+    r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     print(
         f"{r['architecture']['base']} -> {r['architecture']['pruned']}: test error "
         f"{r['base']['test']['error']:.4f} (base), {r['pruned']['test']['error']:.4f} (pruned), "

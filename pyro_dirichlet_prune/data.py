@@ -224,13 +224,20 @@ def batches(
     generator: torch.Generator | None = None,
     augment_shift: int = 0,
     augment_flip: bool = False,
+    order: torch.Tensor | None = None,
+    start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y, idx)`` minibatches; ``idx`` are the examples' indices in ``split``."""
+    """Yield ``(x, y, idx)`` minibatches; ``idx`` are the examples' indices in ``split``.
+
+    ``order`` (default: a permutation drawn from ``generator``, or the identity when not
+    ``shuffle``) and ``start_batch`` let an interrupted epoch continue where it stopped.
+    """
     n = len(split)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    if order is None:
+        order = epoch_order(n, shuffle, generator)
+    for start in range(start_batch * batch_size, n, batch_size):
         idx = order[start : start + batch_size]
         x = split.x[idx]
         if augment_shift:
@@ -239,6 +246,11 @@ def batches(
             flip = torch.rand(x.shape[0], generator=generator) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         yield x, split.y[idx], idx
+
+
+def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tensor:
+    """The order of the examples in one epoch."""
+    return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 
 
 def num_batches(split: Split, batch_size: int) -> int:

@@ -21,7 +21,8 @@ from .models import SwitchedNetwork, build_model
 from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
 from .pruning.cutoff import arch_string, keep_top, parse_arch, parse_widths, rate_widths
 from .pruning.surgery import prune_units
-from .report import now, output_folder, versions, write_json
+from .report import check_output, now, output_folder, versions, write_json
+from .runstate import RunState
 from .training import TrainConfig, evaluate, train
 
 
@@ -51,8 +52,11 @@ class PretrainConfig:
     max_train_examples: int | None = None
 
 
-def run_pretrain(cfg: PretrainConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Train ``cfg.model`` from scratch; writes ``model.pt`` and ``report.json`` into ``out``."""
+def run_pretrain(
+    cfg: PretrainConfig, out: str | Path, overwrite: bool = False, resume: bool = False, checkpoint_every: int = 100
+) -> dict:
+    """Train ``cfg.model`` from scratch; writes ``model.pt`` and ``report.json`` into ``out``.
+    Training saves its state every ``checkpoint_every`` steps; ``resume`` continues a killed run."""
     from .models import MODELS
 
     if cfg.model not in MODELS:
@@ -64,14 +68,16 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, overwrite: bool = False) 
             build_model(cfg.model, widths)
         except ValueError as exc:
             raise UserError(f"--widths {cfg.widths}: {exc}") from None
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    check_output(out, overwrite, resume)
     seed_everything(cfg.train.seed)
     data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
-    with output_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, resume) as tmp:
+        state = RunState(tmp, checkpoint_every, config=dataclasses.asdict(cfg))
+        if resume:
+            state.load()
         net = build_model(cfg.model, widths, data.num_classes, data.input_shape[0])
         t0 = time.perf_counter()
-        result = train(net, data, cfg.train, desc=f"pretrain {cfg.model}")
+        result = train(net, data, cfg.train, desc=f"pretrain {cfg.model}", state=state, loop="pretrain")
         seconds = time.perf_counter() - t0
         metrics = {
             "val": evaluate(net, data.val),
@@ -92,6 +98,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, overwrite: bool = False) 
             "config": dataclasses.asdict(cfg),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "metrics": metrics,
+            "resumed": resume,
+            "resumed_from": state.resumed_from,
             "versions": versions(),
         }
         write_json(tmp / "report.json", report)
@@ -131,9 +139,15 @@ def _size(net, shape) -> dict:
     return {"params": count_params(net), "macs": count_macs(net, shape), "arch": "-".join(map(str, net.widths))}
 
 
-def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dict:
+def run_prune(
+    cfg: PruneConfig, out: str | Path, overwrite: bool = False, resume: bool = False, checkpoint_every: int = 100
+) -> dict:
     """Dirichlet-prune a pre-trained network (module docstring); returns the report written to
-    ``out/report.json``. Nothing is written to ``out`` unless the whole run succeeds."""
+    ``out/report.json``. Nothing is written to ``out`` unless the whole run succeeds.
+
+    Switch learning and fine-tuning save their state every ``checkpoint_every`` steps in the
+    hidden work folder ``.<out>.partial``; after a crash or a kill, ``resume`` continues the
+    run and reaches the same result as an uninterrupted run with the same seed."""
     if (cfg.arch is None) == (cfg.rate is None):
         raise UserError("give exactly one cut-off: --arch (e.g. 6-8-40-20) or --rate (e.g. 0.5)")
     try:
@@ -147,8 +161,7 @@ def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dic
     net, info = load_checkpoint(ckpt, cfg.model)
     widths = dict(zip([p.name for p in net.switch_points()], net.widths))
     kept_counts = parse_arch(cfg.arch, widths) if cfg.arch is not None else rate_widths(cfg.rate, widths)
-    if out is not None and Path(out).exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    check_output(out, overwrite, resume)
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -163,12 +176,15 @@ def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dic
     switch_cfg = dataclasses.replace(cfg.switch, seed=cfg.seed)
     finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed)
 
-    with output_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, resume) as tmp:
+        state = RunState(tmp, checkpoint_every, config=dataclasses.asdict(cfg))
+        if resume:
+            state.load()
         base = {**_size(net, data.input_shape), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
 
         t = time.perf_counter()
         switched = SwitchedNetwork(net)
-        fit = fit_switches(switched, data.train, switch_cfg)
+        fit = fit_switches(switched, data.train, switch_cfg, state=state)
         switched.remove_hooks()
         timings["switches"] = time.perf_counter() - t
 
@@ -182,7 +198,7 @@ def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dic
         t = time.perf_counter()
         for p in pruned.parameters():
             p.requires_grad_(True)
-        ft = train(pruned, data, finetune_cfg, desc="fine-tune")
+        ft = train(pruned, data, finetune_cfg, desc="fine-tune", state=state)
         timings["finetune"] = time.perf_counter() - t
         finetuned = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
 
@@ -220,6 +236,8 @@ def run_prune(cfg: PruneConfig, out: str | Path, overwrite: bool = False) -> dic
                 "losses": fit.losses,
             },
             "kept": keep,
+            "resumed": resume,
+            "resumed_from": state.resumed_from,
             "timings_seconds": timings | {"total": sum(timings.values())},
             "versions": versions(),
         }

@@ -59,23 +59,54 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@contextlib.contextmanager
-def output_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder that becomes ``out`` only if the block succeeds.
-
-    On any failure the temporary folder is removed, so ``out`` never holds a partial run.
-    An existing ``out`` is refused unless ``overwrite``, and then replaced only at the end.
-    """
+def work_folder(out: str | os.PathLike) -> Path:
+    """The hidden folder ``<parent>/.<name>.partial`` where a run builds ``out``."""
     out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an output folder that holds a finished run (unless ``overwrite``), an interrupted
+    run that is neither resumed nor overwritten, or a resume with nothing to resume."""
+    out = Path(out)
+    work = work_folder(out)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    if resume and not (work / "state.pt").is_file():
+        raise UserError(f"nothing to resume: no interrupted run in {work}")
+    if work.exists() and not resume and not overwrite:
+        raise UserError(
+            f"an interrupted run of {out} is kept in {work}; pass --resume to continue it or --overwrite to start over"
+        )
+
+
+@contextlib.contextmanager
+def output_folder(
+    out: str | os.PathLike, overwrite: bool = False, resume: bool = False, keep: tuple[str, ...] = ("state.pt",)
+) -> Iterator[Path]:
+    """Yield the work folder of ``out``; it becomes ``out`` only if the block succeeds.
+
+    On failure the work folder is removed, unless it holds one of the ``keep`` files (the
+    resumable state of a long run), so ``out`` never holds a partial run and a crash loses
+    nothing that ``--resume`` could use. On success the ``keep`` files are deleted and an
+    existing ``out`` is replaced only when ``overwrite``.
+    """
+    out = Path(out)
+    check_output(out, overwrite, resume)
+    work = work_folder(out)
+    if work.exists() and overwrite:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        yield work
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not any((work / k).exists() for k in keep):
+            shutil.rmtree(work, ignore_errors=True)
         raise
+    for k in keep:
+        (work / k).unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)

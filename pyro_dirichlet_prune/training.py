@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataBundle, Split, batches, num_batches
+from .data import DataBundle, Split, batches, epoch_order, num_batches
+from .runstate import RunState, rng_state, set_rng_state
 
 
 @torch.no_grad()
@@ -48,22 +49,61 @@ class TrainResult:
     best_epoch: int = 0
 
 
-def train(net: nn.Module, data: DataBundle, cfg: TrainConfig, desc: str = "train") -> TrainResult:
-    """Train every parameter of ``net`` that requires grad; ``net`` ends in the best state."""
+def train(
+    net: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig,
+    desc: str = "train",
+    state: RunState | None = None,
+    loop: str = "finetune",
+) -> TrainResult:
+    """Train every parameter of ``net`` that requires grad; ``net`` ends in the best state.
+
+    With a ``RunState`` the loop saves its state at the state's interval and continues from
+    a saved state, reaching the same result as an uninterrupted run.
+    """
     params = [p for p in net.parameters() if p.requires_grad]
     result = TrainResult()
     if cfg.epochs <= 0 or not params:
         return result
+    saved = state.get(loop) if state is not None else None
+    if saved is not None and saved.get("done"):
+        net.load_state_dict(saved["net"])
+        net.eval()
+        return TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * num_batches(data.train, cfg.batch_size)
+    per_epoch = num_batches(data.train, cfg.batch_size)
+    steps = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
+    epoch, batch, order, total, count = 0, 0, None, 0.0, 0
     best_err, best_state = math.inf, None
-    bar = tqdm(total=steps, desc=desc, leave=False, disable=None)
-    for epoch in range(cfg.epochs):
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        set_rng_state(saved["rng"], gen)
+        epoch, batch, order = saved["epoch"], saved["batch"], saved["order"]
+        total, count = saved["total"], saved["count"]
+        best_err, best_state = saved["best_err"], saved["best_state"]
+        result = TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
+
+    def snapshot(done: bool = False) -> dict:
+        return {
+            "done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+            "sched": sched.state_dict(), "rng": rng_state(gen), "epoch": epoch, "batch": batch,
+            "order": order, "total": total, "count": count, "best_err": best_err, "best_state": best_state,
+            "history": list(result.history), "best_epoch": result.best_epoch, "global_step": global_step,
+        }
+
+    global_step = epoch * per_epoch + batch
+    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False, disable=None)
+    while epoch < cfg.epochs:
         net.train()
-        total, count = 0.0, 0
-        for x, y, _ in batches(data.train, cfg.batch_size, True, gen, cfg.augment_shift, cfg.augment_flip):
+        if order is None:
+            order = epoch_order(len(data.train), True, gen)
+        for x, y, _ in batches(data.train, cfg.batch_size, True, gen, cfg.augment_shift, cfg.augment_flip,
+                               order=order, start_batch=batch):
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -71,14 +111,23 @@ def train(net: nn.Module, data: DataBundle, cfg: TrainConfig, desc: str = "train
             sched.step()
             total += loss.item() * len(y)
             count += len(y)
+            batch += 1
+            global_step += 1
             bar.update()
+            if state is not None:
+                state.step(loop, global_step, snapshot)
         val = evaluate(net, data.val)
         result.history.append({"epoch": epoch + 1, "train_loss": total / count, "val_error": val["error"]})
         bar.set_postfix(val_error=f"{val['error']:.4f}")
         if val["error"] < best_err:
             best_err, best_state, result.best_epoch = val["error"], copy.deepcopy(net.state_dict()), epoch + 1
+        epoch, batch, order, total, count = epoch + 1, 0, None, 0.0, 0
+        if state is not None:
+            state.save(loop, snapshot())
     bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
+    if state is not None:
+        state.save(loop, snapshot(done=True))
     return result

@@ -66,7 +66,7 @@ def data(data_cfg):
 
 def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg):
     assert sorted(p.name for p in pretrained.iterdir()) == ["model.pt", "report.json"]
-    assert not [p for p in pretrained.parent.iterdir() if ".partial-" in p.name]
+    assert not [p for p in pretrained.parent.iterdir() if ".partial" in p.name]
     rep = json.loads((pretrained / "report.json").read_text())
     assert rep["command"] == "pretrain"
     assert rep["config"]["model"] == "lenet5" and rep["config"]["dataset"] == data_cfg.dataset
@@ -83,7 +83,7 @@ def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg):
 
 def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert sorted(p.name for p in pruned_run.iterdir()) == ["posterior.json", "pruned.pt", "report.json"]
-    assert not [p for p in pruned_run.parent.iterdir() if ".partial-" in p.name]
+    assert not [p for p in pruned_run.parent.iterdir() if ".partial" in p.name]
     rep = json.loads((pruned_run / "report.json").read_text())
     assert rep["command"] == "prune"
     cfg = rep["config"]
@@ -186,4 +186,4 @@ def test_overwrite_replaces_existing_output(pruned_run, pretrained, data_cfg, tm
     rep = json.loads((out / "report.json").read_text())
     # no fine-tuning: the fine-tuned network is the pruned one
     assert rep["finetuned"]["test"] == rep["pruned"]["test"]
-    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]

@@ -1,5 +1,5 @@
 """Bad input: a one-line ``dirichlet-prune: error: ...`` on stderr (or argparse's usage error),
-a non-zero exit status, and no output written (neither the --out folder nor a ``.partial-``
+a non-zero exit status, and no output written (neither the --out folder nor a ``.partial``
 folder beside it)."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def ckpts(tmp_path_factory):
 def _no_output(out):
     assert not out.exists(), f"{out} was written"
     if out.parent.exists():
-        stray = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
+        stray = [p.name for p in out.parent.iterdir() if ".partial" in p.name]
         assert not stray, stray
 
 
@@ -115,7 +115,7 @@ def test_existing_out_without_overwrite(ckpts, tmp_path, capsys, monkeypatch):
     (out / "keep.txt").write_text("precious")
     _user_error(capsys, _prune(ckpts / "lenet5.pt", out), "already exists")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
-    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     _user_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--val-size", "500", "--out", str(out)], "already exists")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 

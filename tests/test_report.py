@@ -13,7 +13,7 @@ from pyro_dirichlet_prune.report import output_folder, versions, write_json
 def test_output_folder_appears_only_on_success(tmp_path):
     out = tmp_path / "a" / "run"
     with output_folder(out) as tmp:
-        assert tmp.parent == out.parent and ".partial-" in tmp.name and not out.exists()
+        assert tmp.parent == out.parent and tmp.name == ".run.partial" and not out.exists()
         (tmp / "f.txt").write_text("x")
     assert (out / "f.txt").read_text() == "x"
     assert [p.name for p in out.parent.iterdir()] == ["run"]

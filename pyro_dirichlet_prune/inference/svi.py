@@ -16,7 +16,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
-from ..data import Split, batches, num_batches
+from ..data import Split, batches, epoch_order, num_batches
+from ..runstate import RunState, rng_state, set_rng_state
 from ..models.switched import SCALES, DirichletSwitchModel, SwitchedNetwork
 from .elbo import MeanSwitchELBO
 from .guides import DEFAULT_FLOOR, DirichletSwitchGuide
@@ -90,45 +91,101 @@ def make_elbo(cfg: SwitchConfig):
     return cls(num_particles=cfg.particles, vectorize_particles=False)
 
 
-def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig) -> SwitchFit:
+def fit_switches(
+    network: SwitchedNetwork,
+    train: Split,
+    cfg: SwitchConfig,
+    state: RunState | None = None,
+    loop: str = "switches",
+) -> SwitchFit:
     """Fit q(s) = prod_l Dirichlet(phi_l) to the frozen ``network`` on ``train``.
 
     Clears Pyro's param store first; on return the store holds ``concentration.<layer>``.
+    With a ``RunState`` the loop saves the param store, the optimiser state, the random
+    generators and its position at the state's interval, and continues from a saved state.
     Raises ``FloatingPointError`` naming the stage and step if the loss stops being finite.
     """
     cfg.validate()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
     network.eval()
     widths = network.widths
     stages = [list(widths)] if cfg.schedule == "joint" else [[name] for name in widths]
-    fit = SwitchFit(concentrations={})
-    generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_stage = cfg.epochs * num_batches(train, cfg.batch_size)
+    per_epoch = num_batches(train, cfg.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    saved = state.get(loop) if state is not None else None
+    pyro.clear_param_store()
+    if saved is not None and saved.get("done"):
+        pyro.get_param_store().set_state(saved["params"])
+        return SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], saved["seconds"])
+    pyro.set_rng_seed(cfg.seed)
+    fit = SwitchFit(concentrations={})
+    stage_index, epoch, batch, order, optim_state, seconds_before = 0, 0, 0, None, None, 0.0
+    if saved is not None:
+        pyro.get_param_store().set_state(saved["params"])
+        set_rng_state(saved["rng"], generator)
+        stage_index, epoch, batch, order = saved["stage"], saved["epoch"], saved["batch"], saved["order"]
+        optim_state, seconds_before = saved["optim"], saved["seconds"]
+        fit = SwitchFit(saved["concentrations"], saved["losses"], saved["stages"])
     start = time.perf_counter()
-    for layers in stages:
+    for stage_index in range(stage_index, len(stages)):
+        layers = stages[stage_index]
         model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale)
         guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)
-        svi = SVI(model, guide, pyro.optim.Adam({"lr": cfg.lr}), loss=make_elbo(cfg))
+        optim = pyro.optim.Adam({"lr": cfg.lr})
+        if optim_state is not None:
+            optim.set_state(optim_state)
+            optim_state = None
+        svi = SVI(model, guide, optim, loss=make_elbo(cfg))
         label = "+".join(layers) if len(layers) > 1 else layers[0]
         t0 = time.perf_counter()
-        bar = tqdm(total=steps_per_stage, desc=f"switches {label}", leave=False, disable=None)
-        step = 0
-        for _ in range(cfg.epochs):
-            for x, y, idx in batches(train, cfg.batch_size, True, generator):
+        step = epoch * per_epoch + batch
+        global_offset = stage_index * steps_per_stage
+
+        def snapshot() -> dict:
+            return {
+                "done": False, "params": pyro.get_param_store().get_state(), "optim": optim.get_state(),
+                "rng": rng_state(generator), "stage": stage_index, "epoch": epoch, "batch": batch,
+                "order": order, "concentrations": dict(fit.concentrations), "losses": list(fit.losses),
+                "stages": list(fit.stages), "seconds": seconds_before + time.perf_counter() - start,
+                "global_step": global_offset + step,
+            }
+
+        bar = tqdm(total=steps_per_stage, initial=step, desc=f"switches {label}", leave=False, disable=None)
+        while epoch < cfg.epochs:
+            if order is None:
+                order = epoch_order(len(train), True, generator)
+            for x, y, idx in batches(train, cfg.batch_size, True, generator, order=order, start_batch=batch):
                 loss = svi.step(x, y, idx)
                 step += 1
+                batch += 1
                 if not math.isfinite(loss):
                     bar.close()
-                    raise FloatingPointError(f"ELBO became {loss} at step {step} while learning switches of {label}")
+                    raise FloatingPointError(
+                        f"ELBO became {loss} at step {step} while learning switches of {label}"
+                    )
                 fit.losses.append(loss)
                 bar.update()
                 if step % 50 == 0:
                     bar.set_postfix(loss=f"{loss:.4g}")
+                if state is not None:
+                    state.step(loop, global_offset + step, snapshot)
+            epoch, batch, order = epoch + 1, 0, None
         bar.close()
         fit.concentrations.update(guide.concentrations())
         fit.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
-    fit.seconds = time.perf_counter() - start
+        epoch = 0
+        if state is not None and stage_index + 1 < len(stages):
+            stage_index_next = stage_index + 1
+            snap = snapshot()
+            snap.update(stage=stage_index_next, epoch=0, batch=0, order=None, optim=None,
+                        global_step=stage_index_next * steps_per_stage)
+            state.save(loop, snap)
+    fit.seconds = seconds_before + time.perf_counter() - start
+    if state is not None:
+        state.save(loop, {
+            "done": True, "params": pyro.get_param_store().get_state(), "concentrations": fit.concentrations,
+            "losses": fit.losses, "stages": fit.stages, "seconds": fit.seconds,
+        })
     return fit
 
 
