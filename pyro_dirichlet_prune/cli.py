@@ -8,7 +8,7 @@ from typing import Sequence
 
 from . import __version__
 from .data import DATASETS, load_data
-from .errors import UserError
+from .errors import NumericalError, UserError
 from .inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
 from .models.switched import SCALES
 from .models import MODELS
@@ -34,6 +34,7 @@ def _number(kind: type, ok, expected: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+_nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number")
 _rate = _number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
     pre.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
     pre.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
-    pre.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    pre.add_argument("--weight-decay", type=_nonneg_float, default=0.0, help="Adam weight decay (default 0)")
     pre.add_argument("--augment-shift", type=_nonneg_int, default=2,
                      help="random translation by up to N pixels (default 2; 0 turns it off)")
     pre.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
@@ -227,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except NumericalError as exc:
+        print(f"{PROG}: numerical error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -125,7 +125,7 @@ def _to_split(images: np.ndarray, labels: np.ndarray, mean, std) -> Split:
         x = x.permute(0, 3, 1, 2).contiguous()
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    return Split((x - m) / s, torch.as_tensor(np.asarray(labels), dtype=torch.long))
+    return Split((x - m) / s, torch.as_tensor(np.array(labels, copy=True), dtype=torch.long))
 
 
 def load_data(

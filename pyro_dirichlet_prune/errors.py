@@ -6,3 +6,11 @@ class UserError(ValueError):
 
     The command line prints ``dirichlet-prune: error: <message>`` and exits with status 2.
     """
+
+
+class NumericalError(RuntimeError):
+    """A run went numerically wrong (non-finite ELBO, collapsed posterior, broken surgery).
+
+    The message names the layer and the step; the command line prints it on one line and exits
+    with status 3.
+    """

@@ -15,12 +15,12 @@ import torch
 
 from .data import DataBundle, Split, load_data
 from .errors import UserError
-from .inference.svi import SwitchConfig, fit_switches
+from .inference.svi import SwitchConfig, collapsed_fraction, fit_switches
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, build_model
 from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
 from .pruning.cutoff import arch_string, keep_top, parse_arch, parse_widths, rate_widths
-from .pruning.surgery import prune_units
+from .pruning.surgery import prune_units, verify_surgery
 from .report import check_output, now, output_folder, versions, write_json
 from .runstate import RunState
 from .training import TrainConfig, evaluate, train
@@ -154,8 +154,10 @@ def run_prune(
         cfg.switch.validate()
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if cfg.finetune.epochs < 0:
-        raise UserError(f"--finetune-epochs must be non-negative, got {cfg.finetune.epochs}")
+    try:
+        cfg.finetune.validate()
+    except ValueError as exc:
+        raise UserError(f"fine-tuning: {exc}") from None
     build_model(cfg.model)  # unknown model → clear error before any work
     ckpt = _resolve_checkpoint(cfg)
     net, info = load_checkpoint(ckpt, cfg.model)
@@ -192,6 +194,7 @@ def run_prune(
         means = fit.posterior_means()
         keep = keep_top(means, kept_counts)
         pruned = prune_units(net, keep, data.input_shape)
+        surgery_diff = verify_surgery(net, pruned, keep, data.input_shape, seed=cfg.seed)
         timings["surgery"] = time.perf_counter() - t
         after_surgery = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
 
@@ -236,6 +239,10 @@ def run_prune(
                 "losses": fit.losses,
             },
             "kept": keep,
+            "checks": {
+                "surgery_max_abs_diff_vs_masked": surgery_diff,
+                "concentrations_at_floor": collapsed_fraction(fit.concentrations, switch_cfg.floor),
+            },
             "resumed": resume,
             "resumed_from": state.resumed_from,
             "timings_seconds": timings | {"total": sum(timings.values())},

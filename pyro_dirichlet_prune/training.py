@@ -42,6 +42,12 @@ class TrainConfig:
     augment_flip: bool = False
     seed: int = 0
 
+    def validate(self) -> None:
+        if int(self.epochs) < 0 or int(self.batch_size) < 1 or int(self.augment_shift) < 0:
+            raise ValueError(f"epochs >= 0, batch_size >= 1 and augment_shift >= 0 needed, got {self}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
+
 
 @dataclass
 class TrainResult:
@@ -62,6 +68,7 @@ def train(
     With a ``RunState`` the loop saves its state at the state's interval and continues from
     a saved state, reaching the same result as an uninterrupted run.
     """
+    cfg.validate()
     params = [p for p in net.parameters() if p.requires_grad]
     result = TrainResult()
     if cfg.epochs <= 0 or not params:

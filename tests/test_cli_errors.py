@@ -214,3 +214,39 @@ def test_prune_without_checkpoint_when_none_ships(tmp_path, capsys):
     _user_error(capsys, ["prune", "--model", "lenet5-caffe", "--dataset", "fake-mnist", "--arch", "1-1-1",
                          "--out", str(out)], "no pre-trained lenet5-caffe")
     _no_output(out)
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("--switch-lr", "-1"), ("--switch-lr", "nan"), ("--alpha0", "0"), ("--alpha0", "inf"), ("--particles", "0"),
+     ("--particles", "two"), ("--switch-epochs", "0"), ("--finetune-epochs", "-1"), ("--floor", "-0.1"),
+     ("--rate", "1.0"), ("--rate", "-0.2"), ("--seed", "-3"), ("--checkpoint-every", "0"), ("--threads", "0"),
+     ("--switch-batch-size", "0"), ("--val-size", "0"), ("--guide", "normal"), ("--elbo", "renyi"),
+     ("--schedule", "random"), ("--switch-scale", "log")],
+)
+def test_every_prune_option_is_range_checked(ckpts, tmp_path, capsys, option, value):
+    argv = _prune(ckpts / "lenet5.pt", tmp_path / "run")
+    if option == "--rate":
+        i = argv.index("--arch")
+        del argv[i : i + 2]
+    _usage_error(capsys, argv + [option, value], option)
+    _no_output(tmp_path / "run")
+
+
+def test_pretrain_negative_weight_decay_is_refused(tmp_path, capsys):
+    _usage_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--weight-decay", "-1", "--out", str(tmp_path / "p")],
+                 "--weight-decay")
+
+
+def test_public_functions_validate(tmp_path):
+    from pyro_dirichlet_prune.training import TrainConfig, train
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig
+
+    with pytest.raises(ValueError):
+        SwitchConfig(particles=0).validate()
+    with pytest.raises(ValueError):
+        SwitchConfig(init_concentration=0.01, floor=0.05).validate()
+    with pytest.raises(ValueError):
+        TrainConfig(lr=-1).validate()
+    with pytest.raises(ValueError):
+        TrainConfig(batch_size=0).validate()

@@ -13,16 +13,19 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import pyro.optim
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from ..data import Split, batches, epoch_order, num_batches
-from ..runstate import RunState, rng_state, set_rng_state
+from ..errors import NumericalError
 from ..models.switched import SCALES, DirichletSwitchModel, SwitchedNetwork
+from ..runstate import RunState, rng_state, set_rng_state
 from .elbo import MeanSwitchELBO
 from .guides import DEFAULT_FLOOR, DirichletSwitchGuide
 
 GUIDES = ("dirichlet", "dirichlet-mean")
+AT_FLOOR = 0.01  # a concentration within 1% of the floor counts as collapsed onto it
 ELBOS = ("trace", "meanfield")
 SCHEDULES = ("joint", "sequential")
 
@@ -83,6 +86,47 @@ class SwitchFit:
         return {k: v / v.sum() for k, v in self.concentrations.items()}
 
 
+def diagnose_nonfinite(model, guide, *args) -> str:
+    """Say what made the ELBO non-finite: the frozen network itself on this batch, the
+    concentrations of a layer (after a non-finite gradient step), or the site whose log-density
+    is not finite under the current guide."""
+    with torch.no_grad():
+        if not torch.isfinite(model.network(args[0])).all():
+            return "the network's logits are not finite on this batch even without switches (check the checkpoint and the data)"
+    bad = [layer for layer, phi in guide.concentrations().items() if not torch.isfinite(phi).all()]
+    if bad:
+        return f"concentrations of layer {', '.join(bad)} are not finite"
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+        for where, trace in (("model", model_trace), ("guide", guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] == "sample":
+                    lp = site["fn"].log_prob(site["value"])
+                    if not torch.isfinite(lp).all():
+                        return f"the {where} log-density of site {name} is not finite"
+                    if name == "obs" and not torch.isfinite(site["fn"].logits).all():
+                        return "the network's logits are not finite"
+    return "no single site is non-finite on a fresh draw (an unlucky sample or a too large --switch-lr)"
+
+
+def check_collapse(guide: DirichletSwitchGuide, step: int, label: str) -> None:
+    """Raise ``NumericalError`` if every concentration of a layer sits at the floor: the
+    posterior mean is then uniform and ranks nothing."""
+    for layer, phi in guide.concentrations().items():
+        if bool(((phi - guide.floor) <= AT_FLOOR * guide.floor).all()):
+            raise NumericalError(
+                f"all {phi.numel()} concentrations of layer {layer} collapsed to the floor {guide.floor} "
+                f"by step {step} of switch learning ({label}); the posterior ranks nothing. "
+                f"Lower --switch-lr, raise --alpha0 above the floor, or check that the layer affects the output"
+            )
+
+
+def collapsed_fraction(concentrations: dict[str, torch.Tensor], floor: float) -> dict[str, float]:
+    """Fraction of each layer's concentrations within 1% of the floor."""
+    return {k: float(((v - floor) <= AT_FLOOR * floor).double().mean()) for k, v in concentrations.items()}
+
+
 def make_elbo(cfg: SwitchConfig):
     """The Pyro ELBO object a configuration asks for."""
     if cfg.guide == "dirichlet-mean":
@@ -103,7 +147,8 @@ def fit_switches(
     Clears Pyro's param store first; on return the store holds ``concentration.<layer>``.
     With a ``RunState`` the loop saves the param store, the optimiser state, the random
     generators and its position at the state's interval, and continues from a saved state.
-    Raises ``FloatingPointError`` naming the stage and step if the loss stops being finite.
+    Raises ``NumericalError`` naming the layer and step if the ELBO stops being finite, or if
+    every concentration of a layer has collapsed to the floor (checked at every epoch end).
     """
     cfg.validate()
     network.eval()
@@ -160,8 +205,9 @@ def fit_switches(
                 batch += 1
                 if not math.isfinite(loss):
                     bar.close()
-                    raise FloatingPointError(
-                        f"ELBO became {loss} at step {step} while learning switches of {label}"
+                    raise NumericalError(
+                        f"ELBO became {loss} at step {step} of switch learning ({label}): "
+                        f"{diagnose_nonfinite(model, guide, x, y, idx)}"
                     )
                 fit.losses.append(loss)
                 bar.update()
@@ -170,6 +216,7 @@ def fit_switches(
                 if state is not None:
                     state.step(loop, global_offset + step, snapshot)
             epoch, batch, order = epoch + 1, 0, None
+            check_collapse(guide, step, label)
         bar.close()
         fit.concentrations.update(guide.concentrations())
         fit.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})

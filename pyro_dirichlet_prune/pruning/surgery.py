@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import NumericalError
 from ..models.switch_points import SwitchPoint, switch_points
 
 
@@ -60,8 +61,10 @@ def prune_units(
     for name, kept in keep.items():
         point = points[name]
         kept = sorted(set(int(i) for i in kept))
-        if not kept or kept[0] < 0 or kept[-1] >= point.width:
-            raise ValueError(f"layer {name}: kept units {kept} not within 0..{point.width - 1} or empty")
+        if not kept:
+            raise NumericalError(f"the cut-off would remove every unit of layer {name}; a layer keeps at least one")
+        if kept[0] < 0 or kept[-1] >= point.width:
+            raise ValueError(f"layer {name}: kept units {kept} not within 0..{point.width - 1}")
         remove = [j for j in range(point.width) if j not in set(kept)]
         if remove:
             group = graph.get_pruning_group(point.module, _prune_fn(point.module), idxs=remove)
@@ -69,3 +72,50 @@ def prune_units(
     for n, p in pruned.named_parameters():
         p.requires_grad_(requires_grad.get(n, True))
     return pruned
+
+
+@torch.no_grad()
+def verify_surgery(
+    net: nn.Module,
+    pruned: nn.Module,
+    keep: Mapping[str, Sequence[int]],
+    input_shape: Sequence[int],
+    batch: int = 8,
+    seed: int = 0,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> float:
+    """Check that ``pruned`` runs and equals the masked ``net`` on a random batch.
+
+    Returns the largest absolute difference; raises ``NumericalError`` naming the cause when the
+    pruned network fails, returns non-finite outputs, or computes another function (surgery
+    missed a dependency, e.g. a size hard-coded in ``forward``).
+    """
+    from ..models.switched import SwitchedNetwork
+
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    was = pruned.training
+    pruned.eval()
+    try:
+        out = pruned(x)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise NumericalError(
+            f"the pruned network no longer runs on inputs of shape {tuple(input_shape)}: "
+            f"{type(exc).__name__}: {first}"
+        ) from None
+    finally:
+        pruned.train(was)
+    if not torch.isfinite(out).all():
+        raise NumericalError("the pruned network returns non-finite outputs")
+    reference = copy.deepcopy(net).eval()
+    switched = SwitchedNetwork(reference)
+    with switched.scaled(mask_scales(switched.points, keep)):
+        expected = switched(x)
+    diff = float((out - expected).abs().max())
+    if not torch.allclose(out, expected, rtol=rtol, atol=atol):
+        raise NumericalError(
+            f"the pruned network differs from the masked network by up to {diff:.3g}: surgery missed a "
+            f"dependency of layers {', '.join(keep)}"
+        )
+    return diff
