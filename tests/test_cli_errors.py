@@ -250,3 +250,13 @@ def test_public_functions_validate(tmp_path):
         TrainConfig(lr=-1).validate()
     with pytest.raises(ValueError):
         TrainConfig(batch_size=0).validate()
+
+
+def test_data_of_another_shape_is_refused(ckpts, tmp_path, capsys):
+    """A 1×28×28 LeNet-5 checkpoint against 3×32×32 CIFAR-shaped data: one line, no output."""
+    line = _user_error(capsys, _prune(ckpts / "lenet5.pt", tmp_path / "run", data=("--dataset", "fake-cifar10",
+                                                                                     "--val-size", "500")),
+                       "expects inputs (1, 28, 28)")
+    assert "(3, 32, 32)" in line
+    _no_output(tmp_path / "run")
+    _user_error(capsys, ["evaluate", str(ckpts / "lenet5.pt"), "--dataset", "fake-cifar10"], "does not take")
