@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = SwitchConfig()
     pr.add_argument("--guide", choices=GUIDES, default=d.guide,
                     help="dirichlet: sampled switches; dirichlet-mean: likelihood at the Dirichlet mean plus "
-                         f"closed-form KL (default {d.guide})")
+                         "closed-form KL; normal, delta, lowrank: Pyro's AutoNormal (logistic-normal switches), "
+                         f"AutoDelta (MAP), AutoLowRankMultivariateNormal, fitted with Trace_ELBO (default {d.guide})")
     pr.add_argument("--elbo", choices=ELBOS, default=d.elbo,
                     help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL) "
                          f"(default {d.elbo}; ignored by dirichlet-mean)")

@@ -15,7 +15,8 @@ import torch
 
 from .data import DataBundle, Split, load_data
 from .errors import UserError
-from .inference.svi import SwitchConfig, collapsed_fraction, fit_switches
+from .inference.svi import SwitchConfig, collapsed_fraction, fit_switches, switch_posterior
+from .plots import plot_posterior
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, build_model
 from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
@@ -187,6 +188,7 @@ def run_prune(
         t = time.perf_counter()
         switched = SwitchedNetwork(net)
         fit = fit_switches(switched, data.train, switch_cfg, state=state)
+        post = switch_posterior(fit, switch_cfg, switched, data.train)
         switched.remove_hooks()
         timings["switches"] = time.perf_counter() - t
 
@@ -211,13 +213,20 @@ def run_prune(
         )
         posterior = {
             layer: {
-                "concentration": phi.tolist(),
+                **({"concentration": fit.concentrations[layer].tolist()} if layer in fit.concentrations else {}),
                 "mean": means[layer].tolist(),
+                "lower": post.lower[layer].tolist(),
+                "upper": post.upper[layer].tolist(),
                 "kept": keep[layer],
             }
-            for layer, phi in fit.concentrations.items()
+            for layer in means
         }
         write_json(tmp / "posterior.json", posterior)
+        plot_posterior(post, tmp / "posterior.png", keep,
+                       title=f"{cfg.model} on {cfg.dataset}: switch posterior ({switch_cfg.guide}), kept {arch_string(keep)}")
+        if not fit.concentrations:  # an autoguide: keep its fitted parameters too
+            write_json(tmp / "guide_params.json",
+                       {name: value.detach().tolist() for name, value in pyro.get_param_store().items()})
         report = {
             "command": "prune",
             "created": now(),
@@ -237,6 +246,12 @@ def run_prune(
                 "stages": fit.stages,
                 "final_loss": sum(fit.losses[-20:]) / len(fit.losses[-20:]),
                 "losses": fit.losses,
+            },
+            "posterior": {
+                "elbo": post.elbo,
+                "elbo_standard_error": post.elbo_se,
+                "credible_level": post.level,
+                "exact_marginals": post.exact,
             },
             "kept": keep,
             "checks": {

@@ -82,7 +82,7 @@ def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg):
 
 
 def test_prune_report_fields(pruned_run, pretrained, data_cfg):
-    assert sorted(p.name for p in pruned_run.iterdir()) == ["posterior.json", "pruned.pt", "report.json"]
+    assert sorted(p.name for p in pruned_run.iterdir()) == ["posterior.json", "posterior.png", "pruned.pt", "report.json"]
     assert not [p for p in pruned_run.parent.iterdir() if ".partial" in p.name]
     rep = json.loads((pruned_run / "report.json").read_text())
     assert rep["command"] == "prune"
@@ -182,7 +182,7 @@ def test_overwrite_replaces_existing_output(pruned_run, pretrained, data_cfg, tm
     args = _prune_args(data_cfg, pretrained / "model.pt", out)
     args[args.index("--finetune-epochs") + 1] = "0"
     assert cli.main([*args, "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["posterior.json", "pruned.pt", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["posterior.json", "posterior.png", "pruned.pt", "report.json"]
     rep = json.loads((out / "report.json").read_text())
     # no fine-tuning: the fine-tuned network is the pruned one
     assert rep["finetuned"]["test"] == rep["pruned"]["test"]

@@ -221,7 +221,7 @@ def test_prune_without_checkpoint_when_none_ships(tmp_path, capsys):
     [("--switch-lr", "-1"), ("--switch-lr", "nan"), ("--alpha0", "0"), ("--alpha0", "inf"), ("--particles", "0"),
      ("--particles", "two"), ("--switch-epochs", "0"), ("--finetune-epochs", "-1"), ("--floor", "-0.1"),
      ("--rate", "1.0"), ("--rate", "-0.2"), ("--seed", "-3"), ("--checkpoint-every", "0"), ("--threads", "0"),
-     ("--switch-batch-size", "0"), ("--val-size", "0"), ("--guide", "normal"), ("--elbo", "renyi"),
+     ("--switch-batch-size", "0"), ("--val-size", "0"), ("--guide", "gaussian"), ("--elbo", "renyi"),
      ("--schedule", "random"), ("--switch-scale", "log")],
 )
 def test_every_prune_option_is_range_checked(ckpts, tmp_path, capsys, option, value):

@@ -21,10 +21,12 @@ from ..data import Split, batches, epoch_order, num_batches
 from ..errors import NumericalError
 from ..models.switched import SCALES, DirichletSwitchModel, SwitchedNetwork
 from ..runstate import RunState, rng_state, set_rng_state
+from .autoguides import AUTOGUIDES, make_autoguide
+from .posterior import CREDIBLE_LEVEL, SwitchPosterior, dirichlet_posterior, estimate_elbo, monte_carlo_posterior
 from .elbo import MeanSwitchELBO
 from .guides import DEFAULT_FLOOR, DirichletSwitchGuide
 
-GUIDES = ("dirichlet", "dirichlet-mean")
+GUIDES = ("dirichlet", "dirichlet-mean", *AUTOGUIDES)
 AT_FLOOR = 0.01  # a concentration within 1% of the floor counts as collapsed onto it
 ELBOS = ("trace", "meanfield")
 SCHEDULES = ("joint", "sequential")
@@ -34,8 +36,9 @@ SCHEDULES = ("joint", "sequential")
 class SwitchConfig:
     """Settings of switch learning.
 
-    guide: ``dirichlet`` (sampled switches, ``particles`` Monte-Carlo samples per step) or
-        ``dirichlet-mean`` (the paper's mean variant, ``inference.elbo.MeanSwitchELBO``).
+    guide: ``dirichlet`` (sampled switches, ``particles`` Monte-Carlo samples per step),
+        ``dirichlet-mean`` (the paper's mean variant, ``inference.elbo.MeanSwitchELBO``), or an
+        autoguide (``normal``, ``delta``, ``lowrank``; see ``inference.autoguides``).
     elbo: for the sampled guide, ``trace`` (``Trace_ELBO``: Monte-Carlo KL) or ``meanfield``
         (``TraceMeanField_ELBO``: closed-form Dirichlet KL).
     """
@@ -58,6 +61,11 @@ class SwitchConfig:
             raise ValueError(f"unknown guide {self.guide!r}; choose one of {', '.join(GUIDES)}")
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
+        if self.guide in AUTOGUIDES and self.elbo != "trace":
+            raise ValueError(
+                f"guide {self.guide} needs --elbo trace: TraceMeanField_ELBO mis-handles the log-density of "
+                f"the autoguides' Delta sites in Pyro 1.9 and optimises another objective"
+            )
         if self.scale not in SCALES:
             raise ValueError(f"unknown switch scale {self.scale!r}; choose one of {', '.join(SCALES)}")
         if self.schedule not in SCHEDULES:
@@ -80,10 +88,25 @@ class SwitchFit:
     losses: list[float] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    means: dict[str, torch.Tensor] = field(default_factory=dict)
+    intervals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    guide: object | None = field(default=None, repr=False)
+    model: object | None = field(default=None, repr=False)
 
     def posterior_means(self) -> dict[str, torch.Tensor]:
-        """E_q[s_l] = phi_l / sum_j phi_lj."""
+        """E_q[s_l]: phi_l / sum_j phi_lj for the Dirichlet guides, a Monte-Carlo average of the
+        guide's draws for the autoguides."""
+        if self.means:
+            return dict(self.means)
         return {k: v / v.sum() for k, v in self.concentrations.items()}
+
+
+def _param_store_state() -> dict:
+    """A detached copy of Pyro's param store state (the store's own ``get_state`` returns live
+    tensors, which autoguides decorate with weak references that cannot be pickled)."""
+    state = pyro.get_param_store().get_state()
+    return {"params": {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in state["params"].items()},
+            "constraints": dict(state["constraints"])}
 
 
 def diagnose_nonfinite(model, guide, *args) -> str:
@@ -161,7 +184,8 @@ def fit_switches(
     pyro.clear_param_store()
     if saved is not None and saved.get("done"):
         pyro.get_param_store().set_state(saved["params"])
-        return SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], saved["seconds"])
+        return SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], saved["seconds"], saved["means"],
+                         saved["intervals"])
     pyro.set_rng_seed(cfg.seed)
     fit = SwitchFit(concentrations={})
     stage_index, epoch, batch, order, optim_state, seconds_before = 0, 0, 0, None, None, 0.0
@@ -170,12 +194,16 @@ def fit_switches(
         set_rng_state(saved["rng"], generator)
         stage_index, epoch, batch, order = saved["stage"], saved["epoch"], saved["batch"], saved["order"]
         optim_state, seconds_before = saved["optim"], saved["seconds"]
-        fit = SwitchFit(saved["concentrations"], saved["losses"], saved["stages"])
+        fit = SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], means=saved["means"],
+                        intervals=saved["intervals"])
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
         model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale)
-        guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)
+        if cfg.guide in AUTOGUIDES:
+            guide = make_autoguide(cfg.guide, model)
+        else:
+            guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)
         optim = pyro.optim.Adam({"lr": cfg.lr})
         if optim_state is not None:
             optim.set_state(optim_state)
@@ -188,9 +216,11 @@ def fit_switches(
 
         def snapshot() -> dict:
             return {
-                "done": False, "params": pyro.get_param_store().get_state(), "optim": optim.get_state(),
+                "done": False, "params": _param_store_state(), "optim": optim.get_state(),
                 "rng": rng_state(generator), "stage": stage_index, "epoch": epoch, "batch": batch,
-                "order": order, "concentrations": dict(fit.concentrations), "losses": list(fit.losses),
+                "order": order, "concentrations": dict(fit.concentrations), "means": dict(fit.means),
+                "intervals": dict(fit.intervals),
+                "losses": list(fit.losses),
                 "stages": list(fit.stages), "seconds": seconds_before + time.perf_counter() - start,
                 "global_step": global_offset + step,
             }
@@ -216,9 +246,17 @@ def fit_switches(
                 if state is not None:
                     state.step(loop, global_offset + step, snapshot)
             epoch, batch, order = epoch + 1, 0, None
-            check_collapse(guide, step, label)
+            if isinstance(guide, DirichletSwitchGuide):
+                check_collapse(guide, step, label)
         bar.close()
-        fit.concentrations.update(guide.concentrations())
+        if isinstance(guide, DirichletSwitchGuide):
+            fit.concentrations.update(guide.concentrations())
+        else:
+            x0, y0, i0 = next(batches(train, cfg.batch_size, False))
+            post = monte_carlo_posterior(guide, model.widths, x0, y0, i0, level=CREDIBLE_LEVEL, name=cfg.guide)
+            fit.means.update(post.means)
+            fit.intervals.update({k: (post.lower[k], post.upper[k]) for k in post.means})
+        fit.guide, fit.model = guide, model
         fit.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
         epoch = 0
         if state is not None and stage_index + 1 < len(stages):
@@ -230,10 +268,31 @@ def fit_switches(
     fit.seconds = seconds_before + time.perf_counter() - start
     if state is not None:
         state.save(loop, {
-            "done": True, "params": pyro.get_param_store().get_state(), "concentrations": fit.concentrations,
+            "done": True, "params": _param_store_state(), "concentrations": fit.concentrations,
+            "means": fit.means, "intervals": fit.intervals,
             "losses": fit.losses, "stages": fit.stages, "seconds": fit.seconds,
         })
     return fit
+
+
+def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, network: SwitchedNetwork, train: Split,
+                     elbo_particles: int = 8, elbo_batches: int | None = 20) -> SwitchPosterior:
+    """The posterior of a fit: exact Beta marginals for the Dirichlet guides, the Monte-Carlo
+    intervals for the autoguides, and the ELBO of the whole model under the fitted guide,
+    estimated with ``elbo_particles`` particles (not available for an autoguide fitted layer by
+    layer, which has no single guide over all layers)."""
+    if fit.concentrations:
+        post = dirichlet_posterior(fit.concentrations, CREDIBLE_LEVEL, cfg.guide)
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale)
+        guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)  # reads the fitted params
+    else:
+        post = SwitchPosterior(cfg.guide, CREDIBLE_LEVEL, dict(fit.means), {k: v[0] for k, v in fit.intervals.items()},
+                               {k: v[1] for k, v in fit.intervals.items()}, exact=False)
+        model, guide = (fit.model, fit.guide) if cfg.schedule == "joint" else (None, None)
+    if guide is not None and elbo_particles > 0:
+        post.elbo, post.elbo_se = estimate_elbo(model, guide, train, cfg.batch_size, elbo_particles, elbo_batches,
+                                                seed=cfg.seed)
+    return post
 
 
 def config_dict(cfg: SwitchConfig) -> dict:
