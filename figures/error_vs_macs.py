@@ -1,0 +1,76 @@
+"""Test error against multiply-accumulates for every ranking method over a search's pool: each
+point is one architecture, its test error the mean over the seeds (``--pruned``: the error right
+after surgery, before fine-tuning).
+
+    python figures/error_vs_macs.py runs/search --out runs/search/error_vs_macs.png
+
+Reads ``summary.json`` of a ``dirichlet-prune search`` folder (or, for an unfinished search,
+summarises the records finished so far).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pyro_dirichlet_prune.errors import UserError  # noqa: E402
+from pyro_dirichlet_prune.search import load_records, load_summary, summarize  # noqa: E402
+
+MARKERS = "o^sDvP*X"
+
+
+def plot_error_vs_macs(summary: Mapping, path: str | Path, title: str | None = None, ylabel: str | None = None) -> Path:
+    """Scatter of mean test error (%) against MACs, one colour and marker per method (the legend
+    gives each method's mean over the architectures); saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rows = [r for r in summary["per_arch"] if r.get("macs") is not None]
+    for i, m in enumerate(summary["methods"]):
+        pts = sorted((r["macs"], 100 * r["test_error"][m]) for r in rows if r["test_error"].get(m) is not None)
+        if not pts:
+            continue
+        x, y = np.array(pts).T
+        ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], linestyle="none", markersize=5, alpha=0.75,
+                label=f"{m} (mean {np.mean(y):.2f}%)")
+    ax.set_xlabel("MACs per input of the pruned network")
+    ax.set_ylabel(ylabel or "test error (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"Test error against MACs over {len(rows)} architectures")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("search", help="output folder of `dirichlet-prune search`")
+    ap.add_argument("--out", default=None, help="PNG to write (default SEARCH/error_vs_macs.png)")
+    ap.add_argument("--pruned", action="store_true", help="plot the test error right after surgery, before fine-tuning")
+    ap.add_argument("--title", default=None, help="figure title")
+    args = ap.parse_args(argv)
+    summary = load_summary(args.search)
+    ylabel = None
+    if args.pruned:  # the same summary, of the errors before fine-tuning
+        records = [dict(r, test_error=r["test_error_pruned"]) for r in load_records(args.search)]
+        summary = summarize(records, summary["methods"], summary["archs"])
+        ylabel = "test error (%) right after surgery, mean over seeds"
+    out = Path(args.out) if args.out else Path(args.search) / ("error_vs_macs_pruned.png" if args.pruned else "error_vs_macs.png")
+    path = plot_error_vs_macs(summary, out, args.title, ylabel)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f"{Path(__file__).name}: error: {exc}")

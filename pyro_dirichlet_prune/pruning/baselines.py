@@ -1,0 +1,147 @@
+"""Baseline unit-importance scores, through the same interface as the switch posterior means.
+
+Every scorer returns ``{layer name: 1-D float64 tensor of length D_l}`` for the layers a network
+declares in ``switch_points()``; a higher score means a more important unit, so ``keep_top``
+ranks a baseline exactly as it ranks E_q[s_l].
+
+* ``l1`` / ``l2``: the norm of each unit's incoming weights (Li et al. 2017 for ``l1``);
+* ``fisher``: Fisher pruning (Theis et al. 2018), the loss increase predicted for removing a unit;
+* ``random``: seeded uniform scores (the ranking a method has to beat).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Split, batches
+from ..errors import UserError
+from ..models.switch_points import switch_points
+from ..models.switched import SwitchedNetwork
+
+BASELINES = ("l1", "l2", "fisher", "random")
+FISHER_BATCHES = 10
+FISHER_BATCH_SIZE = 100
+
+
+def weight_norm_scores(net: nn.Module, p: float) -> dict[str, torch.Tensor]:
+    """score_j = || W_j ||_p, where W_j is unit j's row of ``point.module.weight`` flattened
+    (all input channels × kernel taps of an output channel, or all inputs of a neuron).
+
+    The bias is not included: it is not an incoming weight, and the filter-norm criterion of
+    Li et al. (2017) ranks filters by their kernel weights alone."""
+    return {
+        point.name: point.module.weight.detach().flatten(1).double().norm(p=p, dim=1).cpu()
+        for point in switch_points(net)
+    }
+
+
+def l1_scores(net: nn.Module) -> dict[str, torch.Tensor]:
+    """score_j = sum_i |W_ji| over unit j's incoming weights (bias excluded)."""
+    return weight_norm_scores(net, 1)
+
+
+def l2_scores(net: nn.Module) -> dict[str, torch.Tensor]:
+    """score_j = sqrt(sum_i W_ji^2) over unit j's incoming weights (bias excluded)."""
+    return weight_norm_scores(net, 2)
+
+
+def random_scores(net: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """score_j ~ Uniform[0, 1), independently per unit, from one generator seeded with ``seed``
+    and drawn layer by layer in the network's order."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return {p.name: torch.rand(p.width, generator=gen, dtype=torch.float64) for p in switch_points(net)}
+
+
+@contextlib.contextmanager
+def _probe(net: nn.Module) -> Iterator[SwitchedNetwork]:
+    """A switched view of ``net`` in eval mode; the net's hooks, ``requires_grad`` flags and mode
+    are restored on exit."""
+    flags = [p.requires_grad for p in net.parameters()]
+    was_training = net.training
+    switched = SwitchedNetwork(net)  # freezes the weights
+    net.eval()
+    try:
+        yield switched
+    finally:
+        switched.remove_hooks()
+        for p, flag in zip(net.parameters(), flags):
+            p.requires_grad_(flag)
+        net.train(was_training)
+
+
+def fisher_scores(
+    net: nn.Module,
+    split: Split,
+    num_batches: int = FISHER_BATCHES,
+    batch_size: int = FISHER_BATCH_SIZE,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Fisher pruning (Theis et al. 2018):
+
+        Delta_j = 1/(2N) · sum_n ( sum_p a_njp · g_njp )^2,   g_njp = d L_n / d a_njp,
+
+    where a_nj. is unit j's output of ``point.hooked`` (where the switch sits) at positions p for
+    example n, L_n is example n's cross-entropy and the N examples are ``num_batches`` minibatches
+    of ``batch_size`` drawn without replacement from ``split`` with a generator seeded by ``seed``
+    (fewer if the split is smaller).
+
+    The inner sum is the gradient of L_n with respect to a multiplicative mask m_nj = 1 on unit j:
+    one backward pass of sum_n L_n through per-example masks of shape (B, D_l) gives every term
+    of a minibatch at once. The weights are neither changed nor given gradients."""
+    if num_batches < 1 or batch_size < 1:
+        raise UserError(f"fisher needs at least one batch of one example, got {num_batches} x {batch_size}")
+    if len(split) == 0:
+        raise UserError("fisher needs training examples, the split is empty")
+    gen = torch.Generator().manual_seed(int(seed))
+    with _probe(net) as switched:
+        widths = switched.widths
+        total = {name: torch.zeros(d, dtype=torch.float64) for name, d in widths.items()}
+        count = 0
+        for b, (x, y, _) in enumerate(batches(split, batch_size, shuffle=True, generator=gen)):
+            if b >= num_batches:
+                break
+            masks = {name: torch.ones(x.shape[0], d, requires_grad=True) for name, d in widths.items()}
+            with torch.enable_grad(), switched.scaled(masks):
+                loss = F.cross_entropy(switched(x), y, reduction="sum")
+                grads = torch.autograd.grad(loss, list(masks.values()), allow_unused=True)
+            for name, g in zip(masks, grads):
+                if g is not None:
+                    total[name] += g.detach().double().pow(2).sum(0)
+            count += x.shape[0]
+    return {name: 0.5 * t / count for name, t in total.items()}
+
+
+def unit_scores(
+    method: str,
+    net: nn.Module,
+    data_split: Split | None = None,
+    seed: int = 0,
+    *,
+    fisher_batches: int = FISHER_BATCHES,
+    fisher_batch_size: int = FISHER_BATCH_SIZE,
+) -> dict[str, torch.Tensor]:
+    """Importance of every unit by baseline ``method`` (one of ``BASELINES``); ``data_split``
+    (the training split) is needed by ``fisher`` only, ``seed`` by ``fisher`` and ``random``."""
+    if method == "l1":
+        return l1_scores(net)
+    if method == "l2":
+        return l2_scores(net)
+    if method == "random":
+        return random_scores(net, seed)
+    if method == "fisher":
+        if data_split is None:
+            raise UserError("the fisher baseline needs a data split")
+        return fisher_scores(net, data_split, fisher_batches, fisher_batch_size, seed)
+    raise UserError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
+
+
+def check_scores(scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> None:
+    """Raise ``ValueError`` unless ``scores`` holds a finite 1-D score per unit of every layer."""
+    for name, d in widths.items():
+        s = scores.get(name)
+        if s is None or s.dim() != 1 or s.numel() != d or not torch.isfinite(s).all():
+            raise ValueError(f"scores of layer {name} must be {d} finite numbers")

@@ -1,0 +1,244 @@
+"""The sub-architecture search: its pools, the counting of wins and ties and the paired
+statistics on hand-made records, and a search interrupted mid-way and resumed, which recomputes
+nothing that was finished and ends with the records of an uninterrupted run."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from pyro_dirichlet_prune import search
+from pyro_dirichlet_prune.errors import UserError
+from pyro_dirichlet_prune.models.checkpoint import shipped_checkpoint
+
+WIDTHS = {"conv1": 10, "conv2": 20, "fc1": 100, "fc2": 25}
+T_975_DF9 = 2.2621571627409915  # scipy.stats.t.ppf(0.975, 9)
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+def test_lenet5_108_is_the_grid_in_lexicographic_order():
+    pool = search.load_pool("lenet5-108", WIDTHS)
+    assert len(pool) == 108 == len(set(pool))
+    tuples = [tuple(map(int, a.split("-"))) for a in pool]
+    assert tuples == sorted(tuples)
+    assert {t[0] for t in tuples} == {4, 5, 6} and {t[1] for t in tuples} == {6, 7, 8}
+    assert {t[2] for t in tuples} == {35, 40, 45, 50} and {t[3] for t in tuples} == {15, 17, 20}
+    assert pool[0] == "4-6-35-15" and pool[1] == "4-6-35-17" and pool[-1] == "6-8-50-20"
+    assert search.load_pool("lenet5-108", WIDTHS, every=5) == pool[::5]
+
+
+def test_pool_file_parsing_and_errors(tmp_path):
+    f = tmp_path / "pool.txt"
+    f.write_text("# my pool\n6-8-40-20\n\n  4-6-35-15   # the smallest\n10-20-100-25\n")
+    assert search.load_pool(str(f), WIDTHS) == ["6-8-40-20", "4-6-35-15", "10-20-100-25"]
+    assert search.load_pool(str(f), WIDTHS, every=2) == ["6-8-40-20", "10-20-100-25"]
+    for text, match in (("6-8-40-20\n\n6-x-40-20\n", "line 3"), ("# c\n11-8-40-20\n", "line 2.*conv1 has 10"),
+                        ("6-8-40\n", "line 1.*3 widths"), ("6-8-40-20\n6-8-40-20\n", "line 2.*repeats line 1"),
+                        ("# only comments\n\n", "no architecture")):
+        f.write_text(text)
+        with pytest.raises(UserError, match=match):
+            search.load_pool(str(f), WIDTHS)
+    with pytest.raises(UserError, match="neither a built-in pool"):
+        search.load_pool(str(tmp_path / "missing.txt"), WIDTHS)
+    with pytest.raises(UserError, match="pool lenet5-108 architecture 1: .*4 widths"):
+        search.load_pool("lenet5-108", {"conv1": 20, "conv2": 50, "fc1": 500})  # LeNet-5-Caffe
+
+
+# ----------------------------------------------------------------------------- summary on hand-made records
+
+
+def _rec(method, arch, seed, err, macs=1000):
+    return {"method": method, "arch": arch, "seed": seed, "test_error": err, "val_error": err, "test_error_pruned": 2 * err,
+            "params": 10, "macs": macs, "seconds": 1.0}
+
+
+def test_wins_and_ties():
+    errs = {  # arch -> method -> errors of seeds 0, 1
+        "x": {"a": [0.01, 0.01], "b": [0.02, 0.02], "c": [0.03, 0.03]},  # a wins
+        "y": {"a": [0.01, 0.03], "b": [0.02, 0.02], "c": [0.05, 0.05]},  # a and b tie (means equal up to rounding)
+        "z": {"a": [0.04, 0.04], "b": [0.04, 0.04], "c": [0.04, 0.04]},  # all tie
+    }
+    records = [_rec(m, a, s, e) for a, row in errs.items() for m, es in row.items() for s, e in enumerate(es)]
+    s = search.summarize(records, ["a", "b", "c"], ["x", "y", "z"])
+    assert [r["winners"] for r in s["per_arch"]] == [["a"], ["a", "b"], ["a", "b", "c"]]
+    assert s["wins"] == {"a": 1, "b": 0, "c": 0}
+    assert s["ties"] == {"a": 2, "b": 2, "c": 1}
+    assert s["per_arch"][1]["test_error"]["a"] == pytest.approx(0.02)
+    assert s["best_baseline"] is None and s["comparisons_vs_best_baseline"] == {}
+    assert "**" in search.summary_markdown(s)
+
+
+def test_paired_comparison_with_the_best_baseline():
+    archs = [f"{i}-1-1-1" for i in range(10)]
+    l1 = {a: 0.02 + 0.001 * i for i, a in enumerate(archs)}
+    dirichlet = {a: l1[a] - 0.002 if i < 8 else l1[a] + 0.001 for i, a in enumerate(archs)}  # better on 8 of 10
+    records = ([_rec("l1", a, 0, e) for a, e in l1.items()] + [_rec("random", a, 0, 0.05) for a in archs]
+               + [_rec("dirichlet", a, 0, e) for a, e in dirichlet.items()])
+    s = search.summarize(records, ["dirichlet", "l1", "random"], archs)
+    assert s["best_baseline"] == "l1"  # dirichlet is lower but is no baseline
+    assert s["wins"] == {"dirichlet": 8, "l1": 2, "random": 0}
+    c = s["comparisons_vs_best_baseline"]["dirichlet"]
+    assert (c["better"], c["worse"], c["ties"], c["archs"]) == (8, 2, 0, 10)
+    assert c["sign_test_p"] == pytest.approx(2 * (45 + 10 + 1) / 1024)  # 2·P(X >= 8), X ~ Bin(10, 1/2)
+    d = [dirichlet[a] - l1[a] for a in archs]
+    half = T_975_DF9 * statistics.stdev(d) / math.sqrt(10)
+    assert c["mean_diff"] == pytest.approx(-0.0014)
+    assert c["ci95"] == pytest.approx([statistics.mean(d) - half, statistics.mean(d) + half])
+    r = s["comparisons_vs_best_baseline"]["random"]
+    assert (r["better"], r["worse"]) == (0, 10) and r["sign_test_p"] == pytest.approx(2 / 1024)
+    assert "l1" not in s["comparisons_vs_best_baseline"]
+
+
+def test_sign_test_leaves_ties_out():
+    c = search.paired_comparison([0.01] * 8 + [0.03, 0.02], [0.02] * 10)
+    assert (c["better"], c["worse"], c["ties"]) == (8, 1, 1)
+    assert c["sign_test_p"] == pytest.approx(2 * (9 + 1) / 512)  # Bin(9, 1/2)
+    same = search.paired_comparison([0.02, 0.02], [0.02, 0.02])
+    assert same["sign_test_p"] == 1.0 and same["ci95"] == [0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_switch_overrides_are_checked():
+    search.SearchConfig(switch={"scale": "simplex", "schedule": "sequential"}).validate()
+    for bad, match in (({"guide": "normal"}, "set by the search"), ({"bogus": 1}, "unknown switch settings bogus"),
+                       ({"scale": "nope"}, "switch scale")):
+        with pytest.raises(UserError, match=match):
+            search.SearchConfig(switch=bad).validate()
+    with pytest.raises(UserError, match="methods"):
+        search.SearchConfig(methods=["l1", "taylor"]).validate()
+
+
+def _parser(sub: list | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dirichlet-prune")
+    p = search.add_search_parser(parser.add_subparsers(dest="command"))
+    if sub is not None:
+        sub.append(p)
+    return parser
+
+
+def test_cli_option_parsing():
+    assert search.parse_seeds("3") == [0, 1, 2]
+    assert search.parse_seeds("5,") == [5] and search.parse_seeds("0,4,7") == [0, 4, 7]
+    for bad in ("0", "a", "1,1", "-1,2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            search.parse_seeds(bad)
+    args = _parser().parse_args(["search", "--out", "x"])
+    assert args.methods == list(search.METHODS) and args.seeds == [0, 1, 2] and args.finetune_epochs == 2
+    assert args.pool == "lenet5-108" and args.every == 1 and args.switch_scale is None
+    cfg = search.search_config_from_args(_parser().parse_args(
+        ["search", "--out", "x", "--switch-scale", "simplex", "--methods", "dirichlet,l1", "--seeds", "2,"]))
+    assert cfg.switch == {"scale": "simplex"} and cfg.methods == ["dirichlet", "l1"] and cfg.seeds == [2]
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["search", "--out", "x", "--methods", "l1,taylor"])
+    sub: list = []
+    _parser(sub)
+    text = sub[0].format_help()
+    for opt in ("--pool", "--every", "--finetune-epochs", "--switch-scale", "--schedule", "--fisher-batches",
+                "--resume", "--overwrite", "--seeds"):
+        assert opt in text
+
+
+# ----------------------------------------------------------------------------- interrupted and resumed
+
+
+@pytest.fixture(scope="module")
+def small_data(data_cfg):
+    """The suite's data set with the test split cut to 1000 examples (loaded once)."""
+    data = search.load_data(data_cfg.dataset, data_cfg.data_dir, data_cfg.val_size, 0)
+    data = dataclasses.replace(data, test=search.Split(data.test.x[:1000], data.test.y[:1000]))
+    n = data_cfg.max_train
+    return dataclasses.replace(data, train=search.Split(data.train.x[:n], data.train.y[:n]))
+
+
+@pytest.fixture
+def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
+    monkeypatch.setattr(search, "_load_data", lambda cfg: small_data)
+    pool = tmp_path / "pool.txt"
+    pool.write_text("6-8-40-20\n4-6-35-15\n")
+    cfg = search.SearchConfig(
+        dataset=data_cfg.dataset, data_dir=str(data_cfg.data_dir) if data_cfg.data_dir else None,
+        checkpoint=str(shipped_checkpoint("lenet5", "mnist")), pool=str(pool), methods=["dirichlet", "l1", "random"],
+        seeds=[0], finetune_epochs=1, val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
+    return cfg, pool
+
+
+def _count(monkeypatch, fail_at: int | None = None) -> dict[str, int]:
+    calls = {"finetune": 0, "rank": 0}
+    finetune, rank = search.finetune, search.method_scores
+
+    def counting_finetune(net, data, cfg):
+        calls["finetune"] += 1
+        if calls["finetune"] == fail_at:
+            raise RuntimeError("killed during fine-tuning")
+        return finetune(net, data, cfg)
+
+    def counting_rank(*args, **kwargs):
+        calls["rank"] += 1
+        return rank(*args, **kwargs)
+
+    monkeypatch.setattr(search, "finetune", counting_finetune)
+    monkeypatch.setattr(search, "method_scores", counting_rank)
+    return calls
+
+
+def _records(out) -> dict[str, dict]:
+    return {search.record_key(r["method"], r["seed"], r["arch"]): {k: v for k, v in r.items() if k != "seconds"}
+            for r in search.load_records(out)}
+
+
+def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, monkeypatch, data_cfg, capsys):
+    torch.set_num_threads(1)
+    cfg, pool = tiny_search
+    out = tmp_path / "search"
+    calls = _count(monkeypatch, fail_at=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        search.run_search(cfg, out)
+    first = out / "records" / "dirichlet__seed0__6-8-40-20.json"
+    assert calls == {"finetune": 2, "rank": 3} and [p.name for p in (out / "records").glob("*.json")] == [first.name]
+    kept_bytes = first.read_bytes()
+    assert not (out / "report.json").exists()
+
+    with pytest.raises(UserError, match="interrupted search.*--resume"):
+        search.run_search(cfg, out)
+    with pytest.raises(UserError, match="differs in finetune_epochs, switch.scale"):
+        search.run_search(dataclasses.replace(cfg, finetune_epochs=0, switch={"scale": "simplex"}), out, resume=True)
+    with pytest.raises(UserError, match="exclude each other"):
+        search.run_search(cfg, out, overwrite=True, resume=True)
+
+    calls = _count(monkeypatch)
+    report = search.run_search(cfg, out, resume=True)
+    assert calls == {"finetune": 5, "rank": 0}  # the finished record and the stored rankings are reused
+    assert first.read_bytes() == kept_bytes
+    assert report["records"] == 6 and report["records_computed_now"] == 5 and report["records_resumed"] == 1
+    for name in ("summary.json", "summary.md", "report.json", "config.json"):
+        assert (out / name).is_file()
+    with pytest.raises(UserError, match="finished search"):
+        search.run_search(cfg, out, resume=True)
+
+    # the same search uninterrupted, through the command line
+    ref = tmp_path / "reference"
+    calls = _count(monkeypatch)
+    argv = ["search", "--dataset", cfg.dataset, "--val-size", str(cfg.val_size), "--max-train-examples",
+            str(cfg.max_train_examples), "--checkpoint", cfg.checkpoint, "--pool", str(pool),
+            "--methods", "dirichlet,l1,random", "--seeds", "0,", "--finetune-epochs", "1", "--out", str(ref)]
+    if cfg.data_dir:
+        argv += ["--data-dir", cfg.data_dir]
+    ref_report = search.run_search_cli(_parser().parse_args(argv))
+    assert "Wins:" in capsys.readouterr().out
+    assert calls == {"finetune": 6, "rank": 3}
+    assert _records(out) == _records(ref) and len(_records(ref)) == 6
+    resumed_summary = json.loads((out / "summary.json").read_text())
+    assert resumed_summary["per_arch"] == ref_report["summary"]["per_arch"]
+    assert resumed_summary["wins"] == ref_report["summary"]["wins"]
+    rec = _records(ref)["l1__seed0__4-6-35-15"]
+    assert rec["params"] < rec["macs"] and 0 <= rec["test_error"] <= 1 and rec["surgery_max_abs_diff"] < 1e-4
+    assert [len(v) for v in rec["kept"].values()] == [4, 6, 35, 15]
