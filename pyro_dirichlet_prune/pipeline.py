@@ -1,7 +1,12 @@
 """The end-to-end pipelines behind ``dirichlet-prune pretrain`` and ``dirichlet-prune prune``.
 
-prune: pre-trained network → switch posterior q(s) = prod_l Dir(phi_l) by SVI → rank units by
-E_q[s_l] = phi_l / sum(phi_l) → cut-off → physical surgery → fine-tuning, with a JSON report.
+prune: pre-trained network → switch posterior q(s) = prod_l Dir(phi_l) by SVI → cut-off →
+physical surgery → fine-tuning, with a JSON report. Cut-offs (``CUTOFFS``):
+
+* ``uncertainty`` (default): remove unit j of layer l when P(D_l · s_lj < tau) >= 1 - delta;
+* ``budget``: remove units across layers in order of that probability until the MACs and/or
+  params fit ``target_macs`` / ``target_params``;
+* ``arch`` / ``rate``: keep the given number of units per layer, ranked by E_q[s_l].
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ from .plots import plot_posterior
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, build_model
 from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
-from .pruning.cutoff import arch_string, keep_top, parse_arch, parse_widths, rate_widths
+from .pruning.budget import budget_keep, size_function
+from .pruning.cutoff import (arch_string, keep_top, parse_arch, parse_widths, rate_widths, removal_order,
+                             uncertainty_keep)
 from .pruning.surgery import prune_units, verify_surgery
 from .report import check_output, now, output_folder, versions, write_json
 from .runstate import RunState
@@ -107,6 +114,37 @@ def run_pretrain(
     return report
 
 
+CUTOFFS = ("uncertainty", "budget", "arch", "rate")
+TAU = 0.5
+DELTA = 0.05
+
+
+def resolve_cutoff(cfg: "PruneConfig") -> str:
+    """The cut-off a configuration asks for: the one named, or the one its options imply
+    (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors."""
+    implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
+                                        ("budget", cfg.target_macs is not None or cfg.target_params is not None)) if given]
+    if len(implied) > 1:
+        raise UserError(f"give one cut-off, not {' and '.join(implied)} (--arch, --rate, --target-macs/--target-params)")
+    if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
+        raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
+    kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
+    if implied and implied[0] != kind:
+        raise UserError(f"--cutoff {kind} does not take the options of the {implied[0]} cut-off")
+    if kind in ("arch", "rate", "budget") and not implied:
+        need = {"arch": "--arch", "rate": "--rate", "budget": "--target-macs and/or --target-params"}[kind]
+        raise UserError(f"--cutoff {kind} needs {need}")
+    if not (cfg.tau > 0 and cfg.tau < float("inf")):
+        raise UserError(f"--tau must be a positive number, got {cfg.tau}")
+    if not 0 < cfg.delta < 1:
+        raise UserError(f"--delta must be in (0, 1), got {cfg.delta}")
+    for key in ("target_macs", "target_params"):
+        value = getattr(cfg, key)
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    return kind
+
+
 @dataclass
 class PruneConfig:
     model: str = "lenet5"
@@ -114,8 +152,13 @@ class PruneConfig:
     data_dir: str | None = None
     checkpoint: str | None = None
     switch: SwitchConfig = field(default_factory=SwitchConfig)
+    cutoff: str | None = None
     arch: str | None = None
     rate: float | None = None
+    tau: float = TAU
+    delta: float = DELTA
+    target_macs: int | None = None
+    target_params: int | None = None
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=2e-3, augment_shift=2))
     seed: int = 0
     val_size: int = 5000
@@ -149,8 +192,7 @@ def run_prune(
     Switch learning and fine-tuning save their state every ``checkpoint_every`` steps in the
     hidden work folder ``.<out>.partial``; after a crash or a kill, ``resume`` continues the
     run and reaches the same result as an uninterrupted run with the same seed."""
-    if (cfg.arch is None) == (cfg.rate is None):
-        raise UserError("give exactly one cut-off: --arch (e.g. 6-8-40-20) or --rate (e.g. 0.5)")
+    cutoff = resolve_cutoff(cfg)
     try:
         cfg.switch.validate()
     except ValueError as exc:
@@ -163,7 +205,14 @@ def run_prune(
     ckpt = _resolve_checkpoint(cfg)
     net, info = load_checkpoint(ckpt, cfg.model)
     widths = dict(zip([p.name for p in net.switch_points()], net.widths))
-    kept_counts = parse_arch(cfg.arch, widths) if cfg.arch is not None else rate_widths(cfg.rate, widths)
+    kept_counts = {"arch": lambda: parse_arch(cfg.arch, widths), "rate": lambda: rate_widths(cfg.rate, widths)}.get(
+        cutoff, lambda: None)()
+    if cutoff == "budget":  # refuse an unreachable budget before any work
+        target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
+        smallest = size_function(net, info["input_shape"])(dict.fromkeys(widths, 1))
+        if any(smallest[k] > v for k, v in target.items()):
+            raise UserError(f"budget {target} cannot be met: keeping one unit per layer still needs "
+                            f"{smallest['macs']} MACs and {smallest['params']} params")
     check_output(out, overwrite, resume)
 
     timings: dict[str, float] = {}
@@ -194,7 +243,18 @@ def run_prune(
 
         t = time.perf_counter()
         means = fit.posterior_means()
-        keep = keep_top(means, kept_counts)
+        prob_below = post.prob_below(cfg.tau)
+        cut = {"kind": cutoff}
+        if cutoff == "uncertainty":
+            keep, guarded = uncertainty_keep(prob_below, means, cfg.delta)
+            cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
+        elif cutoff == "budget":
+            target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
+            keep, _ = budget_keep(removal_order(prob_below, means), widths, size_function(net, data.input_shape), target)
+            cut.update(tau=cfg.tau, target=target)
+        else:
+            keep = keep_top(means, kept_counts)
+            cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})
         pruned = prune_units(net, keep, data.input_shape)
         surgery_diff = verify_surgery(net, pruned, keep, data.input_shape, seed=cfg.seed)
         timings["surgery"] = time.perf_counter() - t
@@ -217,6 +277,7 @@ def run_prune(
                 "mean": means[layer].tolist(),
                 "lower": post.lower[layer].tolist(),
                 "upper": post.upper[layer].tolist(),
+                "prob_below_tau": prob_below[layer].tolist(),
                 "kept": keep[layer],
             }
             for layer in means
@@ -233,7 +294,7 @@ def run_prune(
             "config": dataclasses.asdict(cfg) | {"switch": dataclasses.asdict(switch_cfg), "finetune": dataclasses.asdict(finetune_cfg)},
             "checkpoint": str(ckpt),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "architecture": {"base": base["arch"], "pruned": arch_string(keep)},
+            "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff},
             "base": base,
             "pruned": after_surgery,
             "finetuned": finetuned | {"best_epoch": ft.best_epoch, "history": ft.history},
@@ -253,6 +314,7 @@ def run_prune(
                 "credible_level": post.level,
                 "exact_marginals": post.exact,
             },
+            "cutoff": cut,
             "kept": keep,
             "checks": {
                 "surgery_max_abs_diff_vs_masked": surgery_diff,

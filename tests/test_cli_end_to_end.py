@@ -92,7 +92,8 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert cfg["finetune"]["epochs"] == 1 and cfg["max_train_examples"] == data_cfg.max_train
     for key in ("python", "torch", "pyro-ppl", "torch-pruning"):
         assert rep["versions"][key] and rep["versions"][key] != "not installed"
-    assert rep["architecture"] == {"base": "10-20-100-25", "pruned": ARCH}
+    assert rep["architecture"] == {"base": "10-20-100-25", "pruned": ARCH, "cutoff": "arch"}
+    assert rep["cutoff"] == {"kind": "arch", "arch": ARCH}
     assert rep["base"]["params"] == 40165 and rep["base"]["macs"] == 498750
     for stage in ("base", "pruned", "finetuned"):
         for split in ("test", "val"):

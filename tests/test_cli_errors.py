@@ -121,7 +121,8 @@ def test_existing_out_without_overwrite(ckpts, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["prune", "--checkpoint", "x.pt", "--out", "o"], "one of the arguments --arch --rate is required"),
+    (["prune", "--checkpoint", "x.pt", "--cutoff", "magic", "--out", "o"], "--cutoff"),
+    (["prune", "--checkpoint", "x.pt", "--target-macs", "-5", "--out", "o"], "--target-macs"),
     (["prune", "--checkpoint", "x.pt", "--arch", "1-1-1-1", "--rate", "0.5", "--out", "o"], "not allowed with"),
     (["prune", "--checkpoint", "x.pt", "--rate", "1.5", "--out", "o"], "--rate"),
     (["prune", "--checkpoint", "x.pt", "--rate", "0.5", "--alpha0", "-1", "--out", "o"], "--alpha0"),
@@ -222,15 +223,42 @@ def test_prune_without_checkpoint_when_none_ships(tmp_path, capsys):
      ("--particles", "two"), ("--switch-epochs", "0"), ("--finetune-epochs", "-1"), ("--floor", "-0.1"),
      ("--rate", "1.0"), ("--rate", "-0.2"), ("--seed", "-3"), ("--checkpoint-every", "0"), ("--threads", "0"),
      ("--switch-batch-size", "0"), ("--val-size", "0"), ("--guide", "gaussian"), ("--elbo", "renyi"),
-     ("--schedule", "random"), ("--switch-scale", "log")],
+     ("--schedule", "random"), ("--switch-scale", "log"), ("--switch-sampling", "each"), ("--tau", "0"),
+     ("--tau", "inf"), ("--delta", "0"), ("--delta", "1"), ("--target-params", "0"), ("--target-params", "1e3")],
 )
 def test_every_prune_option_is_range_checked(ckpts, tmp_path, capsys, option, value):
     argv = _prune(ckpts / "lenet5.pt", tmp_path / "run")
-    if option == "--rate":
+    if option in ("--rate", "--target-params"):
         i = argv.index("--arch")
         del argv[i : i + 2]
     _usage_error(capsys, argv + [option, value], option)
     _no_output(tmp_path / "run")
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--target-macs", "1000"], "give one cut-off, not arch and budget"),
+    (["--cutoff", "uncertainty"], "--cutoff uncertainty does not take the options of the arch cut-off"),
+    (["--cutoff", "budget"], "--cutoff budget does not take"),
+])
+def test_conflicting_cutoffs_are_refused(ckpts, tmp_path, capsys, extra, match):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, *extra), match)
+    _no_output(out)
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--cutoff", "arch"], "--cutoff arch needs --arch"),
+    (["--cutoff", "budget"], "--cutoff budget needs --target-macs"),
+    (["--target-macs", "100"], "cannot be met"),
+    (["--switch-sampling", "per-example", "--guide", "normal"], "per-example switch sampling needs --guide dirichlet"),
+])
+def test_cutoffs_without_their_options_are_refused(ckpts, tmp_path, capsys, extra, match):
+    out = tmp_path / "run"
+    argv = _prune(ckpts / "lenet5.pt", out, *extra)
+    i = argv.index("--arch")
+    del argv[i : i + 2]
+    _user_error(capsys, argv, match)
+    _no_output(out)
 
 
 def test_pretrain_negative_weight_decay_is_refused(tmp_path, capsys):

@@ -65,3 +65,48 @@ def test_pretrain_with_wider_widths(tmp_path, monkeypatch, capsys):
     assert rc == 0, capsys.readouterr().err
     _, info = load_checkpoint(out / "model.pt", "lenet5")
     assert info["widths"] == [12, 24, 120, 30]
+
+
+def _posterior_rule(out, tau_delta):
+    post = json.loads((out / "posterior.json").read_text())
+    return {layer: [j for j, p in enumerate(v["prob_below_tau"]) if not p >= 1 - tau_delta] for layer, v in post.items()}, post
+
+
+@pytest.mark.parametrize("extra", [["--switch-scale", "simplex", "--switch-lr", "0.5", "--tau", "1.0", "--delta", "0.3"],
+                                   ["--guide", "normal", "--switch-scale", "simplex", "--switch-lr", "0.2", "--tau", "1.0",
+                                    "--delta", "0.3"]])
+def test_uncertainty_cutoff_is_the_default_and_follows_the_posterior(ckpt, tmp_path, extra):
+    """No --arch/--rate: units with P(D·s < tau) >= 1 - delta are gone, the others kept (or the
+    layer's most probable unit when all qualify), for the exact Dirichlet and a Monte-Carlo posterior."""
+    out = tmp_path / "run"
+    rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--finetune-epochs", "0",
+                   "--switch-batch-size", "40", "--switch-epochs", "3", "--threads", "1", *extra, "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["cutoff"]["kind"] == "uncertainty" and rep["cutoff"]["tau"] == 1.0 and rep["cutoff"]["delta"] == 0.3
+    rule, post = _posterior_rule(out, 0.3)
+    for layer, kept in rep["kept"].items():
+        if layer in rep["cutoff"]["guarded_layers"]:
+            assert len(kept) == 1 and not rule[layer]
+        else:
+            assert kept == rule[layer]
+        assert post[layer]["kept"] == kept
+    assert rep["architecture"]["pruned"] != "10-20-100-25"  # the posterior did decide something here
+
+
+def test_budget_cutoff_meets_the_budget(ckpt, tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--finetune-epochs", "0",
+                   "--switch-batch-size", "40", "--target-macs", "169320", "--target-params", "7554", "--threads", "1",
+                   "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["cutoff"] == {"kind": "budget", "tau": pipeline.TAU, "target": {"macs": 169320, "params": 7554}}
+    assert rep["finetuned"]["macs"] <= 169320 and rep["finetuned"]["params"] <= 7554
+    # the removal order is by the posterior probability, so no kept unit is more surely unimportant than a removed one
+    post = json.loads((out / "posterior.json").read_text())
+    kept_p = [p for l, v in post.items() for j, p in enumerate(v["prob_below_tau"]) if j in v["kept"]]
+    gone_p = [p for l, v in post.items() for j, p in enumerate(v["prob_below_tau"]) if j not in v["kept"]]
+    layers_at_one = [l for l, v in post.items() if len(v["kept"]) == 1]
+    kept_free = [p for l, v in post.items() if l not in layers_at_one for j, p in enumerate(v["prob_below_tau"]) if j in v["kept"]]
+    assert gone_p and (not kept_free or max(kept_free) <= min(gone_p))

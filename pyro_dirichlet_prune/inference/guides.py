@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from ..models.switched import SWITCH_DTYPE, switch_site
+from ..models.switched import SAMPLINGS, SWITCH_DTYPE, switch_draws, switch_site
 
 DEFAULT_FLOOR = 0.05
 
@@ -36,11 +36,16 @@ class DirichletSwitchGuide:
         init_concentration: initial value of every phi_lj (the initial mean is uniform, so the
             initial switched network is the pre-trained one).
         floor: lower bound of every phi_lj.
+        sampling: ``"shared"`` or ``"per-example"``, as the model's (``models.switched``).
     """
 
     def __init__(
-        self, widths: Mapping[str, int], init_concentration: float = 10.0, floor: float = DEFAULT_FLOOR
+        self, widths: Mapping[str, int], init_concentration: float = 10.0, floor: float = DEFAULT_FLOOR,
+        sampling: str = "shared",
     ) -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        self.sampling = sampling
         if not floor > 0:
             raise ValueError(f"concentration floor must be positive, got {floor}")
         if not init_concentration > floor:
@@ -59,10 +64,13 @@ class DirichletSwitchGuide:
         )
 
     def __call__(self, x=None, y=None, idx=None) -> dict[str, torch.Tensor]:
-        return {
-            layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer), validate_args=False))
-            for layer in self.widths
-        }
+        if self.sampling == "per-example" and x is None:
+            raise ValueError("per-example switch sampling needs the minibatch x")
+        with switch_draws(self.sampling, x.shape[0] if x is not None else 1):
+            return {
+                layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer), validate_args=False))
+                for layer in self.widths
+            }
 
     def concentrations(self) -> dict[str, torch.Tensor]:
         """Current phi_l of every layer, detached."""

@@ -5,7 +5,12 @@ For the Dirichlet guide the marginals are exact: if s_l ~ Dirichlet(phi_l) then
     s_lj ~ Beta(phi_lj, phi_l0 - phi_lj),   phi_l0 = sum_j phi_lj,
 
 so the equal-tailed interval at level 1 - a is [Beta⁻¹(a/2), Beta⁻¹(1 - a/2)] (scipy's
-``beta.ppf``). For the autoguides the intervals are Monte-Carlo quantiles of the guide's draws.
+``beta.ppf``), and the posterior probability that unit j carries less than a fraction tau of
+its uniform share is exact too:
+
+    P(D_l · s_lj < tau) = I_{tau / D_l}(phi_lj, phi_l0 - phi_lj)   (regularised incomplete beta).
+
+For the autoguides the intervals and probabilities are Monte-Carlo estimates from the guide's draws.
 """
 from __future__ import annotations
 
@@ -38,6 +43,28 @@ class SwitchPosterior:
     elbo_se: float | None = None
     exact: bool = True
     extra: dict = field(default_factory=dict)
+    concentrations: dict[str, torch.Tensor] | None = None
+    samples: dict[str, torch.Tensor] | None = None
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {layer: int(m.numel()) for layer, m in self.means.items()}
+
+    def prob_below(self, tau: float) -> dict[str, torch.Tensor]:
+        """P(D_l · s_lj < tau) for every unit: exact for a Dirichlet posterior (module docstring),
+        the fraction of the stored draws otherwise."""
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        out = {}
+        for layer, d in self.widths.items():
+            if self.concentrations is not None and layer in self.concentrations:
+                a = self.concentrations[layer].detach().double().numpy()
+                out[layer] = torch.from_numpy(np.asarray(beta_dist.cdf(min(tau / d, 1.0), a, a.sum() - a), dtype=np.float64))
+            elif self.samples is not None and layer in self.samples:
+                out[layer] = (d * self.samples[layer] < tau).double().mean(0)
+            else:
+                raise ValueError(f"posterior of layer {layer} has neither concentrations nor draws")
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -66,7 +93,8 @@ def dirichlet_posterior(concentrations: dict[str, torch.Tensor], level: float = 
         means[layer] = torch.from_numpy(a / a.sum())
         lower[layer] = torch.from_numpy(np.asarray(beta_dist.ppf(tail, a, b), dtype=np.float64))
         upper[layer] = torch.from_numpy(np.asarray(beta_dist.ppf(1 - tail, a, b), dtype=np.float64))
-    return SwitchPosterior(guide, level, means, lower, upper, exact=True)
+    return SwitchPosterior(guide, level, means, lower, upper, exact=True,
+                           concentrations={k: v.detach().double().clone() for k, v in concentrations.items()})
 
 
 @torch.no_grad()
@@ -85,7 +113,8 @@ def monte_carlo_posterior(guide, widths: dict[str, int], *args, level: float = 0
         means[layer] = v.mean(0)
         lower[layer] = torch.quantile(v, tail, dim=0)
         upper[layer] = torch.quantile(v, 1 - tail, dim=0)
-    return SwitchPosterior(name, level, means, lower, upper, exact=False)
+    return SwitchPosterior(name, level, means, lower, upper, exact=False,
+                           samples={k: torch.stack(v) for k, v in draws.items()})
 
 
 @torch.no_grad()

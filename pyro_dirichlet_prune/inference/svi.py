@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data import Split, batches, epoch_order, num_batches
 from ..errors import NumericalError
-from ..models.switched import SCALES, DirichletSwitchModel, SwitchedNetwork
+from ..models.switched import SAMPLINGS, SCALES, DirichletSwitchModel, SwitchedNetwork
 from ..runstate import RunState, rng_state, set_rng_state
 from .autoguides import AUTOGUIDES, make_autoguide
 from .posterior import CREDIBLE_LEVEL, SwitchPosterior, dirichlet_posterior, estimate_elbo, monte_carlo_posterior
@@ -54,6 +54,7 @@ class SwitchConfig:
     batch_size: int = 256
     schedule: str = "joint"
     scale: str = "dim"
+    sampling: str = "shared"
     seed: int = 0
 
     def validate(self) -> None:
@@ -68,6 +69,10 @@ class SwitchConfig:
             )
         if self.scale not in SCALES:
             raise ValueError(f"unknown switch scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"unknown switch sampling {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        if self.sampling == "per-example" and self.guide != "dirichlet":
+            raise ValueError(f"per-example switch sampling needs --guide dirichlet, not {self.guide}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for key in ("particles", "epochs", "batch_size"):
@@ -90,8 +95,10 @@ class SwitchFit:
     seconds: float = 0.0
     means: dict[str, torch.Tensor] = field(default_factory=dict)
     intervals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
     guide: object | None = field(default=None, repr=False)
     model: object | None = field(default=None, repr=False)
+    stage_guides: list = field(default_factory=list, repr=False)
 
     def posterior_means(self) -> dict[str, torch.Tensor]:
         """E_q[s_l]: phi_l / sum_j phi_lj for the Dirichlet guides, a Monte-Carlo average of the
@@ -185,7 +192,7 @@ def fit_switches(
     if saved is not None and saved.get("done"):
         pyro.get_param_store().set_state(saved["params"])
         return SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], saved["seconds"], saved["means"],
-                         saved["intervals"])
+                         saved["intervals"], saved.get("samples", {}))
     pyro.set_rng_seed(cfg.seed)
     fit = SwitchFit(concentrations={})
     stage_index, epoch, batch, order, optim_state, seconds_before = 0, 0, 0, None, None, 0.0
@@ -195,15 +202,15 @@ def fit_switches(
         stage_index, epoch, batch, order = saved["stage"], saved["epoch"], saved["batch"], saved["order"]
         optim_state, seconds_before = saved["optim"], saved["seconds"]
         fit = SwitchFit(saved["concentrations"], saved["losses"], saved["stages"], means=saved["means"],
-                        intervals=saved["intervals"])
+                        intervals=saved["intervals"], samples=saved.get("samples", {}))
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
-        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale)
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale, cfg.sampling)
         if cfg.guide in AUTOGUIDES:
             guide = make_autoguide(cfg.guide, model)
         else:
-            guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)
+            guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor, cfg.sampling)
         optim = pyro.optim.Adam({"lr": cfg.lr})
         if optim_state is not None:
             optim.set_state(optim_state)
@@ -219,7 +226,7 @@ def fit_switches(
                 "done": False, "params": _param_store_state(), "optim": optim.get_state(),
                 "rng": rng_state(generator), "stage": stage_index, "epoch": epoch, "batch": batch,
                 "order": order, "concentrations": dict(fit.concentrations), "means": dict(fit.means),
-                "intervals": dict(fit.intervals),
+                "intervals": dict(fit.intervals), "samples": dict(fit.samples),
                 "losses": list(fit.losses),
                 "stages": list(fit.stages), "seconds": seconds_before + time.perf_counter() - start,
                 "global_step": global_offset + step,
@@ -256,7 +263,9 @@ def fit_switches(
             post = monte_carlo_posterior(guide, model.widths, x0, y0, i0, level=CREDIBLE_LEVEL, name=cfg.guide)
             fit.means.update(post.means)
             fit.intervals.update({k: (post.lower[k], post.upper[k]) for k in post.means})
+            fit.samples.update(post.samples)
         fit.guide, fit.model = guide, model
+        fit.stage_guides.append(guide)
         fit.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
         epoch = 0
         if state is not None and stage_index + 1 < len(stages):
@@ -269,7 +278,7 @@ def fit_switches(
     if state is not None:
         state.save(loop, {
             "done": True, "params": _param_store_state(), "concentrations": fit.concentrations,
-            "means": fit.means, "intervals": fit.intervals,
+            "means": fit.means, "intervals": fit.intervals, "samples": fit.samples,
             "losses": fit.losses, "stages": fit.stages, "seconds": fit.seconds,
         })
     return fit
@@ -279,20 +288,35 @@ def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, network: SwitchedNetwork
                      elbo_particles: int = 8, elbo_batches: int | None = 20) -> SwitchPosterior:
     """The posterior of a fit: exact Beta marginals for the Dirichlet guides, the Monte-Carlo
     intervals for the autoguides, and the ELBO of the whole model under the fitted guide,
-    estimated with ``elbo_particles`` particles (not available for an autoguide fitted layer by
-    layer, which has no single guide over all layers)."""
+    estimated with ``elbo_particles`` particles (for an autoguide fitted layer by layer, under the
+    product of its stages' guides; not available when such a fit was restored from a saved state)."""
     if fit.concentrations:
         post = dirichlet_posterior(fit.concentrations, CREDIBLE_LEVEL, cfg.guide)
         model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale)
         guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)  # reads the fitted params
     else:
         post = SwitchPosterior(cfg.guide, CREDIBLE_LEVEL, dict(fit.means), {k: v[0] for k, v in fit.intervals.items()},
-                               {k: v[1] for k, v in fit.intervals.items()}, exact=False)
-        model, guide = (fit.model, fit.guide) if cfg.schedule == "joint" else (None, None)
+                               {k: v[1] for k, v in fit.intervals.items()}, exact=False, samples=dict(fit.samples))
+        if cfg.schedule == "joint" or not fit.stage_guides:
+            model, guide = fit.model, fit.guide
+        else:  # layer by layer: the product of the stages' guides is a guide of the whole model
+            model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale)
+            guide = StagedGuide(fit.stage_guides)
     if guide is not None and elbo_particles > 0:
         post.elbo, post.elbo_se = estimate_elbo(model, guide, train, cfg.batch_size, elbo_particles, elbo_batches,
                                                 seed=cfg.seed)
     return post
+
+
+class StagedGuide:
+    """q(s) = prod_stages q_stage(s_stage): the guides fitted one layer at a time, run in turn."""
+
+    def __init__(self, guides) -> None:
+        self.guides = list(guides)
+
+    def __call__(self, *args, **kwargs) -> None:
+        for g in self.guides:
+            g(*args, **kwargs)
 
 
 def config_dict(cfg: SwitchConfig) -> dict:

@@ -15,6 +15,15 @@ by N/B and the ELBO is eq. 7 of Adamczewski & Park (2021):
     L(phi) = sum_n E_q[log p(y_n | x_n, s)] - sum_l KL(Dir(phi_l) || Dir(alpha0 · 1)).
 
 The network's weights W are frozen and never enter Pyro's param store.
+
+Per-example sampling (``sampling="per-example"``) draws an independent switch s^(i) ~ q for
+every example i of a minibatch of size B and scores the prior and guide densities of the B
+draws with weight 1/B (``pyro.plate("switch_draws", B)`` under ``poutine.scale(1/B)``):
+
+    (N/B) sum_i log p(y_i | x_i, s^(i)) + (1/B) sum_i [log p(s^(i)) - log q(s^(i))],
+
+whose expectation is the same ELBO as one shared draw, since the expected log-likelihood is
+linear in the examples; the B draws decorrelate the examples' terms and lower the variance.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ from typing import Iterator, Mapping, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
 from .switch_points import SwitchPoint, switch_points
@@ -34,6 +44,20 @@ concentrations underflow to the smallest float and their log-density is badly bi
 
 
 SCALES = ("dim", "simplex")
+SAMPLINGS = ("shared", "per-example")
+
+
+@contextlib.contextmanager
+def switch_draws(sampling: str, batch: int):
+    """Context of the switch sites: nothing for one shared draw; for per-example sampling a
+    plate of ``batch`` independent draws whose log-densities are averaged (weight 1/batch)."""
+    if sampling == "shared":
+        yield
+    elif sampling == "per-example":
+        with pyro.plate("switch_draws", batch), poutine.scale(scale=1.0 / batch):
+            yield
+    else:
+        raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
 
 
 def switch_site(layer: str) -> str:
@@ -114,6 +138,8 @@ class DirichletSwitchModel:
             ``"simplex"`` multiplies by s_l itself, as written in the paper (the layer's total
             output is then shrunk by 1/D_l and the likelihood rewards putting the switch mass on
             the units that matter).
+        sampling: ``"shared"`` (one switch draw per layer for the whole minibatch) or
+            ``"per-example"`` (one draw per example; module docstring). The guide must match.
     """
 
     def __init__(
@@ -123,7 +149,11 @@ class DirichletSwitchModel:
         num_data: int,
         layers: Sequence[str] | None = None,
         scale: str = "dim",
+        sampling: str = "shared",
     ) -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        self.sampling = sampling
         if scale not in SCALES:
             raise ValueError(f"unknown switch scale {scale!r}; choose one of {', '.join(SCALES)}")
         if not alpha0 > 0:
@@ -153,9 +183,10 @@ class DirichletSwitchModel:
         self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None
     ) -> torch.Tensor:
         scales = {}
-        for name, d in self.widths.items():
-            s = pyro.sample(switch_site(name), self.prior(name))
-            scales[name] = (self._factor[name] * s).to(torch.get_default_dtype())
+        with switch_draws(self.sampling, x.shape[0]):
+            for name, d in self.widths.items():
+                s = pyro.sample(switch_site(name), self.prior(name))
+                scales[name] = (self._factor[name] * s).to(torch.get_default_dtype())
         with self.network.scaled(scales):
             logits = self.network(x)
         if idx is None:

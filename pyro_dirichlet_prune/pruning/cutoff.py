@@ -54,3 +54,40 @@ def keep_top(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]) -> dic
 def arch_string(kept: Mapping[str, Sequence[int]] | Mapping[str, int]) -> str:
     """``"6-8-40-20"`` from kept indices or counts per layer."""
     return "-".join(str(v if isinstance(v, int) else len(v)) for v in kept.values())
+
+
+def uncertainty_keep(
+    prob_below: Mapping[str, torch.Tensor], means: Mapping[str, torch.Tensor], delta: float
+) -> tuple[dict[str, list[int]], list[str]]:
+    """The uncertainty cut-off: remove unit j of layer l when the posterior is confident that it
+    is unimportant,
+
+        P(D_l · s_lj < tau | data) >= 1 - delta,
+
+    given ``prob_below[l][j]`` = that probability (``SwitchPosterior.prob_below(tau)``). A layer
+    whose every unit qualifies keeps its unit of highest posterior mean: a layer is never emptied.
+    Returns the kept indices per layer and the names of the layers so guarded."""
+    if not 0.0 < delta < 1.0:
+        raise UserError(f"delta must be in (0, 1), got {delta}")
+    keep, guarded = {}, []
+    for layer, p in prob_below.items():
+        kept = [j for j in range(p.numel()) if not float(p[j]) >= 1.0 - delta]
+        if not kept:
+            m = means[layer].double()
+            kept = [min(range(m.numel()), key=lambda j: (-float(m[j]), j))]
+            guarded.append(layer)
+        keep[layer] = kept
+    return keep, guarded
+
+
+def removal_order(prob_below: Mapping[str, torch.Tensor], means: Mapping[str, torch.Tensor]) -> list[tuple[str, int]]:
+    """Every unit of every layer in order of posterior evidence of unimportance: P(D_l · s_lj < tau)
+    descending, then the relative posterior mean D_l · E[s_lj] ascending, then layer order and index."""
+    layers = list(prob_below)
+    units = []
+    for li, layer in enumerate(layers):
+        p, m = prob_below[layer].double(), means[layer].double()
+        d = m.numel()
+        units += [(-float(p[j]), d * float(m[j]), li, j, layer) for j in range(d)]
+    units.sort()
+    return [(u[4], u[3]) for u in units]

@@ -1,0 +1,274 @@
+"""``dirichlet-prune compare-guides``: every switch guide on the same pre-trained network, data and seeds.
+
+For every (guide, seed) the switch posterior is fitted, then measured by
+
+* the ELBO of the whole model under the fitted guide, with many particles (for ``delta``, whose
+  entropy is -inf, this is the MAP objective log p(y, s) at the point, not a bound);
+* the held-out (test) log-likelihood and error of the switched network at the posterior mean,
+  i.e. every layer multiplied by its scale factor times E_q[s_l];
+* the test error after pruning to one common architecture by posterior mean, before and after
+  fine-tuning;
+* the rank agreement of the posterior means between guides: Kendall's tau per layer;
+* the wall time of fitting.
+
+Results are kept per (guide, seed) in the run's resumable state; tables (Markdown, JSON) and
+figures summarise them as mean ± sd over the seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import kendalltau
+from tqdm.auto import tqdm
+
+from .data import Split, batches, load_data
+from .errors import UserError
+from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
+from .models import SwitchedNetwork, build_model
+from .models.checkpoint import load_checkpoint
+from .pipeline import PruneConfig, _resolve_checkpoint, _subset, seed_everything
+from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
+from .pruning.surgery import prune_units
+from .report import now, output_folder, versions, write_json
+from .runstate import RunState
+from .training import TrainConfig, evaluate, train
+
+
+@dataclass
+class CompareConfig:
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    guides: list[str] = field(default_factory=lambda: list(GUIDES))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    arch: str | None = None
+    rate: float | None = None
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=2e-3, augment_shift=2))
+    elbo_particles: int = 16
+    elbo_batches: int = 20
+    val_size: int = 5000
+    split_seed: int = 0
+    max_train_examples: int | None = None
+
+
+@torch.no_grad()
+def evaluate_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], factor: dict[str, float],
+                     split: Split) -> dict[str, float]:
+    """Error and mean negative log-likelihood of the switched network with s_l = E_q[s_l]."""
+    scales = {k: (factor[k] * v).float() for k, v in means.items()}
+    wrong, nll = 0, 0.0
+    with switched.scaled(scales):
+        for x, y, _ in batches(split, 1000, shuffle=False):
+            logits = switched(x)
+            wrong += int((logits.argmax(1) != y).sum())
+            nll += float(F.cross_entropy(logits, y, reduction="sum"))
+    return {"error": wrong / len(split), "nll": nll / len(split)}
+
+
+def kendall_by_layer(records: Sequence[dict], guides: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Kendall's tau between the posterior means of every pair of guides, per layer, one value per
+    seed that both guides ran: ``out[layer]["a|b"] = [tau_seed0, ...]``."""
+    by = {(r["guide"], r["seed"]): r for r in records}
+    seeds = sorted({r["seed"] for r in records})
+    layers = list(records[0]["means"]) if records else []
+    out: dict = {layer: {} for layer in layers}
+    for a, b in itertools.combinations(guides, 2):
+        for layer in layers:
+            taus = []
+            for s in seeds:
+                if (a, s) in by and (b, s) in by:
+                    t = kendalltau(by[(a, s)]["means"][layer], by[(b, s)]["means"][layer]).statistic
+                    taus.append(float(t) if t == t else 0.0)  # constant means (nan) rank nothing: 0
+            out[layer][f"{a}|{b}"] = taus
+    return out
+
+
+METRICS = [
+    ("elbo", "ELBO", "{:.1f}"),
+    ("heldout_nll", "held-out NLL at mean", "{:.4f}"),
+    ("heldout_error", "held-out error at mean", "{:.4f}"),
+    ("test_error_pruned", "test error pruned", "{:.4f}"),
+    ("test_error_finetuned", "test error fine-tuned", "{:.4f}"),
+    ("fit_seconds", "fit seconds", "{:.1f}"),
+]
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarise(records: Sequence[dict], guides: Sequence[str]) -> dict:
+    """Mean ± sd over seeds of every metric per guide, and Kendall's tau per layer and pair."""
+    table = {}
+    for g in guides:
+        rows = [r for r in records if r["guide"] == g]
+        table[g] = {key: dict(zip(("mean", "sd"), _mean_sd([r[key] for r in rows]))) | {"n": len(rows)}
+                    for key, _, _ in METRICS}
+    kendall = kendall_by_layer(records, guides)
+    return {
+        "table": table,
+        "kendall_tau": {layer: {pair: dict(zip(("mean", "sd"), _mean_sd(v))) | {"per_seed": v}
+                                for pair, v in pairs.items()} for layer, pairs in kendall.items()},
+    }
+
+
+def markdown(summary: dict, guides: Sequence[str], title: str) -> str:
+    lines = [f"# {title}", "", "| guide | " + " | ".join(label for _, label, _ in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for g in guides:
+        cells = []
+        for key, _, fmt in METRICS:
+            m = summary["table"][g][key]
+            cells.append("n/a" if m["mean"] != m["mean"] else f"{fmt.format(m['mean'])} ± {fmt.format(m['sd'])}")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += ["", "Kendall's tau between the guides' posterior means (mean ± sd over seeds):", "",
+              "| pair | " + " | ".join(summary["kendall_tau"]) + " |", "|---|" + "---|" * len(summary["kendall_tau"])]
+    pairs = list(next(iter(summary["kendall_tau"].values()), {}))
+    for pair in pairs:
+        cells = [f"{v[pair]['mean']:.2f} ± {v[pair]['sd']:.2f}" for v in summary["kendall_tau"].values()]
+        lines.append(f"| {pair.replace('|', ' vs ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(summary: dict, guides: Sequence[str], path: Path, title: str) -> None:
+    """Bar charts (mean ± sd over seeds) of every metric per guide, and a Kendall-tau heat map per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (key, label, _) in zip(axes.flat, METRICS):
+        m = [summary["table"][g][key]["mean"] for g in guides]
+        s = [summary["table"][g][key]["sd"] for g in guides]
+        ax.bar(range(len(guides)), [0 if v != v else v for v in m], yerr=[0 if v != v else v for v in s],
+               color="tab:blue", alpha=0.8, capsize=3)
+        ax.set_xticks(range(len(guides)), guides, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(label)
+    fig.suptitle(title + " (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path / "compare.png", dpi=110)
+    plt.close(fig)
+
+    layers = list(summary["kendall_tau"])
+    fig, axes = plt.subplots(1, len(layers), figsize=(1.2 + 3.4 * len(layers), 3.9), squeeze=False)
+    for n, (ax, layer) in enumerate(zip(axes[0], layers)):
+        mat = np.eye(len(guides))
+        for i, j in itertools.combinations(range(len(guides)), 2):
+            v = summary["kendall_tau"][layer][f"{guides[i]}|{guides[j]}"]["mean"]
+            mat[i, j] = mat[j, i] = v
+        im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu")
+        ax.set_xticks(range(len(guides)), guides, rotation=45, ha="right")
+        ax.set_yticks(range(len(guides)), guides if n == 0 else [""] * len(guides))
+        ax.set_title(f"{layer}: Kendall's tau")
+        for i in range(len(guides)):
+            for j in range(len(guides)):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title + ": rank agreement of posterior means")
+    fig.savefig(path / "kendall.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict[str, int]) -> dict:
+    switch_cfg = dataclasses.replace(cfg.switch, guide=guide, seed=seed,
+                                     elbo="trace" if guide not in ("dirichlet", "dirichlet-mean") else cfg.switch.elbo,
+                                     sampling="shared" if guide != "dirichlet" else cfg.switch.sampling)
+    seed_everything(seed)
+    switched = SwitchedNetwork(net)
+    t = time.perf_counter()
+    fit = fit_switches(switched, data.train, switch_cfg)
+    fit_seconds = time.perf_counter() - t
+    post = switch_posterior(fit, switch_cfg, switched, data.train, cfg.elbo_particles, cfg.elbo_batches)
+    means = fit.posterior_means()
+    factor = {k: float(v.numel()) if switch_cfg.scale == "dim" else 1.0 for k, v in means.items()}
+    heldout = evaluate_at_mean(switched, means, factor, data.test)
+    switched.remove_hooks()
+    keep = keep_top(means, kept_counts)
+    pruned = prune_units(net, keep, data.input_shape)
+    err_pruned = evaluate(pruned, data.test)["error"]
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    t = time.perf_counter()
+    train(pruned, data, dataclasses.replace(cfg.finetune, seed=seed), desc=f"fine-tune {guide} seed {seed}")
+    return {
+        "guide": guide, "seed": seed, "elbo": post.elbo, "elbo_standard_error": post.elbo_se,
+        "heldout_nll": heldout["nll"], "heldout_error": heldout["error"],
+        "test_error_pruned": err_pruned, "test_error_finetuned": evaluate(pruned, data.test)["error"],
+        "val_error_finetuned": evaluate(pruned, data.val)["error"], "fit_seconds": fit_seconds,
+        "finetune_seconds": time.perf_counter() - t, "arch": arch_string(keep),
+        "means": {k: v.tolist() for k, v in means.items()},
+    }
+
+
+def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict:
+    """Run every guide of ``cfg.guides`` for every seed (module docstring); writes ``records.json``,
+    ``table.json``, ``table.md``, ``compare.png``, ``kendall.png`` and ``report.json`` into ``out``.
+    Every finished (guide, seed) is saved at once; ``resume`` continues an interrupted comparison."""
+    unknown = [g for g in cfg.guides if g not in GUIDES]
+    if unknown or not cfg.guides:
+        raise UserError(f"unknown guide(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(GUIDES)}")
+    if len(set(cfg.guides)) != len(cfg.guides) or len(set(cfg.seeds)) != len(cfg.seeds) or not cfg.seeds:
+        raise UserError("give each guide and each seed once, and at least one seed")
+    if any(s < 0 for s in cfg.seeds):
+        raise UserError(f"seeds must be non-negative, got {cfg.seeds}")
+    if cfg.arch is not None and cfg.rate is not None:
+        raise UserError("give --arch or --rate, not both")
+    if cfg.elbo_particles < 1 or cfg.elbo_batches < 1:
+        raise UserError("--elbo-particles and --elbo-batches must be positive")
+    try:
+        dataclasses.replace(cfg.switch, guide=cfg.guides[0]).validate()
+        cfg.finetune.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    build_model(cfg.model)
+    ckpt = _resolve_checkpoint(PruneConfig(model=cfg.model, dataset=cfg.dataset, checkpoint=cfg.checkpoint))
+    net, info = load_checkpoint(ckpt, cfg.model)
+    widths = {p.name: p.width for p in net.switch_points()}
+    if cfg.arch is not None:
+        kept_counts = parse_arch(cfg.arch, widths)
+    else:
+        kept_counts = rate_widths(cfg.rate if cfg.rate is not None else 0.5, widths)
+    data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
+        raise UserError(f"checkpoint {ckpt} does not take {cfg.dataset} inputs")
+    title = f"{cfg.model} on {cfg.dataset}, switch guides compared (pruned to {arch_string(kept_counts)})"
+    t0 = time.perf_counter()
+    with output_folder(out, overwrite, resume) as tmp:
+        state = RunState(tmp, 1, config=dataclasses.asdict(cfg))
+        if resume:
+            state.load()
+        records: list[dict] = list((state.get("records") or {}).get("records", []))
+        done = {(r["guide"], r["seed"]) for r in records}
+        jobs = [(g, s) for s in cfg.seeds for g in cfg.guides if (g, s) not in done]
+        for guide, seed in tqdm(jobs, desc="compare-guides", disable=None):
+            records.append(_one(net, data, cfg, guide, seed, kept_counts))
+            state.save("records", {"records": records, "global_step": len(records)})
+        summary = summarise(records, cfg.guides)
+        write_json(tmp / "records.json", records)
+        write_json(tmp / "table.json", summary)
+        (tmp / "table.md").write_text(markdown(summary, cfg.guides, title))
+        plot_comparison(summary, cfg.guides, tmp, title)
+        report = {
+            "command": "compare-guides", "created": now(), "config": dataclasses.asdict(cfg), "checkpoint": str(ckpt),
+            "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "architecture": arch_string(kept_counts), "summary": summary, "resumed": resume,
+            "resumed_from": state.resumed_from, "seconds": time.perf_counter() - t0, "versions": versions(),
+        }
+        write_json(tmp / "report.json", report)
+    return report

@@ -1,0 +1,100 @@
+"""``compare-guides``: the table and figures over guides and seeds, Kendall's tau on known
+rankings, the held-out evaluation at the posterior mean, and resuming without redoing a record."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pyro_dirichlet_prune.compare as compare
+from helpers import lenet5_forward
+from pyro_dirichlet_prune import cli
+from pyro_dirichlet_prune.data import Split, load_data
+from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
+from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
+
+
+def _tiny(name, data_dir=None, val_size=5000, seed=0, download=True):
+    return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))
+
+
+@pytest.fixture
+def ckpt(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "load_data", _tiny)
+    path = tmp_path / "base.pt"
+    save_checkpoint(path, build_model("lenet5"), "lenet5", "fake-mnist", 10, (1, 28, 28))
+    return path
+
+
+def _argv(ckpt, out, *extra):
+    return ["compare-guides", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--seeds", "0,1",
+            "--switch-batch-size", "40", "--finetune-epochs", "1", "--elbo-particles", "2", "--elbo-batches", "2",
+            "--arch", "5-10-50-13", "--threads", "1", *extra, "--out", str(out)]
+
+
+def test_compare_guides_table_and_figures(ckpt, tmp_path):
+    out = tmp_path / "cmp"
+    assert cli.main(_argv(ckpt, out)) == 0
+    table = json.loads((out / "table.json").read_text())
+    records = json.loads((out / "records.json").read_text())
+    guides = ["dirichlet", "dirichlet-mean", "normal", "delta", "lowrank"]
+    assert list(table["table"]) == guides and len(records) == 10
+    for g in guides:
+        row = table["table"][g]
+        assert row["test_error_finetuned"]["n"] == 2
+        mine = [r for r in records if r["guide"] == g]
+        assert row["heldout_error"]["mean"] == pytest.approx(sum(r["heldout_error"] for r in mine) / 2)
+        assert all(r["arch"] == "5-10-50-13" and r["elbo"] is not None for r in mine)
+    assert set(table["kendall_tau"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert len(table["kendall_tau"]["fc1"]) == 10  # 5 choose 2 pairs
+    md = (out / "table.md").read_text()
+    assert all(f"| {g} |" in md for g in guides) and "Kendall" in md
+    for png in ("compare.png", "kendall.png"):
+        assert (out / png).stat().st_size > 10_000
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["command"] == "compare-guides" and rep["architecture"] == "5-10-50-13" and "versions" in rep
+
+
+def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    real, calls = compare._one, []
+
+    def flaky(*args):
+        calls.append(args[3:5])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(compare, "_one", flaky)
+    assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,")) == 130
+    assert not out.exists()
+    assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,", "--resume")) == 0
+    assert calls == [("dirichlet", 3), ("delta", 3), ("delta", 3)]  # dirichlet was not redone
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["resumed_from"] == {"records": 1}
+    with pytest.raises(SystemExit) as exc:
+        cli.main(_argv(ckpt, tmp_path / "other", "--guides", "dirichlet,gaussian"))
+    assert exc.value.code == 2 and "expected distinct names" in capsys.readouterr().err
+
+
+def test_kendall_tau_of_known_rankings():
+    recs = [{"guide": "a", "seed": 0, "means": {"l": [0.1, 0.2, 0.3, 0.4]}},
+            {"guide": "b", "seed": 0, "means": {"l": [1.0, 2.0, 3.0, 4.0]}},
+            {"guide": "c", "seed": 0, "means": {"l": [0.4, 0.3, 0.2, 0.1]}}]
+    k = compare.kendall_by_layer(recs, ["a", "b", "c"])
+    assert k["l"] == {"a|b": [1.0], "a|c": [-1.0], "b|c": [-1.0]}
+
+
+def test_evaluate_at_mean_is_the_switched_network():
+    torch.manual_seed(0)
+    net = build_model("lenet5", widths=(2, 3, 4, 2)).eval()
+    x, y = torch.randn(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    means = {"conv1": torch.tensor([0.7, 0.3]), "conv2": torch.tensor([0.2, 0.3, 0.5]),
+             "fc1": torch.full((4,), 0.25), "fc2": torch.tensor([0.9, 0.1])}
+    factor = {k: float(v.numel()) for k, v in means.items()}
+    got = compare.evaluate_at_mean(SwitchedNetwork(net), means, factor, Split(x, y))
+    logits = lenet5_forward(net, x, {k: factor[k] * v for k, v in means.items()})
+    nll = float(torch.nn.functional.cross_entropy(logits, y))
+    assert got["nll"] == pytest.approx(nll, rel=1e-5)
+    assert got["error"] == pytest.approx(float((logits.argmax(1) != y).double().mean()))
