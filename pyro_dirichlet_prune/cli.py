@@ -11,7 +11,8 @@ from .data import DATASETS, load_data
 from .errors import NumericalError, UserError
 from .inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
 from .models.switched import SAMPLINGS, SCALES
-from .models import MODELS
+from .models import MODELS, MODEL_NAMES
+from .training import OPTIMIZERS
 from .search import parse_seeds
 
 PROG = "dirichlet-prune"
@@ -81,6 +82,39 @@ def _add_out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
 
 
+def _add_train_args(p: argparse.ArgumentParser, prefix: str, what: str) -> None:
+    """Optimiser and augmentation options of pre-training (``prefix`` "") or fine-tuning
+    (``prefix`` "finetune-"); None where the model's default applies (``pipeline.train_defaults``)."""
+    p.add_argument(f"--{prefix}optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"{what} optimiser: adam, or sgd with Nesterov momentum 0.9 (default: adam for the LeNets, "
+                        f"sgd otherwise)")
+    p.add_argument(f"--{prefix}weight-decay", type=_nonneg_float, default=None,
+                   help=f"{what} weight decay (default 0 for the LeNets, 5e-4 otherwise)")
+    p.add_argument("--augment-shift", type=_nonneg_int, default=None,
+                   help=f"random translation during {what} by up to N pixels, edges repeated (default 2 for "
+                        f"1-channel images, 0 for CIFAR; 0 turns it off)")
+    p.add_argument("--augment-crop", type=_nonneg_int, default=None,
+                   help=f"random crop during {what} of the image zero-padded by N pixels (default 4 for CIFAR, "
+                        f"0 otherwise)")
+    p.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random horizontal flips during {what} (default: on for CIFAR, off otherwise)")
+    p.add_argument("--device", default="cpu",
+                   help=f"cpu, or cuda (cuda:N) to run {what} on a GPU (default cpu)")
+
+
+def _train_config(args: argparse.Namespace, model: str | None, stage: str, prefix: str = "", **given):
+    """A ``TrainConfig`` from the options given, the model's defaults for the others."""
+    from .pipeline import train_defaults
+    from .training import TrainConfig
+
+    d = train_defaults(model, args.dataset, stage)
+    dest = prefix.replace("-", "_")
+    options = {"optimizer": getattr(args, f"{dest}optimizer"), "weight_decay": getattr(args, f"{dest}weight_decay"),
+               "augment_shift": args.augment_shift, "augment_crop": args.augment_crop,
+               "augment_flip": args.augment_flip, **given}
+    return TrainConfig(**(d | {k: v for k, v in options.items() if v is not None}), seed=args.seed, device=args.device)
+
+
 def _add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     """Options of switch learning (``SwitchConfig``)."""
     d = SwitchConfig()
@@ -128,26 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pre = sub.add_parser("pretrain", help="train a network from scratch",
-                         description="Train a network with Adam and cosine decay; keep the epoch of lowest validation error.")
-    pre.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
-    pre.add_argument("--widths", default=None, help="prunable widths, e.g. 10-20-100-25 (default: the model's)")
+                         description="Train a network with cosine learning-rate decay; keep the epoch of lowest "
+                                     "validation error. LeNets: Adam, lr 2e-3, 20 epochs, shifts by up to 2 pixels. "
+                                     "vgg16 and wrn-D-K: SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4, "
+                                     "200 epochs, CIFAR augmentation (random crop with 4-pixel padding, flips).")
+    pre.add_argument("--model", default="lenet5",
+                     help=f"network: {', '.join(MODEL_NAMES)}, e.g. wrn-28-10, wrn-16-4 (default lenet5)")
+    pre.add_argument("--widths", default=None,
+                     help="prunable widths, e.g. 10-20-100-25 for lenet5, 14 numbers for vgg16, the conv1 width of "
+                          "every block for a WRN (default: the model's)")
+    pre.add_argument("--width-multiplier", type=_positive_float, default=None,
+                     help="the model's default widths times this factor, rounded (e.g. 0.125 for a narrow vgg16)")
     _add_data_args(pre)
-    pre.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
-    pre.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    pre.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 20 for the "
+                                                                         "LeNets, 200 otherwise)")
+    pre.add_argument("--lr", type=_positive_float, default=None,
+                     help="learning rate (default 2e-3 for the LeNets, 0.1 otherwise)")
     pre.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
-    pre.add_argument("--weight-decay", type=_nonneg_float, default=0.0, help="Adam weight decay (default 0)")
-    pre.add_argument("--augment-shift", type=_nonneg_int, default=2,
-                     help="random translation by up to N pixels (default 2; 0 turns it off)")
+    _add_train_args(pre, "", "training")
     pre.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     _add_out_args(pre)
 
     pr = sub.add_parser("prune", help="learn switches, prune physically, fine-tune",
                         description="Fit Dirichlet switch posteriors to a frozen pre-trained network by SVI, "
-                                    "rank units by posterior mean, remove the others physically and fine-tune.")
-    pr.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
+                                    "rank units by posterior mean, remove the others physically and fine-tune. "
+                                    "The network is a registered one (--model, --checkpoint) or your own "
+                                    "(--model-file).")
+    pr.add_argument("--model", default=None,
+                    help=f"network: {', '.join(MODEL_NAMES)} (default lenet5, unless --model-file is given)")
     _add_data_args(pr)
     pr.add_argument("--checkpoint", default=None,
                     help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    pr.add_argument("--model-file", default=None,
+                    help="your own pre-trained network instead of --model: a whole nn.Module saved with "
+                         "torch.save(model) (its classes importable). It is loaded with torch.load(weights_only="
+                         "False), which UNPICKLES AND RUNS ARBITRARY CODE: only give files you trust. Its prunable "
+                         "layers are found automatically (see --layers); the pruned network is saved the same way")
+    pr.add_argument("--input-shape", default=None,
+                    help="input shape of --model-file without the batch dimension, e.g. 3,32,32; must be the data "
+                         "set's (default: the data set's)")
+    pr.add_argument("--layers", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                    help="comma-separated names of the layers to switch and prune (module names for --model-file, "
+                         "switch-point names for --model); default: every prunable layer")
     _add_switch_args(pr)
     from .pipeline import CUTOFFS, DELTA, TAU
 
@@ -171,11 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--rate", type=_rate, help="fraction of every layer's units to remove (lowest posterior "
                                                  "means), e.g. 0.5")
     pr.add_argument("--finetune-epochs", type=_nonneg_int, default=40,
-                    help="fine-tuning epochs, Adam with cosine decay, best validation epoch kept (default 40: "
+                    help="fine-tuning epochs with cosine decay, best validation epoch kept (default 40: "
                          "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")
-    pr.add_argument("--finetune-lr", type=_positive_float, default=2e-3, help="fine-tuning Adam learning rate (default 2e-3)")
-    pr.add_argument("--augment-shift", type=_nonneg_int, default=2,
-                    help="random translation during fine-tuning, in pixels (default 2)")
+    pr.add_argument("--finetune-lr", type=_positive_float, default=None,
+                    help="fine-tuning learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
+    _add_train_args(pr, "finetune-", "fine-tuning")
     pr.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     _add_out_args(pr)
 
@@ -215,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "test error, parameters and MACs as JSON on stdout.")
     ev.add_argument("checkpoint", help="a model.pt or pruned.pt written by pretrain or prune")
     _add_data_args(ev, dataset_default=None, split=False)
+    ev.add_argument("--allow-pickle", action="store_true",
+                    help="also load a pickled network (the pruned.pt of a --model-file run, or a torch.save(model) "
+                         "file); this UNPICKLES AND RUNS ARBITRARY CODE: only for files you trust")
     return parser
 
 
@@ -235,13 +294,14 @@ def _switch_config(args: argparse.Namespace) -> SwitchConfig:
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
+    from .models import check_model_name
     from .pipeline import PretrainConfig, run_pretrain
-    from .training import TrainConfig
 
+    check_model_name(args.model)
     cfg = PretrainConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, widths=args.widths,
-        train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          weight_decay=args.weight_decay, augment_shift=args.augment_shift, seed=args.seed),
+        width_multiplier=args.width_multiplier,
+        train=_train_config(args, args.model, "pretrain", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
         val_size=args.val_size, split_seed=args.split_seed, max_train_examples=args.max_train_examples,
     )
     report = run_pretrain(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
@@ -253,17 +313,21 @@ def _pretrain(args: argparse.Namespace) -> dict:
 
 def _prune(args: argparse.Namespace) -> dict:
     from .pipeline import PruneConfig, run_prune
-    from .training import TrainConfig
 
+    if args.model_file is not None and (args.model is not None or args.checkpoint is not None):
+        raise UserError("--model-file replaces --model and --checkpoint; give one or the other")
+    if args.model_file is None and args.input_shape is not None:
+        raise UserError("--input-shape goes with --model-file")
+    model = None if args.model_file is not None else (args.model or "lenet5")
     cfg = PruneConfig(
-        model=args.model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
+        model=model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
         switch=_switch_config(args),
         cutoff=args.cutoff, arch=args.arch, rate=args.rate, tau=args.tau, delta=args.delta,
         target_macs=args.target_macs, target_params=args.target_params,
-        finetune=TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, augment_shift=args.augment_shift,
-                             seed=args.seed),
+        finetune=_train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
-        max_train_examples=args.max_train_examples,
+        max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
+        layers=args.layers, device=args.device,
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
@@ -306,19 +370,29 @@ def _search(args: argparse.Namespace) -> dict:
 
 def _evaluate(args: argparse.Namespace) -> dict:
     from .metrics import count_macs, count_params
+    from .models import discover_switch_points
     from .models.checkpoint import load_checkpoint
+    from .models.user import check_model_io
     from .training import evaluate
 
-    net, info = load_checkpoint(args.checkpoint)
+    net, info = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle)
     dataset = args.dataset or info.get("dataset")
+    if dataset is None:
+        raise UserError(f"{args.checkpoint} does not say which data set it takes; pass --dataset")
     data = load_data(dataset, args.data_dir, val_size=0)
-    if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
+    if "input_shape" not in info:  # a bare pickled network: check that it takes the data
+        check_model_io(net, data.input_shape, data.num_classes, what=f"the network of {args.checkpoint}")
+    elif tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(f"checkpoint {args.checkpoint} does not take {dataset} inputs")
+    if hasattr(net, "switch_points"):
+        points = net.switch_points()
+    else:  # a user's network: the layers it was pruned at, else the prunable ones
+        points = discover_switch_points(net, data.input_shape, info.get("layers"))
     result = {
         "checkpoint": args.checkpoint,
-        "model": info["model"],
+        "model": info.get("model", "user"),
         "dataset": dataset,
-        "arch": "-".join(map(str, net.widths)),
+        "arch": "-".join(str(p.width) for p in points),
         "params": count_params(net),
         "macs": count_macs(net, data.input_shape),
         "test": evaluate(net, data.test),

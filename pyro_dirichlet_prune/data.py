@@ -204,12 +204,21 @@ def load_data(
     )
 
 
-def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift every image by up to ``max_shift`` pixels in each direction (edge pixels repeated)."""
+def dataset_spec(name: str) -> tuple[tuple[int, int, int], int]:
+    """``(input_shape, num_classes)`` of a data set, without loading it."""
+    if name not in _SPECS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return _SPECS[name][3], _SPECS[name][4]
+
+
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator, mode: str = "replicate") -> torch.Tensor:
+    """Shift every image by up to ``max_shift`` pixels in each direction, filling the uncovered
+    border by repeating the edge pixels (``mode="replicate"``) or with zeros (``"constant"``:
+    a random crop of the image padded by ``max_shift``, as the usual CIFAR augmentation)."""
     if max_shift <= 0:
         return x
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode=mode)
     dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
     rows = (dy.view(b, 1, 1, 1) + torch.arange(h).view(1, 1, h, 1)).expand(b, c, h, padded.shape[3])
@@ -226,8 +235,13 @@ def batches(
     augment_flip: bool = False,
     order: torch.Tensor | None = None,
     start_batch: int = 0,
+    augment_crop: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y, idx)`` minibatches; ``idx`` are the examples' indices in ``split``.
+
+    Augmentation, in this order: a random translation by up to ``augment_shift`` pixels (edges
+    repeated), a random crop of the image zero-padded by ``augment_crop`` pixels (zero is the
+    data set's mean colour after normalisation), a horizontal flip with probability 1/2.
 
     ``order`` (default: a permutation drawn from ``generator``, or the identity when not
     ``shuffle``) and ``start_batch`` let an interrupted epoch continue where it stopped.
@@ -242,6 +256,8 @@ def batches(
         x = split.x[idx]
         if augment_shift:
             x = random_translate(x, augment_shift, generator)
+        if augment_crop:
+            x = random_translate(x, augment_crop, generator, mode="constant")
         if augment_flip:
             flip = torch.rand(x.shape[0], generator=generator) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .training import device_of
+
 
 def count_params(net: nn.Module) -> int:
     """Weights and biases of every Conv2d and Linear layer."""
@@ -31,7 +33,7 @@ def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
     """
     was_training = net.training
     net.eval()
-    x = torch.zeros(1, *input_shape)
+    x = torch.zeros(1, *input_shape, device=device_of(net))
     counter = FlopCounterMode(display=False)
     with counter:
         net(x)

@@ -7,6 +7,11 @@ physical surgery → fine-tuning, with a JSON report. Cut-offs (``CUTOFFS``):
 * ``budget``: remove units across layers in order of that probability until the MACs and/or
   params fit ``target_macs`` / ``target_params``;
 * ``arch`` / ``rate``: keep the given number of units per layer, ranked by E_q[s_l].
+
+The network is a registered one (``--model`` and a checkpoint) or a user's whole pickled
+``nn.Module`` (``model_file``), whose prunable layers and switch placements are discovered
+(``models.discovery``) or named (``layers``). With ``device="cuda"``, switch learning and
+fine-tuning run on the GPU; surgery always runs on the CPU.
 """
 from __future__ import annotations
 
@@ -18,20 +23,24 @@ from pathlib import Path
 import pyro
 import torch
 
-from .data import DataBundle, Split, load_data
+from .data import DataBundle, Split, dataset_spec, load_data
 from .errors import UserError
 from .inference.svi import SwitchConfig, collapsed_fraction, fit_switches, switch_posterior
 from .plots import plot_posterior
 from .metrics import count_macs, count_params
-from .models import SwitchedNetwork, build_model
-from .models.checkpoint import load_checkpoint, save_checkpoint, shipped_checkpoint
+from .models import SwitchedNetwork, build_model, check_model_name, default_widths, discover_switch_points
+from .models.checkpoint import (load_checkpoint, load_model_file, save_checkpoint, save_module_checkpoint,
+                                shipped_checkpoint)
+from .models.common import scale_widths
+from .models.switch_points import SwitchPoint, point_widths, rebind
+from .models.user import check_model_io, parse_input_shape
 from .pruning.budget import budget_keep, size_function
 from .pruning.cutoff import (arch_string, keep_top, parse_arch, parse_widths, rate_widths, removal_order,
                              uncertainty_keep)
 from .pruning.surgery import prune_units, verify_surgery
 from .report import check_output, now, output_folder, versions, write_json
 from .runstate import RunState
-from .training import TrainConfig, evaluate, train
+from .training import TrainConfig, check_device, evaluate, train
 
 
 def seed_everything(seed: int) -> None:
@@ -48,12 +57,34 @@ def _subset(data: DataBundle, max_train: int | None) -> DataBundle:
     return dataclasses.replace(data, train=Split(data.train.x[:max_train], data.train.y[:max_train]))
 
 
+def train_defaults(model: str | None, dataset: str, stage: str) -> dict:
+    """The training options a model gets unless told otherwise (``stage``: ``pretrain`` or
+    ``finetune``). The LeNets: Adam, lr 2e-3, no weight decay, 20 pre-training and 40
+    fine-tuning epochs. VGG-16, WRNs and user networks (``model`` None): SGD with Nesterov
+    momentum 0.9, weight decay 5e-4, lr 0.1 for 200 pre-training epochs and 0.01 for 40
+    fine-tuning epochs. Augmentation follows the data: random crop of the 4-pixel zero-padded
+    image and horizontal flip for 3-channel (CIFAR) images, a random shift by up to 2 pixels
+    otherwise. Always cosine decay of the learning rate to zero."""
+    if stage not in ("pretrain", "finetune"):
+        raise ValueError(f"unknown training stage {stage!r}")
+    cifar = dataset_spec(dataset)[0][0] == 3
+    augment = {"augment_shift": 0, "augment_crop": 4, "augment_flip": True} if cifar else \
+        {"augment_shift": 2, "augment_crop": 0, "augment_flip": False}
+    if model is not None and model.startswith("lenet5"):
+        optim = {"optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0, "epochs": 20 if stage == "pretrain" else 40}
+    else:
+        optim = {"optimizer": "sgd", "lr": 0.1 if stage == "pretrain" else 0.01, "weight_decay": 5e-4,
+                 "epochs": 200 if stage == "pretrain" else 40}
+    return optim | augment
+
+
 @dataclass
 class PretrainConfig:
     model: str = "lenet5"
     dataset: str = "mnist"
     data_dir: str | None = None
     widths: str | None = None
+    width_multiplier: float | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, augment_shift=2))
     val_size: int = 5000
     split_seed: int = 0
@@ -65,17 +96,26 @@ def run_pretrain(
 ) -> dict:
     """Train ``cfg.model`` from scratch; writes ``model.pt`` and ``report.json`` into ``out``.
     Training saves its state every ``checkpoint_every`` steps; ``resume`` continues a killed run."""
-    from .models import MODELS
-
-    if cfg.model not in MODELS:
-        build_model(cfg.model)  # raises the clear error
+    check_model_name(cfg.model)
     widths = None
+    if cfg.widths and cfg.width_multiplier is not None:
+        raise UserError("give --widths or --width-multiplier, not both")
+    if cfg.width_multiplier is not None:
+        try:
+            widths = list(scale_widths(default_widths(cfg.model), cfg.width_multiplier))
+        except ValueError as exc:
+            raise UserError(f"--width-multiplier: {exc}") from None
     if cfg.widths:
         widths = parse_widths(cfg.widths)
         try:
             build_model(cfg.model, widths)
         except ValueError as exc:
             raise UserError(f"--widths {cfg.widths}: {exc}") from None
+    try:
+        cfg.train.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_device(cfg.train.device)
     check_output(out, overwrite, resume)
     seed_everything(cfg.train.seed)
     data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
@@ -92,6 +132,7 @@ def run_pretrain(
             "test": evaluate(net, data.test),
             "params": count_params(net),
             "macs": count_macs(net, data.input_shape),
+            "widths": list(net.widths),
             "best_epoch": result.best_epoch,
             "history": result.history,
             "seconds": seconds,
@@ -147,7 +188,12 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
 
 @dataclass
 class PruneConfig:
-    model: str = "lenet5"
+    """Options of ``run_prune``. ``model_file`` (a whole pickled ``nn.Module``; unpickling runs
+    arbitrary code, so only a trusted file) replaces ``model`` and ``checkpoint``; its input
+    shape is ``input_shape`` (e.g. ``"3,32,32"``; default the data set's). ``layers`` names the
+    layers to switch (default: all that the model declares, or that discovery finds)."""
+
+    model: str | None = "lenet5"
     dataset: str = "mnist"
     data_dir: str | None = None
     checkpoint: str | None = None
@@ -164,6 +210,10 @@ class PruneConfig:
     val_size: int = 5000
     split_seed: int = 0
     max_train_examples: int | None = None
+    model_file: str | None = None
+    input_shape: str | None = None
+    layers: list[str] | None = None
+    device: str = "cpu"
 
 
 def _resolve_checkpoint(cfg: PruneConfig) -> Path:
@@ -179,8 +229,45 @@ def _resolve_checkpoint(cfg: PruneConfig) -> Path:
     return path
 
 
-def _size(net, shape) -> dict:
-    return {"params": count_params(net), "macs": count_macs(net, shape), "arch": "-".join(map(str, net.widths))}
+def _size(net, shape, points: list[SwitchPoint]) -> dict:
+    """Parameters, MACs and the widths of the switched layers (``arch``) of ``net``."""
+    return {"params": count_params(net), "macs": count_macs(net, shape),
+            "arch": "-".join(str(p.width) for p in points)}
+
+
+def _load_user_model(cfg: PruneConfig) -> tuple[torch.nn.Module, dict, list[SwitchPoint]]:
+    """The user's network of ``cfg.model_file``, checked against the data set, its facts and
+    its switch points (discovered, or the ``cfg.layers`` named)."""
+    if cfg.checkpoint:
+        raise UserError("give --model-file or --checkpoint, not both")
+    shape, classes = dataset_spec(cfg.dataset)
+    if cfg.input_shape is not None:
+        given = parse_input_shape(cfg.input_shape)
+        if given != tuple(shape):
+            raise UserError(f"--input-shape {','.join(map(str, given))} does not match {cfg.dataset}, whose "
+                            f"inputs have shape {','.join(map(str, shape))}")
+    net, _ = load_model_file(cfg.model_file)
+    check_model_io(net, shape, classes, what=f"the model of {cfg.model_file}")
+    points = discover_switch_points(net, shape, cfg.layers)
+    return net, {"input_shape": list(shape), "num_classes": classes}, points
+
+
+def _select_layers(points: list[SwitchPoint], layers: list[str] | None) -> list[SwitchPoint]:
+    """The declared switch points restricted to the ``layers`` named (all when None)."""
+    if layers is None:
+        return points
+    names = [p.name for p in points]
+    unknown = [n for n in layers if n not in names]
+    if unknown or len(set(layers)) != len(layers) or not layers:
+        raise UserError(f"--layers {','.join(layers)}: choose distinct layers among {', '.join(names)}")
+    return [p for p in points if p.name in set(layers)]
+
+
+def _point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
+    """Where every switch sits, for the report."""
+    names = {m: n for n, m in net.named_modules()}
+    return [{"name": p.name, "layer": names.get(p.module), "hooked": names.get(p.hooked), "width": p.width}
+            for p in points]
 
 
 def run_prune(
@@ -201,15 +288,22 @@ def run_prune(
         cfg.finetune.validate()
     except ValueError as exc:
         raise UserError(f"fine-tuning: {exc}") from None
-    build_model(cfg.model)  # unknown model → clear error before any work
-    ckpt = _resolve_checkpoint(cfg)
-    net, info = load_checkpoint(ckpt, cfg.model)
-    widths = dict(zip([p.name for p in net.switch_points()], net.widths))
+    device = check_device(cfg.device)
+    if cfg.model_file is not None:  # a user's network: the model name does not apply
+        cfg = dataclasses.replace(cfg, model=None)
+        net, info, points = _load_user_model(cfg)
+        ckpt, label = Path(cfg.model_file), Path(cfg.model_file).name
+    else:
+        check_model_name(cfg.model)  # unknown model → clear error before any work
+        ckpt, label = _resolve_checkpoint(cfg), cfg.model
+        net, info = load_checkpoint(ckpt, cfg.model)
+        points = _select_layers(net.switch_points(), cfg.layers)
+    widths = point_widths(points)
     kept_counts = {"arch": lambda: parse_arch(cfg.arch, widths), "rate": lambda: rate_widths(cfg.rate, widths)}.get(
         cutoff, lambda: None)()
     if cutoff == "budget":  # refuse an unreachable budget before any work
         target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
-        smallest = size_function(net, info["input_shape"])(dict.fromkeys(widths, 1))
+        smallest = size_function(net, info["input_shape"], points)(dict.fromkeys(widths, 1))
         if any(smallest[k] > v for k, v in target.items()):
             raise UserError(f"budget {target} cannot be met: keeping one unit per layer still needs "
                             f"{smallest['macs']} MACs and {smallest['params']} params")
@@ -226,19 +320,21 @@ def run_prune(
     timings["load"] = time.perf_counter() - t
     seed_everything(cfg.seed)
     switch_cfg = dataclasses.replace(cfg.switch, seed=cfg.seed)
-    finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed)
+    finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed, device=cfg.device)
 
     with output_folder(out, overwrite, resume) as tmp:
         state = RunState(tmp, checkpoint_every, config=dataclasses.asdict(cfg))
         if resume:
             state.load()
-        base = {**_size(net, data.input_shape), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
+        net.to(device)  # the data and the switches stay on the CPU (SwitchedNetwork.forward)
+        base = {**_size(net, data.input_shape, points), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
 
         t = time.perf_counter()
-        switched = SwitchedNetwork(net)
+        switched = SwitchedNetwork(net, points)
         fit = fit_switches(switched, data.train, switch_cfg, state=state)
         post = switch_posterior(fit, switch_cfg, switched, data.train)
         switched.remove_hooks()
+        net.cpu()
         timings["switches"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -250,27 +346,35 @@ def run_prune(
             cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
         elif cutoff == "budget":
             target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
-            keep, _ = budget_keep(removal_order(prob_below, means), widths, size_function(net, data.input_shape), target)
+            keep, _ = budget_keep(removal_order(prob_below, means), widths,
+                                  size_function(net, data.input_shape, points), target)
             cut.update(tau=cfg.tau, target=target)
         else:
             keep = keep_top(means, kept_counts)
             cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})
-        pruned = prune_units(net, keep, data.input_shape)
-        surgery_diff = verify_surgery(net, pruned, keep, data.input_shape, seed=cfg.seed)
+        pruned = prune_units(net, keep, data.input_shape, points)
+        surgery_diff = verify_surgery(net, pruned, keep, data.input_shape, seed=cfg.seed, points=points)
+        pruned_points = rebind(points, net, pruned)
         timings["surgery"] = time.perf_counter() - t
-        after_surgery = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
+        pruned.to(device)
+        after_surgery = {**_size(pruned, data.input_shape, pruned_points), "test": evaluate(pruned, data.test),
+                         "val": evaluate(pruned, data.val)}
 
         t = time.perf_counter()
         for p in pruned.parameters():
             p.requires_grad_(True)
         ft = train(pruned, data, finetune_cfg, desc="fine-tune", state=state)
         timings["finetune"] = time.perf_counter() - t
-        finetuned = {**_size(pruned, data.input_shape), "test": evaluate(pruned, data.test), "val": evaluate(pruned, data.val)}
+        finetuned = {**_size(pruned, data.input_shape, pruned_points), "test": evaluate(pruned, data.test),
+                     "val": evaluate(pruned, data.val)}
+        pruned.cpu()
 
-        save_checkpoint(
-            tmp / "pruned.pt", pruned, cfg.model, cfg.dataset, data.num_classes, data.input_shape,
-            meta={"base_checkpoint": str(ckpt), "kept": keep, "test_error": finetuned["test"]["error"]},
-        )
+        meta = {"base_checkpoint": str(ckpt), "kept": keep, "test_error": finetuned["test"]["error"]}
+        if cfg.model_file is None:
+            save_checkpoint(tmp / "pruned.pt", pruned, cfg.model, cfg.dataset, data.num_classes, data.input_shape, meta=meta)
+        else:
+            save_module_checkpoint(tmp / "pruned.pt", pruned, cfg.dataset, data.num_classes, data.input_shape,
+                                   [p.name for p in points], meta=meta)
         posterior = {
             layer: {
                 **({"concentration": fit.concentrations[layer].tolist()} if layer in fit.concentrations else {}),
@@ -284,7 +388,7 @@ def run_prune(
         }
         write_json(tmp / "posterior.json", posterior)
         plot_posterior(post, tmp / "posterior.png", keep,
-                       title=f"{cfg.model} on {cfg.dataset}: switch posterior ({switch_cfg.guide}), kept {arch_string(keep)}")
+                       title=f"{label} on {cfg.dataset}: switch posterior ({switch_cfg.guide}), kept {arch_string(keep)}")
         if not fit.concentrations:  # an autoguide: keep its fitted parameters too
             write_json(tmp / "guide_params.json",
                        {name: value.detach().tolist() for name, value in pyro.get_param_store().items()})
@@ -295,6 +399,7 @@ def run_prune(
             "checkpoint": str(ckpt),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff},
+            "switch_points": _point_table(net, points),
             "base": base,
             "pruned": after_surgery,
             "finetuned": finetuned | {"best_epoch": ft.best_epoch, "history": ft.history},

@@ -38,3 +38,32 @@ def caffe_params(c1: int, c2: int, f1: int, classes: int = 10) -> int:
 
 def caffe_macs(c1: int, c2: int, f1: int, classes: int = 10) -> int:
     return 24 * 24 * 25 * c1 + 8 * 8 * 25 * c1 * c2 + 16 * c2 * f1 + f1 * classes
+
+
+class TinyUserCNN(torch.nn.Module):
+    """A user's CNN for 3x32x32 inputs, saved whole with ``torch.save`` by the ``--model-file``
+    tests (it lives here so that the pickle can find its class): conv-BN-ReLU-pool, conv-ReLU-pool,
+    flatten, a hidden linear layer and the classifier."""
+
+    def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def randomise_batchnorms(net: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial batch-norm statistics and affine parameters, so that a switch on the wrong
+    side of a batch-norm shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)

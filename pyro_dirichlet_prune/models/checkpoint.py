@@ -4,11 +4,21 @@ A checkpoint is a ``torch.save``'d dict (loaded with ``weights_only=True``, so n
 unpickled) with keys ``format``, ``model``, ``widths``, ``num_classes``, ``input_shape``,
 ``dataset``, ``state_dict`` and ``meta``. A pruned network is the same model built with
 smaller widths, so ``evaluate`` can rebuild it in a fresh process.
+
+A user's network (``prune --model-file``) cannot be rebuilt from a name: it is read from a
+whole pickled ``nn.Module`` (``torch.save(model)``), and its pruned version is written as a
+*module checkpoint*, a dict with ``format`` = ``MODULE_FORMAT``, ``model`` = ``"user"``,
+``module`` (the pickled network), ``layers`` (the switched layers), ``num_classes``,
+``input_shape``, ``dataset`` and ``meta``. Reading either unpickles arbitrary code: only
+``load_model_file`` and ``load_checkpoint(..., allow_pickle=True)`` do it, for trusted files.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +29,7 @@ from torch import nn
 from ..errors import UserError
 
 FORMAT = "pyro-dirichlet-prune/1"
+MODULE_FORMAT = "pyro-dirichlet-prune-module/1"
 _KEYS = ("format", "model", "widths", "num_classes", "input_shape", "state_dict")
 
 
@@ -60,10 +71,75 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> tuple[nn.Module, dict]:
+def save_module_checkpoint(
+    path: str | os.PathLike,
+    net: nn.Module,
+    dataset: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    layers: list[str],
+    meta: dict | None = None,
+) -> None:
+    """Write a module checkpoint (module docstring): the whole network pickled, with its facts."""
+    atomic_torch_save(
+        {
+            "format": MODULE_FORMAT,
+            "model": "user",
+            "module": net,
+            "layers": list(layers),
+            "num_classes": int(num_classes),
+            "input_shape": [int(s) for s in input_shape],
+            "dataset": dataset,
+            "meta": meta or {},
+        },
+        path,
+    )
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Unpickle a whole network: a file written by ``torch.save(model)`` or a module checkpoint.
+
+    This runs ``torch.load(..., weights_only=False)``, which executes whatever code the file's
+    pickle names: only load files you trust. The classes of the network must be importable.
+    Returns the network on the CPU in eval mode, and the module checkpoint's facts (``{}`` for a
+    bare module). Raises ``UserError`` for a missing or unreadable file, a TorchScript archive,
+    or a file that holds no ``nn.Module`` (e.g. only a state dict).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(f"model file {path} could not be loaded ({type(exc).__name__}: {first})") from None
+    info: dict = {}
+    if isinstance(obj, dict) and obj.get("format") == MODULE_FORMAT:
+        info = {k: v for k, v in obj.items() if k != "module"}
+        obj = obj.get("module")
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise UserError(f"model file {path} is a TorchScript archive; save the network with torch.save(model)")
+    if not isinstance(obj, nn.Module):
+        hint = ""
+        if isinstance(obj, dict):
+            hint = (" (a pyro-dirichlet-prune checkpoint: use --checkpoint and --model)" if obj.get("format") == FORMAT
+                    else " (a state dict? save the whole network with torch.save(model))")
+        raise UserError(f"model file {path} holds a {type(obj).__name__}, not a torch.nn.Module{hint}")
+    obj.eval()
+    return obj, info
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: str | None = None, allow_pickle: bool = False
+) -> tuple[nn.Module, dict]:
     """Rebuild the network saved at ``path``; ``model`` (if given) must match its model name.
 
-    Raises ``UserError`` for a missing, unreadable or foreign file, or one of another model.
+    A file that holds pickled code (a module checkpoint of a pruned user network) is loaded
+    with ``load_model_file`` when ``allow_pickle`` (only for trusted files: unpickling runs
+    arbitrary code), and refused otherwise. Raises ``UserError`` for a missing, unreadable or
+    foreign file, or one of another model.
     """
     from . import build_model
 
@@ -72,6 +148,15 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> tuple[
         raise UserError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"checkpoint {path} is not a readable PyTorch file (UnpicklingError)") from None
+        if allow_pickle and model is None:
+            return load_model_file(path)
+        raise UserError(
+            f"checkpoint {path} holds pickled Python objects (a whole network, as `prune --model-file` writes), "
+            f"not a {FORMAT} checkpoint; load it with `prune --model-file` or `evaluate --allow-pickle`, "
+            f"and only if you trust it: unpickling runs arbitrary code") from None
     except Exception as exc:
         raise UserError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in _KEYS) or payload["format"] != FORMAT:

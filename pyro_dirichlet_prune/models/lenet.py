@@ -17,14 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import check_widths as _check_widths
 from .switch_points import SwitchPoint
-
-
-def _check_widths(widths: Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    widths = tuple(int(w) for w in widths)
-    if len(widths) != n or any(w < 1 for w in widths):
-        raise ValueError(f"{name} needs {n} positive widths, got {widths}")
-    return widths
 
 
 class LeNet5(nn.Module):

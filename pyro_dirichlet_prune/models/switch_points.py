@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from torch import nn
 
@@ -33,9 +34,37 @@ class SwitchPoint:
         return self.hook_module if self.hook_module is not None else self.module
 
 
-def switch_points(net: nn.Module) -> list[SwitchPoint]:
-    """The switch points a network declares through its ``switch_points()`` method."""
+def switch_points(net: nn.Module, input_shape: Sequence[int] | None = None) -> list[SwitchPoint]:
+    """The switch points a network declares through its ``switch_points()`` method; for a
+    network that declares none, the layers found by ``discovery.discover_switch_points`` on
+    inputs of shape ``input_shape`` (which is then needed)."""
     fn = getattr(net, "switch_points", None)
-    if fn is None:
-        raise TypeError(f"{type(net).__name__} does not declare its prunable layers (no switch_points())")
-    return list(fn())
+    if fn is not None:
+        return list(fn())
+    if input_shape is None:
+        raise TypeError(f"{type(net).__name__} does not declare its prunable layers (no switch_points()) "
+                        f"and no input shape was given to discover them")
+    from .discovery import discover_switch_points
+
+    return discover_switch_points(net, input_shape)
+
+
+def rebind(points: Sequence[SwitchPoint], source: nn.Module, target: nn.Module) -> list[SwitchPoint]:
+    """The switch points of ``source`` moved onto ``target``, a copy of it (e.g. ``copy.deepcopy``
+    or a pruned copy): the same names, on the modules of ``target`` at the same module paths."""
+    path = {id(m): n for n, m in source.named_modules()}
+    modules = dict(target.named_modules())
+
+    def find(m: nn.Module | None) -> nn.Module | None:
+        if m is None:
+            return None
+        if id(m) not in path:
+            raise ValueError(f"module {type(m).__name__} of a switch point is not part of the network")
+        return modules[path[id(m)]]
+
+    return [SwitchPoint(p.name, find(p.module), find(p.hook_module)) for p in points]
+
+
+def point_widths(points: Sequence[SwitchPoint]) -> dict[str, int]:
+    """``{name: width}`` of switch points, in their order."""
+    return {p.name: p.width for p in points}

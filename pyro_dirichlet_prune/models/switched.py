@@ -70,7 +70,8 @@ class SwitchedNetwork(nn.Module):
 
     ``with net.scaled({"conv1": scale}): net(x)`` multiplies the output of conv1 by
     ``scale`` (shape ``(D,)`` shared by the batch, or ``(B, D)`` per example); layers not
-    named are left unchanged. Outside the context the network is the plain network.
+    named are left unchanged. Outside the context the network is the plain network. The
+    scales may live on the CPU while the network runs on a GPU (``forward``).
     """
 
     def __init__(self, net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> None:
@@ -94,8 +95,8 @@ class SwitchedNetwork(nn.Module):
             scale = self._scales.get(name)
             if scale is None:
                 return None
-            if scale.dtype != output.dtype:
-                scale = scale.to(output.dtype)
+            if scale.dtype != output.dtype or scale.device != output.device:
+                scale = scale.to(device=output.device, dtype=output.dtype)
             if scale.dim() == 1:
                 scale = scale.view(1, -1, *([1] * (output.dim() - 2)))
             else:
@@ -117,7 +118,13 @@ class SwitchedNetwork(nn.Module):
             self._scales = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """The network's output on the device of ``x``. A network moved to a GPU runs there
+        while the switches, the data and Pyro stay on the CPU: the inputs are moved to the
+        network's device and its outputs back."""
+        device = next(iter(self.net.parameters()), x).device
+        if device == x.device:
+            return self.net(x)
+        return self.net(x.to(device)).to(x.device)
 
     def remove_hooks(self) -> None:
         for h in self._handles:

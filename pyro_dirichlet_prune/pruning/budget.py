@@ -14,20 +14,22 @@ from torch import nn
 
 from ..errors import UserError
 from ..metrics import count_macs, count_params
+from ..models.switch_points import SwitchPoint
 from .surgery import prune_units
 
 SizeFn = Callable[[Mapping[str, int]], dict[str, int]]
 
 
-def size_function(net: nn.Module, input_shape: Sequence[int]) -> SizeFn:
+def size_function(net: nn.Module, input_shape: Sequence[int], points: Sequence[SwitchPoint] | None = None) -> SizeFn:
     """``size(kept_counts) -> {"macs", "params"}`` of ``net`` keeping that many units per layer
-    (memoised; the first units are kept, which does not change the size)."""
+    (memoised; the first units are kept, which does not change the size); ``points`` as in
+    ``prune_units``."""
     cache: dict[tuple, dict[str, int]] = {}
 
     def size(counts: Mapping[str, int]) -> dict[str, int]:
         key = tuple(sorted(counts.items()))
         if key not in cache:
-            small = prune_units(net, {layer: range(k) for layer, k in counts.items()}, input_shape)
+            small = prune_units(net, {layer: range(k) for layer, k in counts.items()}, input_shape, points)
             cache[key] = {"macs": count_macs(small, input_shape), "params": count_params(small)}
         return cache[key]
 

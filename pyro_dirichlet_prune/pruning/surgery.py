@@ -14,7 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import NumericalError
-from ..models.switch_points import SwitchPoint, switch_points
+from ..models.switch_points import SwitchPoint, rebind, switch_points
 
 
 def _prune_fn(module: nn.Module):
@@ -36,18 +36,31 @@ def mask_scales(points: Sequence[SwitchPoint], keep: Mapping[str, Sequence[int]]
     return scales
 
 
+def _points_of(copied: nn.Module, net: nn.Module, points: Sequence[SwitchPoint] | None,
+               input_shape: Sequence[int]) -> list[SwitchPoint]:
+    """The switch points of ``copied`` (a deep copy of ``net``): ``points`` of ``net`` moved onto
+    it, or those it declares (or discovery finds) when ``points`` is None."""
+    if points is not None:
+        return rebind(points, net, copied)
+    return switch_points(copied, input_shape)
+
+
 def prune_units(
-    net: nn.Module, keep: Mapping[str, Sequence[int]], input_shape: Sequence[int]
+    net: nn.Module,
+    keep: Mapping[str, Sequence[int]],
+    input_shape: Sequence[int],
+    points: Sequence[SwitchPoint] | None = None,
 ) -> nn.Module:
     """Return a copy of ``net`` in which layer l keeps only the units ``keep[l]``.
 
     The copy computes exactly what ``net`` computes with the removed units' outputs set to
-    zero before their non-linearity (the masked network), as long as the non-linearity maps
-    zero to zero and removed units feed nothing else.
+    zero at their switch points (the masked network), as long as what follows maps zero to
+    zero and removed units feed nothing else. ``points`` are the switch points of ``net``
+    (default: the ones it declares, or the discovered ones).
     """
     pruned = copy.deepcopy(net)
     pruned.eval()
-    points = {p.name: p for p in switch_points(pruned)}
+    points = {p.name: p for p in _points_of(pruned, net, points, input_shape)}
     unknown = set(keep) - set(points)
     if unknown:
         raise KeyError(f"no prunable layer named {sorted(unknown)}")
@@ -84,12 +97,13 @@ def verify_surgery(
     seed: int = 0,
     rtol: float = 1e-4,
     atol: float = 1e-5,
+    points: Sequence[SwitchPoint] | None = None,
 ) -> float:
     """Check that ``pruned`` runs and equals the masked ``net`` on a random batch.
 
     Returns the largest absolute difference; raises ``NumericalError`` naming the cause when the
     pruned network fails, returns non-finite outputs, or computes another function (surgery
-    missed a dependency, e.g. a size hard-coded in ``forward``).
+    missed a dependency, e.g. a size hard-coded in ``forward``). ``points`` as in ``prune_units``.
     """
     from ..models.switched import SwitchedNetwork
 
@@ -109,7 +123,7 @@ def verify_surgery(
     if not torch.isfinite(out).all():
         raise NumericalError("the pruned network returns non-finite outputs")
     reference = copy.deepcopy(net).eval()
-    switched = SwitchedNetwork(reference)
+    switched = SwitchedNetwork(reference, _points_of(reference, net, points, input_shape))
     with switched.scaled(mask_scales(switched.points, keep)):
         expected = switched(x)
     diff = float((out - expected).abs().max())
