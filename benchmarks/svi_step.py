@@ -1,6 +1,8 @@
 """Time one SVI step of switch learning against plain PyTorch on the same frozen network.
 
     python benchmarks/svi_step.py [--model lenet5] [--batch-size 256] [--repeats 300]
+    python benchmarks/svi_step.py --model vgg16 --batch-size 64 --repeats 20 --warmup 3 \
+        --out benchmarks/results/svi_step_vgg16.json
 
 Three steps on the same minibatch, interleaved round-robin so that machine noise hits them
 alike, median over ``--repeats`` rounds:
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--num-data", type=int, default=55000)
+    ap.add_argument("--input-shape", default=None, help="C,H,W (default 1,28,28 for the LeNets, 3,32,32 otherwise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/svi_step.json")
     args = ap.parse_args()
@@ -51,7 +54,9 @@ def main() -> None:
 
     net = build_model(args.model)
     net.eval()
-    x = torch.randn(args.batch_size, 1, 28, 28)
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else (
+        (1, 28, 28) if args.model.startswith("lenet") else (3, 32, 32))
+    x = torch.randn(args.batch_size, *shape)
     y = torch.randint(0, 10, (args.batch_size,))
     idx = torch.arange(args.batch_size)
 
