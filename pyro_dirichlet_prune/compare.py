@@ -26,11 +26,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import kendalltau
 from tqdm.auto import tqdm
 
-from .data import Split, batches, load_data
+from .data import Split, load_data
 from .errors import UserError
 from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
@@ -62,18 +61,11 @@ class CompareConfig:
     max_train_examples: int | None = None
 
 
-@torch.no_grad()
 def evaluate_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], factor: dict[str, float],
                      split: Split) -> dict[str, float]:
     """Error and mean negative log-likelihood of the switched network with s_l = E_q[s_l]."""
-    scales = {k: (factor[k] * v).float() for k, v in means.items()}
-    wrong, nll = 0, 0.0
-    with switched.scaled(scales):
-        for x, y, _ in batches(split, 1000, shuffle=False):
-            logits = switched(x)
-            wrong += int((logits.argmax(1) != y).sum())
-            nll += float(F.cross_entropy(logits, y, reduction="sum"))
-    return {"error": wrong / len(split), "nll": nll / len(split)}
+    with switched.scaled({k: (factor[k] * v).float() for k, v in means.items()}):
+        return evaluate(switched, split)
 
 
 def kendall_by_layer(records: Sequence[dict], guides: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:

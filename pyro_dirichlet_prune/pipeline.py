@@ -34,7 +34,7 @@ from .models.checkpoint import (load_checkpoint, load_model_file, save_checkpoin
 from .models.common import scale_widths
 from .models.switch_points import SwitchPoint, point_widths, rebind
 from .models.user import check_model_io, parse_input_shape
-from .pruning.budget import budget_keep, size_function
+from .pruning.budget import budget_keep, check_reachable, size_function
 from .pruning.cutoff import (arch_string, keep_top, parse_arch, parse_widths, rate_widths, removal_order,
                              uncertainty_keep)
 from .pruning.surgery import prune_units, verify_surgery
@@ -216,6 +216,11 @@ class PruneConfig:
     device: str = "cpu"
 
 
+def _budget(cfg: PruneConfig) -> dict[str, int]:
+    """The budget cut-off's targets that were given: ``{"macs": M, "params": P}``."""
+    return {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
+
+
 def _resolve_checkpoint(cfg: PruneConfig) -> Path:
     if cfg.checkpoint:
         return Path(cfg.checkpoint)
@@ -302,11 +307,7 @@ def run_prune(
     kept_counts = {"arch": lambda: parse_arch(cfg.arch, widths), "rate": lambda: rate_widths(cfg.rate, widths)}.get(
         cutoff, lambda: None)()
     if cutoff == "budget":  # refuse an unreachable budget before any work
-        target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
-        smallest = size_function(net, info["input_shape"], points)(dict.fromkeys(widths, 1))
-        if any(smallest[k] > v for k, v in target.items()):
-            raise UserError(f"budget {target} cannot be met: keeping one unit per layer still needs "
-                            f"{smallest['macs']} MACs and {smallest['params']} params")
+        check_reachable(size_function(net, info["input_shape"], points), widths, _budget(cfg))
     check_output(out, overwrite, resume)
 
     timings: dict[str, float] = {}
@@ -345,10 +346,9 @@ def run_prune(
             keep, guarded = uncertainty_keep(prob_below, means, cfg.delta)
             cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
         elif cutoff == "budget":
-            target = {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
             keep, _ = budget_keep(removal_order(prob_below, means), widths,
-                                  size_function(net, data.input_shape, points), target)
-            cut.update(tau=cfg.tau, target=target)
+                                  size_function(net, data.input_shape, points), _budget(cfg))
+            cut.update(tau=cfg.tau, target=_budget(cfg))
         else:
             keep = keep_top(means, kept_counts)
             cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})

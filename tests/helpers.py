@@ -67,3 +67,10 @@ def randomise_batchnorms(net: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def tiny_data(name, data_dir=None, val_size=5000, seed=0, download=True):
+    """``load_data`` on a tiny fake data set (160 train, 40 test, 40 validation), for patching."""
+    from pyro_dirichlet_prune.data import load_data
+
+    return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))

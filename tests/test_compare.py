@@ -8,20 +8,16 @@ import pytest
 import torch
 
 import pyro_dirichlet_prune.compare as compare
-from helpers import lenet5_forward
+from helpers import lenet5_forward, tiny_data
 from pyro_dirichlet_prune import cli
-from pyro_dirichlet_prune.data import Split, load_data
+from pyro_dirichlet_prune.data import Split
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
 
 
-def _tiny(name, data_dir=None, val_size=5000, seed=0, download=True):
-    return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))
-
-
 @pytest.fixture
 def ckpt(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "load_data", _tiny)
+    monkeypatch.setattr(compare, "load_data", tiny_data)
     path = tmp_path / "base.pt"
     save_checkpoint(path, build_model("lenet5"), "lenet5", "fake-mnist", 10, (1, 28, 28))
     return path

@@ -8,20 +8,15 @@ import json
 import pytest
 
 import pyro_dirichlet_prune.pipeline as pipeline
-from helpers import lenet5_params
+from helpers import lenet5_params, tiny_data
 from pyro_dirichlet_prune import cli
-from pyro_dirichlet_prune.data import load_data
 from pyro_dirichlet_prune.models import build_model
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, save_checkpoint
 
 
-def _tiny(name, data_dir=None, val_size=5000, seed=0, download=True):
-    return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))
-
-
 @pytest.fixture
 def ckpt(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    monkeypatch.setattr(pipeline, "load_data", tiny_data)
     path = tmp_path / "base.pt"
     save_checkpoint(path, build_model("lenet5"), "lenet5", "fake-mnist", 10, (1, 28, 28))
     return path
@@ -46,7 +41,7 @@ def test_rate_cutoff_and_inference_options(ckpt, tmp_path, extra, stages):
 
 
 def test_pretrain_with_smaller_widths(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    monkeypatch.setattr(pipeline, "load_data", tiny_data)
     out = tmp_path / "pre"
     assert cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "2-3-4-2", "--epochs", "1",
                      "--threads", "1", "--out", str(out)]) == 0
@@ -58,7 +53,7 @@ def test_pretrain_with_smaller_widths(tmp_path, monkeypatch):
 def test_pretrain_with_wider_widths(tmp_path, monkeypatch, capsys):
     """--widths sets the network's widths; a wider LeNet-5 than the default is a valid network
     (the widths are checked only for being positive by the model itself)."""
-    monkeypatch.setattr(pipeline, "load_data", _tiny)
+    monkeypatch.setattr(pipeline, "load_data", tiny_data)
     out = tmp_path / "pre"
     rc = cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "12-24-120-30", "--epochs", "1",
                    "--threads", "1", "--out", str(out)])
@@ -105,7 +100,6 @@ def test_budget_cutoff_meets_the_budget(ckpt, tmp_path):
     assert rep["finetuned"]["macs"] <= 169320 and rep["finetuned"]["params"] <= 7554
     # the removal order is by the posterior probability, so no kept unit is more surely unimportant than a removed one
     post = json.loads((out / "posterior.json").read_text())
-    kept_p = [p for l, v in post.items() for j, p in enumerate(v["prob_below_tau"]) if j in v["kept"]]
     gone_p = [p for l, v in post.items() for j, p in enumerate(v["prob_below_tau"]) if j not in v["kept"]]
     layers_at_one = [l for l, v in post.items() if len(v["kept"]) == 1]
     kept_free = [p for l, v in post.items() if l not in layers_at_one for j, p in enumerate(v["prob_below_tau"]) if j in v["kept"]]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-import torch
 from torch import nn
 
 from ..errors import UserError
@@ -38,6 +37,16 @@ def size_function(net: nn.Module, input_shape: Sequence[int], points: Sequence[S
 
 def _fits(size: Mapping[str, int], target: Mapping[str, int]) -> bool:
     return all(size[k] <= v for k, v in target.items())
+
+
+def check_reachable(size: SizeFn, widths: Mapping[str, int], target: Mapping[str, int]) -> None:
+    """Raise ``UserError`` when even one unit per layer does not fit ``target``."""
+    smallest = size(dict.fromkeys(widths, 1))
+    if not _fits(smallest, target):
+        raise UserError(
+            f"budget {dict(target)} cannot be met: keeping one unit per layer still needs "
+            f"{smallest['macs']} MACs and {smallest['params']} params"
+        )
 
 
 def budget_keep(
@@ -70,12 +79,7 @@ def budget_keep(
             c[layer] -= 1
         return c
 
-    smallest = size(counts_after(len(removable)))
-    if not _fits(smallest, target):
-        raise UserError(
-            f"budget {dict(target)} cannot be met: keeping one unit per layer still needs "
-            f"{smallest['macs']} MACs and {smallest['params']} params"
-        )
+    check_reachable(size, widths, target)
     lo, hi = 0, len(removable)  # invariant: counts_after(hi) fits
     while lo < hi:
         mid = (lo + hi) // 2
