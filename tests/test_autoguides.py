@@ -100,3 +100,24 @@ def test_prune_command_with_an_autoguide(tmp_path, name):
         assert "concentration" not in post[layer] and float(mean.sum()) == pytest.approx(1.0, abs=1e-6)
         assert len(post[layer]["kept"]) == k
     assert json.loads((tmp_path / "run" / "report.json").read_text())["config"]["switch"]["guide"] == name
+
+
+def test_sequential_autoguide_fit_has_a_whole_model_elbo():
+    """Fitted one layer at a time, the stages' autoguides together are a guide of the whole
+    model: the posterior gets a finite ELBO estimate and Monte-Carlo P(D·s < tau) per unit."""
+    from pyro_dirichlet_prune.inference.svi import StagedGuide, switch_posterior
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(120, 1, 28, 28, generator=g), torch.randint(0, 10, (120,), generator=g))
+    sw = SwitchedNetwork(build_model("lenet5", widths=(3, 4, 5, 2)).eval())
+    cfg = SwitchConfig(guide="normal", schedule="sequential", batch_size=40, epochs=1)
+    fit = fit_switches(sw, split, cfg)
+    assert len(fit.stage_guides) == 4
+    post = switch_posterior(fit, cfg, sw, split, elbo_particles=2, elbo_batches=2)
+    assert post.elbo is not None and post.elbo == post.elbo and abs(post.elbo) < float("inf")
+    p = post.prob_below(1.0)
+    assert set(p) == {"conv1", "conv2", "fc1", "fc2"} and all(((v >= 0) & (v <= 1)).all() for v in p.values())
+    trace = pyro.poutine.trace(StagedGuide(fit.stage_guides)).get_trace(split.x[:4], None, None)
+    sites = {n for n, site in trace.nodes.items()
+             if site["type"] == "sample" and not site["infer"].get("is_auxiliary")}
+    assert sites == {"switch.conv1", "switch.conv2", "switch.fc1", "switch.fc2"}

@@ -110,3 +110,19 @@ def test_per_example_needs_the_dirichlet_guide():
     with pytest.raises(ValueError, match="sampling"):
         SwitchConfig(sampling="sometimes").validate()
     SwitchConfig(sampling="per-example").validate()
+
+
+def test_fit_switches_uses_per_example_sampling_in_model_and_guide():
+    """``SwitchConfig(sampling="per-example")`` reaches both programs of SVI: the guide draws one
+    switch per example of the minibatch."""
+    from pyro_dirichlet_prune.data import Split
+    from pyro_dirichlet_prune.inference.svi import fit_switches
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(60, 1, 28, 28, generator=g), torch.randint(0, 10, (60,), generator=g))
+    sw = SwitchedNetwork(build_model("lenet5", widths=(2, 3, 4, 2)).eval())
+    fit = fit_switches(sw, split, SwitchConfig(sampling="per-example", batch_size=20, epochs=1))
+    assert fit.model.sampling == "per-example" and fit.guide.sampling == "per-example"
+    x = split.x[:20]
+    trace = poutine.trace(fit.guide).get_trace(x, None, None)
+    assert trace.nodes[switch_site("conv2")]["value"].shape == (20, 3)

@@ -104,3 +104,15 @@ def test_budget_cutoff_meets_the_budget(ckpt, tmp_path):
     layers_at_one = [l for l, v in post.items() if len(v["kept"]) == 1]
     kept_free = [p for l, v in post.items() if l not in layers_at_one for j, p in enumerate(v["prob_below_tau"]) if j in v["kept"]]
     assert gone_p and (not kept_free or max(kept_free) <= min(gone_p))
+
+
+def test_uncertainty_cutoff_that_removes_nothing_says_so(ckpt, tmp_path, capsys):
+    """A posterior confident about no unit (tau tiny): the network is kept whole and prune prints
+    a note pointing at the alternatives."""
+    out = tmp_path / "run"
+    rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--finetune-epochs", "0",
+                   "--switch-batch-size", "40", "--tau", "1e-9", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["architecture"]["pruned"] == rep["architecture"]["base"] == "10-20-100-25"
+    assert "nothing was removed" in capsys.readouterr().err
