@@ -3,20 +3,28 @@
 
 For every seed: fit the switch posterior of the shipped LeNet-5 once; for every (tau, delta) of a
 grid apply the uncertainty cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate``
-cut-off; for every budget the budget cut-off; prune, fine-tune ``--ft-epochs`` epochs and record
-MACs, params and the validation error (the test set is not touched).
+cut-off; for every budget the budget cut-off; prune, fine-tune ``--ft-epochs`` epochs (the
+pipeline's recipe: Adam 2e-3, cosine decay, shifts of 2 pixels, best validation epoch kept) and
+record MACs, params and the validation error. Selection uses the validation error only; with
+``--test`` the test error of every pruned network is recorded too, for the closing table.
+Distinct pruned networks are fine-tuned once each, ``--jobs`` at a time (one thread each).
 
     python benchmarks/cutoff_selection.py --data-dir ../shared/data \\
-        --config '{"scale": "simplex", "schedule": "sequential"}' --seeds 0 1
+        --config '{"scale": "simplex", "schedule": "sequential"}' --seeds 0 1 2 --jobs 2
 
-Writes a JSON report (``--out``) and prints one line per (seed, cut-off).
+Writes a JSON report (``--out``) with one row per (seed, cut-off) and a summary per cut-off
+(mean ± sd over seeds), and prints one line per row.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import multiprocessing
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import torch
 
@@ -31,6 +39,78 @@ from pyro_dirichlet_prune.pruning.surgery import prune_units
 from pyro_dirichlet_prune.report import versions, write_json
 from pyro_dirichlet_prune.training import TrainConfig, evaluate, train
 
+_G: dict = {}  # data, network and arguments, shared with the forked workers
+
+
+def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
+    """Fit the posterior for ``seed`` and return every cut-off's kept indices."""
+    torch.set_num_threads(1)
+    args, data, net = _G["args"], _G["data"], _G["net"]
+    widths = {p.name: p.width for p in net.switch_points()}
+    cfg = SwitchConfig(**{**json.loads(args.config), "seed": seed})
+    torch.manual_seed(seed)
+    switched = SwitchedNetwork(net)
+    t = time.perf_counter()
+    fit = fit_switches(switched, data.train, cfg)
+    post = switch_posterior(fit, cfg, switched, data.train, elbo_particles=0)
+    switched.remove_hooks()
+    fit_seconds = time.perf_counter() - t
+    means = fit.posterior_means()
+    cuts = []
+    for tau, delta in itertools.product(args.taus, args.deltas):
+        cuts.append(({"cutoff": "uncertainty", "tau": tau, "delta": delta},
+                     uncertainty_keep(post.prob_below(tau), means, delta)[0]))
+    for rate in args.rates:
+        cuts.append(({"cutoff": "rate", "rate": rate}, keep_top(means, rate_widths(rate, widths))))
+    if args.budget:
+        macs, params = (int(v) for v in args.budget.split(","))
+        size = size_function(net, data.input_shape)
+        for tau in args.taus:
+            keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size,
+                                  {"macs": macs, "params": params})
+            cuts.append(({"cutoff": "budget", "tau": tau, "macs": macs, "params": params}, keep))
+    return cuts, fit_seconds
+
+
+def _finetune(job: tuple[int, dict]) -> dict:
+    """Prune to ``keep``, fine-tune, and measure."""
+    torch.set_num_threads(1)
+    seed, keep = job
+    args, data, net = _G["args"], _G["data"], _G["net"]
+    pruned = prune_units(net, keep, data.input_shape)
+    before = evaluate(pruned, data.val)["error"]
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    t = time.perf_counter()
+    train(pruned, data, TrainConfig(epochs=args.ft_epochs, lr=2e-3, augment_shift=2, seed=seed, device=args.device))
+    out = {"seed": seed, "arch": arch_string(keep), "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned),
+           "val_error_pruned": before, "val_error": evaluate(pruned, data.val)["error"],
+           "ft_seconds": time.perf_counter() - t}
+    if args.test:
+        out["test_error"] = evaluate(pruned, data.test)["error"]
+    return out
+
+
+def _label(desc: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in desc.items() if k not in ("macs", "params"))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± sd over seeds of every cut-off's error, MACs and params."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["label"], []).append(r)
+    out = []
+    for label, rs in groups.items():
+        s = {"label": label, "seeds": len(rs), "archs": sorted({r["arch"] for r in rs})}
+        for key in ("macs", "params", "val_error", "test_error"):
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                s[key] = statistics.fmean(vals)
+                s[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,54 +121,45 @@ def main() -> None:
     ap.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     ap.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.05, 0.2])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    ap.add_argument("--budget", default="169320,7554", help="MACs,params of the budget cut-off (default: 6-8-40-20's)")
+    ap.add_argument("--budget", default="169320,7554",
+                    help="MACs,params of the budget cut-off (default: 6-8-40-20's); '' for none")
     ap.add_argument("--ft-epochs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--test", action="store_true", help="also record every pruned network's test error")
+    ap.add_argument("--jobs", type=int, default=1, help="processes (one thread each)")
+    ap.add_argument("--device", default="cpu", help="where fine-tuning runs (cpu, cuda)")
     ap.add_argument("--out", default="benchmarks/results/cutoff_selection.json")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    data = load_data(args.dataset, args.data_dir)
-    net, _ = load_checkpoint(shipped_checkpoint("lenet5", args.dataset))
-    widths = {p.name: p.width for p in net.switch_points()}
-    size = size_function(net, data.input_shape)
-    macs, params = (int(v) for v in args.budget.split(","))
+    _G["args"] = args
+    _G["data"] = load_data(args.dataset, args.data_dir)
+    _G["net"] = load_checkpoint(shipped_checkpoint("lenet5", args.dataset))[0]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        fitted = dict(zip(args.seeds, pool.map(_cutoffs, args.seeds)))
+        jobs = {}
+        for seed, (cuts, _) in fitted.items():
+            for _, keep in cuts:
+                jobs.setdefault((seed, json.dumps(keep, sort_keys=True)), (seed, keep))
+        futures = {pool.submit(_finetune, job): key for key, job in jobs.items()}
+        results = {}
+        partial = Path(args.out).with_suffix(".partial.jsonl")  # each network as it finishes
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w") as log:
+            for done in as_completed(futures):
+                results[futures[done]] = done.result()
+                log.write(json.dumps(results[futures[done]]) + "\n")
+                log.flush()
     rows = []
-    for seed in args.seeds:
-        cfg = SwitchConfig(**{**json.loads(args.config), "seed": seed})
-        torch.manual_seed(seed)
-        switched = SwitchedNetwork(net)
-        t = time.perf_counter()
-        fit = fit_switches(switched, data.train, cfg)
-        post = switch_posterior(fit, cfg, switched, data.train, elbo_particles=0)
-        switched.remove_hooks()
-        fit_seconds = time.perf_counter() - t
-        means = fit.posterior_means()
-        cuts = []
-        for tau, delta in itertools.product(args.taus, args.deltas):
-            cuts.append(({"cutoff": "uncertainty", "tau": tau, "delta": delta},
-                         uncertainty_keep(post.prob_below(tau), means, delta)[0]))
-        for rate in args.rates:
-            cuts.append(({"cutoff": "rate", "rate": rate}, keep_top(means, rate_widths(rate, widths))))
-        for tau in args.taus:
-            keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size, {"macs": macs, "params": params})
-            cuts.append(({"cutoff": "budget", "tau": tau, "macs": macs, "params": params}, keep))
-        done: dict[str, dict] = {}
+    for seed, (cuts, fit_seconds) in fitted.items():
         for desc, keep in cuts:
-            key = json.dumps(keep, sort_keys=True)
-            if key not in done:
-                pruned = prune_units(net, keep, data.input_shape)
-                before = evaluate(pruned, data.val)["error"]
-                for p in pruned.parameters():
-                    p.requires_grad_(True)
-                t = time.perf_counter()
-                train(pruned, data, TrainConfig(epochs=args.ft_epochs, lr=2e-3, augment_shift=2, seed=seed))
-                done[key] = {"arch": arch_string(keep), "macs": count_macs(pruned, data.input_shape),
-                             "params": count_params(pruned), "val_error_pruned": before,
-                             "val_error": evaluate(pruned, data.val)["error"], "ft_seconds": time.perf_counter() - t}
-            row = {"seed": seed, **desc, **done[key], "fit_seconds": fit_seconds}
+            row = {"seed": seed, "label": _label(desc), **desc,
+                   **results[(seed, json.dumps(keep, sort_keys=True))], "fit_seconds": fit_seconds}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    write_json(args.out, {"config": vars(args), "rows": rows, "versions": versions()})
+    summary = summarise(rows)
+    for s in summary:
+        print(json.dumps(s), flush=True)
+    write_json(args.out, {"config": vars(args), "rows": rows, "summary": summary, "versions": versions(),
+                          "seconds": time.perf_counter() - t0})
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main() -> None:
 
     # svi on the frozen network
     switched = SwitchedNetwork(net)
-    model = DirichletSwitchModel(switched, alpha0=0.5, num_data=args.num_data)
+    model = DirichletSwitchModel(switched, alpha0=0.5, num_data=args.num_data, scale="dim")
     guide = DirichletSwitchGuide(model.widths)
     pyro.clear_param_store()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss=Trace_ELBO())

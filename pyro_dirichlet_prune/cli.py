@@ -331,10 +331,12 @@ def _prune(args: argparse.Namespace) -> dict:
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
+        hint = ("with --switch-scale dim this is the rule rather than the exception (README: uncertainty "
+                "cut-off). Try the default --switch-scale simplex --schedule sequential, "
+                if cfg.switch.scale == "dim" else "Try ")
         print(f"{PROG}: note: the posterior is confident that no unit is unimportant (P(D*s < {cfg.tau}) < "
-              f"{1 - cfg.delta:g} for every unit), so nothing was removed; with --switch-scale dim this is the rule "
-              f"rather than the exception (README: uncertainty cut-off). Try --switch-scale simplex --schedule "
-              f"sequential, a larger --tau or --delta, or a budget (--target-macs/--target-params).", file=sys.stderr)
+              f"{1 - cfg.delta:g} for every unit), so nothing was removed; {hint}a larger --tau or --delta, or a "
+              f"budget (--target-macs/--target-params).", file=sys.stderr)
     print(
         f"{r['architecture']['base']} -> {r['architecture']['pruned']}: test error "
         f"{r['base']['test']['error']:.4f} (base), {r['pruned']['test']['error']:.4f} (pruned), "

@@ -328,7 +328,7 @@ def test_switch_learning_keeps_batchnorms_in_eval_mode():
     g = torch.Generator().manual_seed(0)
     train = Split(torch.randn(32, *CIFAR, generator=g), torch.randint(0, 10, (32,), generator=g))
     switched = SwitchedNetwork(net)
-    fit = fit_switches(switched, train, SwitchConfig(epochs=1, batch_size=16))
+    fit = fit_switches(switched, train, SwitchConfig(epochs=1, batch_size=16, schedule="joint"))
     switched.remove_hooks()
     assert len(fit.losses) == 2 and not net.training
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())

@@ -19,7 +19,7 @@ def _setup():
     torch.manual_seed(0)
     net = build_model("lenet5", widths=(3, 4, 5, 2)).eval()
     sw = SwitchedNetwork(net)
-    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=100)
+    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=100, scale="dim")
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     return model, x, y, torch.arange(8)
 
@@ -69,7 +69,7 @@ def test_autoguides_start_at_the_prior_mean_and_fit(name):
     xs = torch.randn(200, 1, 28, 28, generator=g)
     split = Split(xs, torch.randint(0, 10, (200,), generator=g))
     fit = fit_switches(SwitchedNetwork(build_model("lenet5", widths=(3, 4, 5, 2)).eval()), split,
-                       SwitchConfig(guide=name, batch_size=50, epochs=2, lr=0.05))
+                       SwitchConfig(guide=name, batch_size=50, epochs=2, lr=0.05, schedule="joint"))
     means = fit.posterior_means()
     assert not fit.concentrations and set(means) == {"conv1", "conv2", "fc1", "fc2"}
     for v in means.values():
@@ -102,15 +102,18 @@ def test_prune_command_with_an_autoguide(tmp_path, name):
     assert json.loads((tmp_path / "run" / "report.json").read_text())["config"]["switch"]["guide"] == name
 
 
-def test_sequential_autoguide_fit_has_a_whole_model_elbo():
+@pytest.mark.parametrize("name", ["normal", "delta", "lowrank"])
+def test_sequential_autoguide_fit_has_a_whole_model_elbo(name):
     """Fitted one layer at a time, the stages' autoguides together are a guide of the whole
-    model: the posterior gets a finite ELBO estimate and Monte-Carlo P(D·s < tau) per unit."""
+    model: the posterior gets a finite ELBO estimate and Monte-Carlo P(D·s < tau) per unit.
+    Each stage has its own parameters (AutoLowRankMultivariateNormal's one flat ``loc`` would
+    otherwise be taken over, with the wrong size, by the next layer's guide)."""
     from pyro_dirichlet_prune.inference.svi import StagedGuide, switch_posterior
 
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randn(120, 1, 28, 28, generator=g), torch.randint(0, 10, (120,), generator=g))
     sw = SwitchedNetwork(build_model("lenet5", widths=(3, 4, 5, 2)).eval())
-    cfg = SwitchConfig(guide="normal", schedule="sequential", batch_size=40, epochs=1)
+    cfg = SwitchConfig(guide=name, schedule="sequential", batch_size=40, epochs=1)
     fit = fit_switches(sw, split, cfg)
     assert len(fit.stage_guides) == 4
     post = switch_posterior(fit, cfg, sw, split, elbo_particles=2, elbo_batches=2)
@@ -121,3 +124,7 @@ def test_sequential_autoguide_fit_has_a_whole_model_elbo():
     sites = {n for n, site in trace.nodes.items()
              if site["type"] == "sample" and not site["infer"].get("is_auxiliary")}
     assert sites == {"switch.conv1", "switch.conv2", "switch.fc1", "switch.fc2"}
+    assert {n: trace.nodes[f"switch.{n}"]["value"].shape[-1] for n in sw.widths} == sw.widths
+    names = list(pyro.get_param_store().keys())
+    for layer in sw.widths:  # every stage's parameters are named after its layer
+        assert any(f".{layer}." in n for n in names), names

@@ -110,7 +110,9 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert set(t) >= {"load", "switches", "surgery", "finetune", "total"}
     assert all(v >= 0 for v in t.values())
     assert t["total"] == pytest.approx(sum(v for k, v in t.items() if k != "total"))
-    assert rep["switches"]["steps"] == -(-data_cfg.max_train // 100) == len(rep["switches"]["losses"])
+    # the default schedule is sequential: one epoch of 100-example minibatches per layer
+    steps = len(rep["switches"]["stages"]) * -(-data_cfg.max_train // 100)
+    assert len(rep["switches"]["stages"]) == 4 and rep["switches"]["steps"] == steps == len(rep["switches"]["losses"])
     assert [len(rep["kept"][l]) for l in ("conv1", "conv2", "fc1", "fc2")] == widths
     assert rep["checkpoint"] == str(pretrained / "model.pt")
 

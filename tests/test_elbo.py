@@ -60,7 +60,7 @@ def setup():
 
 
 def _model_guide(sw, layers, num_data=N, seed=1):
-    model = DirichletSwitchModel(sw, ALPHA0, num_data=num_data, layers=layers)
+    model = DirichletSwitchModel(sw, ALPHA0, num_data=num_data, layers=layers, scale="dim")
     guide = DirichletSwitchGuide(model.widths, init_concentration=10.0, floor=0.05)
     g = torch.Generator().manual_seed(seed)
     phis = {}
@@ -153,7 +153,7 @@ def test_uniform_mean_switch_leaves_network_unchanged(setup):
 def test_model_returns_logits_of_scaled_network(setup):
     """The model's logits are f(x; D*s) for the sampled s, per-example scales also work."""
     net, sw, x, y, idx = setup
-    model = DirichletSwitchModel(sw, ALPHA0, num_data=N)
+    model = DirichletSwitchModel(sw, ALPHA0, num_data=N, scale="dim")
     tr = poutine.trace(model).get_trace(x, y, idx)
     s = {l: tr.nodes[switch_site(l)]["value"] for l in model.widths}
     expected = lenet5_forward(net, x, {l: model.widths[l] * s[l] for l in s})

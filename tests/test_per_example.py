@@ -39,7 +39,7 @@ def setup():
 
 
 def _pair(sw, sampling):
-    model = DirichletSwitchModel(sw, ALPHA0, N, sampling=sampling)
+    model = DirichletSwitchModel(sw, ALPHA0, N, sampling=sampling, scale="dim")
     guide = DirichletSwitchGuide(model.widths, 10.0, 0.05, sampling=sampling)
     g = torch.Generator().manual_seed(1)
     phis = {}
@@ -121,7 +121,7 @@ def test_fit_switches_uses_per_example_sampling_in_model_and_guide():
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randn(60, 1, 28, 28, generator=g), torch.randint(0, 10, (60,), generator=g))
     sw = SwitchedNetwork(build_model("lenet5", widths=(2, 3, 4, 2)).eval())
-    fit = fit_switches(sw, split, SwitchConfig(sampling="per-example", batch_size=20, epochs=1))
+    fit = fit_switches(sw, split, SwitchConfig(sampling="per-example", batch_size=20, epochs=1, schedule="joint"))
     assert fit.model.sampling == "per-example" and fit.guide.sampling == "per-example"
     x = split.x[:20]
     trace = poutine.trace(fit.guide).get_trace(x, None, None)

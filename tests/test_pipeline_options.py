@@ -23,7 +23,7 @@ def ckpt(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("extra,stages", [(["--guide", "dirichlet-mean", "--schedule", "sequential"], 4),
-                                          (["--elbo", "meanfield", "--particles", "2"], 1)])
+                                          (["--elbo", "meanfield", "--particles", "2", "--schedule", "joint"], 1)])
 def test_rate_cutoff_and_inference_options(ckpt, tmp_path, extra, stages):
     out = tmp_path / "run"
     rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--rate", "0.5",
@@ -106,13 +106,16 @@ def test_budget_cutoff_meets_the_budget(ckpt, tmp_path):
     assert gone_p and (not kept_free or max(kept_free) <= min(gone_p))
 
 
-def test_uncertainty_cutoff_that_removes_nothing_says_so(ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("model", [[], ["--switch-scale", "dim", "--schedule", "joint"]])
+def test_uncertainty_cutoff_that_removes_nothing_says_so(ckpt, tmp_path, capsys, model):
     """A posterior confident about no unit (tau tiny): the network is kept whole and prune prints
-    a note pointing at the alternatives."""
+    a note pointing at the alternatives (the paper's model only when another one was used)."""
     out = tmp_path / "run"
     rc = cli.main(["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--finetune-epochs", "0",
-                   "--switch-batch-size", "40", "--tau", "1e-9", "--threads", "1", "--out", str(out)])
+                   "--switch-batch-size", "40", "--tau", "1e-9", "--threads", "1", *model, "--out", str(out)])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["architecture"]["pruned"] == rep["architecture"]["base"] == "10-20-100-25"
-    assert "nothing was removed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing was removed" in err and "a larger --tau or --delta" in err
+    assert ("--switch-scale simplex" in err) == bool(model)

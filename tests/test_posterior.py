@@ -34,7 +34,7 @@ def test_beta_marginal_intervals_match_dirichlet_samples():
 def _model_and_guide():
     torch.manual_seed(0)
     sw = SwitchedNetwork(build_model("lenet5", widths=(3, 4, 5, 2)).eval())
-    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=400)
+    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=400, scale="dim")
     pyro.clear_param_store()
     guide = DirichletSwitchGuide(model.widths, init_concentration=20.0)
     return model, guide

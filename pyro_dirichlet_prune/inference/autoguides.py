@@ -19,6 +19,13 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 AUTOGUIDES = {"normal": AutoNormal, "delta": AutoDelta, "lowrank": AutoLowRankMultivariateNormal}
 
 
-def make_autoguide(name: str, model):
-    """The autoguide ``name`` (a key of ``AUTOGUIDES``) for ``model``."""
-    return AUTOGUIDES[name](model, init_loc_fn=init_to_mean)
+def make_autoguide(name: str, model, stage: str | None = None):
+    """The autoguide ``name`` (a key of ``AUTOGUIDES``) for ``model``.
+
+    ``stage`` (layer-by-layer fitting) goes into the guide's name, hence into its param names:
+    ``AutoLowRankMultivariateNormal`` keeps one flat ``loc`` for all its sites, which would
+    otherwise be shared, with the wrong size, by the guides of successive layers."""
+    guide = AUTOGUIDES[name](model, init_loc_fn=init_to_mean)
+    if stage is not None:
+        guide._pyro_name = f"{guide._pyro_name}.{stage}"  # PyroModule's name, the prefix of its params
+    return guide

@@ -141,10 +141,11 @@ class DirichletSwitchModel:
         num_data: N, the size of the training set that minibatches are scaled to.
         layers: the switch points that get a switch (default all); the others are left
             unswitched, which is how per-layer sequential learning fits one layer at a time.
-        scale: ``"dim"`` multiplies by D_l · s_l (the prior mean is the pre-trained network);
-            ``"simplex"`` multiplies by s_l itself, as written in the paper (the layer's total
+        scale: ``"simplex"`` (default) multiplies by s_l itself, as written in the paper (the layer's total
             output is then shrunk by 1/D_l and the likelihood rewards putting the switch mass on
-            the units that matter).
+            the units that matter); ``"dim"`` multiplies by D_l · s_l (the prior mean is then the
+            pre-trained network, and the posterior mean ranks units about as well as chance:
+            docs/experiments.md).
         sampling: ``"shared"`` (one switch draw per layer for the whole minibatch) or
             ``"per-example"`` (one draw per example; module docstring). The guide must match.
     """
@@ -155,7 +156,7 @@ class DirichletSwitchModel:
         alpha0: float,
         num_data: int,
         layers: Sequence[str] | None = None,
-        scale: str = "dim",
+        scale: str = "simplex",
         sampling: str = "shared",
     ) -> None:
         if sampling not in SAMPLINGS:
