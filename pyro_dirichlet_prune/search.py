@@ -26,10 +26,12 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -558,10 +560,55 @@ def _ranking(method: str, seed: int, net: nn.Module, data: DataBundle, cfg: Sear
     return scores, True
 
 
-def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> dict:
+_SHARED: dict = {}  # what the forked workers of a parallel search read: network, data, config, folder
+
+
+def _ranking_job(job: tuple[str, int]) -> tuple[tuple[str, int], dict[str, torch.Tensor], bool]:
+    method, seed = job
+    torch.set_num_threads(1)
+    w = _SHARED
+    scores, fresh = _ranking(method, seed, w["net"], w["data"], w["cfg"], w["out"], w["widths"])
+    return job, scores, fresh
+
+
+def _record_job(job: tuple[int, str, str]) -> tuple[int, str, str]:
+    seed, arch, method = job
+    torch.set_num_threads(1)
+    w = _SHARED
+    record = run_record(w["net"], w["data"], w["scores"][(method, seed)], arch, method, seed, w["cfg"])
+    write_json_durable(w["out"] / "records" / f"{record_key(method, seed, arch)}.json", record)
+    return job
+
+
+def _run_parallel(pending: list[tuple[int, str, str]], jobs: int, bar) -> tuple[int, int]:
+    """Rankings, then records, in ``jobs`` forked processes of one thread each (``_SHARED`` holds
+    their inputs); every record is written by its worker as soon as it is finished. Returns the
+    numbers of records and rankings computed."""
+    needed = sorted({(m, s) for s, _, m in pending})
+    computed = rankings = 0
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        _SHARED["scores"] = {}
+        for key, scores, fresh in pool.map(_ranking_job, needed):
+            _SHARED["scores"][key] = scores
+            rankings += fresh
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        for done in as_completed([pool.submit(_record_job, job) for job in pending]):
+            seed, arch, method = done.result()
+            bar.set_description(f"{method} seed {seed} {arch}")
+            bar.update()
+            computed += 1
+    return computed, rankings
+
+
+def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = False, resume: bool = False,
+               jobs: int = 1) -> dict:
     """Run (or with ``resume`` continue) the search of ``cfg`` into ``out`` (module docstring);
-    returns the report written to ``out/report.json``, which includes the summary."""
+    returns the report written to ``out/report.json``, which includes the summary. With
+    ``jobs`` > 1 the rankings and records are computed by that many forked processes, one torch
+    thread each (the records are the same as with one process)."""
     cfg.validate()
+    if jobs < 1:
+        raise UserError(f"--jobs must be a positive integer, got {jobs}")
     from .models import MODELS
 
     if cfg.model not in MODELS:
@@ -591,7 +638,14 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     computed, rankings_computed = 0, 0
     bar = tqdm(total=len(plan), initial=already, desc="search", unit="record", disable=None)
     try:
-        for seed in cfg.seeds:
+        if jobs > 1:
+            _SHARED.update(net=net, data=data, cfg=cfg, out=out, widths=widths)
+            try:
+                computed, rankings_computed = _run_parallel(
+                    [(s, a, m) for s, a, m in plan if record_key(m, s, a) not in done], jobs, bar)
+            finally:
+                _SHARED.clear()
+        for seed in cfg.seeds if jobs == 1 else []:
             pending = [(a, m) for s, a, m in plan if s == seed and record_key(m, seed, a) not in done]
             if not pending:
                 continue
@@ -741,6 +795,9 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue an interrupted search in --out (same options): finished records are kept, "
                         "never recomputed")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--jobs", type=_int_at_least(1), default=1,
+                   help="processes that rank and fine-tune in parallel, one torch thread each (default 1); "
+                        "the records do not depend on it")
     return p
 
 
@@ -778,6 +835,6 @@ def run_search_cli(args: argparse.Namespace) -> dict:
     """Run the ``search`` sub-command from parsed arguments; prints a one-paragraph summary."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    report = run_search(search_config_from_args(args), args.out, args.overwrite, args.resume)
+    report = run_search(search_config_from_args(args), args.out, args.overwrite, args.resume, args.jobs)
     print(describe(report, args.out))
     return report

@@ -143,7 +143,7 @@ def test_cli_option_parsing():
     _parser(sub)
     text = sub[0].format_help()
     for opt in ("--pool", "--every", "--finetune-epochs", "--switch-scale", "--schedule", "--fisher-batches",
-                "--resume", "--overwrite", "--seeds"):
+                "--resume", "--overwrite", "--seeds", "--jobs"):
         assert opt in text
 
 
@@ -242,3 +242,19 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     rec = _records(ref)["l1__seed0__4-6-35-15"]
     assert rec["params"] < rec["macs"] and 0 <= rec["test_error"] <= 1 and rec["surgery_max_abs_diff"] < 1e-4
     assert [len(v) for v in rec["kept"].values()] == [4, 6, 35, 15]
+
+
+def test_parallel_search_writes_the_same_records(tiny_search, tmp_path):
+    """``jobs=2`` ranks and fine-tunes in two forked processes of one thread each; every record
+    (errors, sizes, kept units) equals the one-process search's, and a resumed parallel search
+    recomputes nothing."""
+    torch.set_num_threads(1)
+    cfg, _ = tiny_search
+    serial = search.run_search(cfg, tmp_path / "serial")
+    parallel = search.run_search(cfg, tmp_path / "parallel", jobs=2)
+    assert len(_records(tmp_path / "parallel")) == 6
+    assert _records(tmp_path / "parallel") == _records(tmp_path / "serial")
+    assert parallel["summary"]["wins"] == serial["summary"]["wins"]
+    assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
+    with pytest.raises(UserError, match="--jobs must be a positive integer"):
+        search.run_search(cfg, tmp_path / "bad", jobs=0)
