@@ -4,7 +4,8 @@
 For every seed: fit the switch posterior of the shipped LeNet-5 once; for every (tau, delta) of a
 grid apply the uncertainty cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate``
 cut-off; for every budget the budget cut-off; prune, fine-tune ``--ft-epochs`` epochs (the
-pipeline's recipe: Adam 2e-3, cosine decay, shifts of 2 pixels, best validation epoch kept) and
+pipeline's recipe, ``PruneConfig().finetune``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
+validation epoch kept) and
 record MACs, params and the validation error. Selection uses the validation error only; with
 ``--test`` the test error of every pruned network is recorded too, for the closing table.
 Distinct pruned networks are fine-tuned once each, ``--jobs`` at a time (one thread each).
@@ -18,6 +19,7 @@ Writes a JSON report (``--out``) with one row per (seed, cut-off) and a summary 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -37,7 +39,8 @@ from pyro_dirichlet_prune.pruning.budget import budget_keep, size_function
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, keep_top, rate_widths, removal_order, uncertainty_keep
 from pyro_dirichlet_prune.pruning.surgery import prune_units
 from pyro_dirichlet_prune.report import versions, write_json
-from pyro_dirichlet_prune.training import TrainConfig, evaluate, train
+from pyro_dirichlet_prune.pipeline import PruneConfig
+from pyro_dirichlet_prune.training import evaluate, train
 
 _G: dict = {}  # data, network and arguments, shared with the forked workers
 
@@ -82,7 +85,8 @@ def _finetune(job: tuple[int, dict]) -> dict:
     for p in pruned.parameters():
         p.requires_grad_(True)
     t = time.perf_counter()
-    train(pruned, data, TrainConfig(epochs=args.ft_epochs, lr=2e-3, augment_shift=2, seed=seed, device=args.device))
+    recipe = dataclasses.replace(PruneConfig().finetune, epochs=args.ft_epochs, seed=seed, device=args.device)
+    train(pruned, data, recipe)
     out = {"seed": seed, "arch": arch_string(keep), "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned),
            "val_error_pruned": before, "val_error": evaluate(pruned, data.val)["error"],
            "ft_seconds": time.perf_counter() - t}

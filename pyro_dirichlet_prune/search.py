@@ -560,6 +560,28 @@ def _ranking(method: str, seed: int, net: nn.Module, data: DataBundle, cfg: Sear
     return scores, True
 
 
+def _run_serial(pending: list[tuple[int, str, str]], net: nn.Module, data: DataBundle, cfg: SearchConfig,
+                out: Path, widths: Mapping[str, int], bar) -> tuple[int, int]:
+    """Seed by seed in this process: the rankings the seed's pending records need, then the
+    records, each written as soon as it is finished. Returns the numbers of records and rankings
+    computed."""
+    computed = rankings = 0
+    for seed in dict.fromkeys(s for s, _, _ in pending):
+        todo = [(a, m) for s, a, m in pending if s == seed]
+        scores = {}
+        for m in [m for m in cfg.methods if any(pm == m for _, pm in todo)]:
+            bar.set_description(f"ranking {m} seed {seed}")
+            scores[m], fresh = _ranking(m, seed, net, data, cfg, out, widths)
+            rankings += fresh
+        for arch, m in todo:
+            bar.set_description(f"{m} seed {seed} {arch}")
+            record = run_record(net, data, scores[m], arch, m, seed, cfg)
+            write_json_durable(out / "records" / f"{record_key(m, seed, arch)}.json", record)
+            computed += 1
+            bar.update()
+    return computed, rankings
+
+
 _SHARED: dict = {}  # what the forked workers of a parallel search read: network, data, config, folder
 
 
@@ -582,8 +604,9 @@ def _record_job(job: tuple[int, str, str]) -> tuple[int, str, str]:
 
 def _run_parallel(pending: list[tuple[int, str, str]], jobs: int, bar) -> tuple[int, int]:
     """Rankings, then records, in ``jobs`` forked processes of one thread each (``_SHARED`` holds
-    their inputs); every record is written by its worker as soon as it is finished. Returns the
-    numbers of records and rankings computed."""
+    their inputs); every record is written by its worker as soon as it is finished. The records
+    need a second pool: its workers are forked after the rankings are in ``_SHARED``. Returns
+    the numbers of records and rankings computed."""
     needed = sorted({(m, s) for s, _, m in pending})
     computed = rankings = 0
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -635,32 +658,17 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     plan = [(seed, arch, m) for seed in cfg.seeds for arch in archs for m in cfg.methods]
     done = {record_key(r["method"], r["seed"], r["arch"]) for r in load_records(out)}
     already = sum(record_key(m, s, a) in done for s, a, m in plan)
-    computed, rankings_computed = 0, 0
     bar = tqdm(total=len(plan), initial=already, desc="search", unit="record", disable=None)
+    pending = [(s, a, m) for s, a, m in plan if record_key(m, s, a) not in done]
     try:
-        if jobs > 1:
+        if jobs == 1:
+            computed, rankings_computed = _run_serial(pending, net, data, cfg, out, widths, bar)
+        else:
             _SHARED.update(net=net, data=data, cfg=cfg, out=out, widths=widths)
             try:
-                computed, rankings_computed = _run_parallel(
-                    [(s, a, m) for s, a, m in plan if record_key(m, s, a) not in done], jobs, bar)
+                computed, rankings_computed = _run_parallel(pending, jobs, bar)
             finally:
                 _SHARED.clear()
-        for seed in cfg.seeds if jobs == 1 else []:
-            pending = [(a, m) for s, a, m in plan if s == seed and record_key(m, seed, a) not in done]
-            if not pending:
-                continue
-            scores = {}
-            for m in cfg.methods:
-                if any(pm == m for _, pm in pending):
-                    bar.set_description(f"ranking {m} seed {seed}")
-                    scores[m], fresh = _ranking(m, seed, net, data, cfg, out, widths)
-                    rankings_computed += fresh
-            for arch, m in pending:
-                bar.set_description(f"{m} seed {seed} {arch}")
-                record = run_record(net, data, scores[m], arch, m, seed, cfg)
-                write_json_durable(out / "records" / f"{record_key(m, seed, arch)}.json", record)
-                computed += 1
-                bar.update()
     finally:
         bar.close()
     wall = time.perf_counter() - start
