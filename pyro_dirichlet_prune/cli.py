@@ -132,6 +132,10 @@ def _add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
                     help="dim: a layer's output is multiplied by D*s, so the prior mean is the pre-trained network; "
                          "simplex: multiplied by s itself, as written in the paper (the likelihood then pushes the "
                          f"switch mass onto the units that matter) (default {d.scale})")
+    p.add_argument("--switch-gain", type=_positive_float, default=d.gain,
+                    help="with --switch-scale simplex, multiply a layer's output by GAIN*s: the units that carry "
+                         "the switch mass, and so the widths the uncertainty cut-off keeps, grow with it "
+                         f"(benchmarks/switch_gain.py) (default {d.gain:g}, the paper's)")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                     help="joint: all layers' switches at once; sequential: one layer at a time, input first "
                          f"(default {d.schedule})")
@@ -289,7 +293,7 @@ def _switch_config(args: argparse.Namespace) -> SwitchConfig:
         guide=getattr(args, "guide", SwitchConfig.guide), elbo=args.elbo, particles=args.particles, alpha0=args.alpha0,
         init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
         epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
-        scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0),
+        scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
     )
 
 

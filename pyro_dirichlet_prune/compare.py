@@ -2,10 +2,15 @@
 
 For every (guide, seed) the switch posterior is fitted, then measured by
 
-* the ELBO of the whole model under the fitted guide, with many particles (for ``delta``, whose
-  entropy is -inf, this is the MAP objective log p(y, s) at the point, not a bound);
-* the held-out (test) log-likelihood and error of the switched network at the posterior mean,
-  i.e. every layer multiplied by its scale factor times E_q[s_l];
+* the ELBO of the objective the guide was fitted to, with many particles: for a joint fit the
+  whole model's, for a layer-by-layer fit (the default) the sum over layers of each stage's ELBO,
+  the model with only that layer switched (``svi.switch_posterior``; for ``delta``, whose entropy
+  is -inf, this is the MAP objective log p(y, s) at the point, not a bound). The whole model's
+  ELBO is kept in the records as ``elbo_whole_model``;
+* the held-out (test) log-likelihood and error of the switched network at the posterior mean:
+  for a joint fit every layer multiplied by its scale factor times E_q[s_l]; for a layer-by-layer
+  fit the average over layers of the network with only that layer so switched (per layer in
+  ``heldout_by_layer``);
 * the test error after pruning to one common architecture by posterior mean, before and after
   fine-tuning;
 * the rank agreement of the posterior means between guides: Kendall's tau per layer;
@@ -33,6 +38,7 @@ from .data import Split, load_data
 from .errors import UserError
 from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
+from .models.switched import switch_factors
 from .models.checkpoint import load_checkpoint
 from .pipeline import PruneConfig, _resolve_checkpoint, _subset, seed_everything
 from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
@@ -68,6 +74,17 @@ def evaluate_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], 
         return evaluate(switched, split)
 
 
+def heldout_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], factor: dict[str, float],
+                    split: Split, schedule: str) -> tuple[dict[str, float], dict[str, dict[str, float]] | None]:
+    """Held-out error and NLL at the posterior mean of the model that was fitted: every layer
+    switched at once for a joint fit; for a layer-by-layer fit each layer alone (returned per
+    layer as well), averaged over layers."""
+    if schedule == "joint":
+        return evaluate_at_mean(switched, means, factor, split), None
+    by_layer = {k: evaluate_at_mean(switched, {k: v}, factor, split) for k, v in means.items()}
+    return {key: float(np.mean([m[key] for m in by_layer.values()])) for key in ("error", "nll")}, by_layer
+
+
 def kendall_by_layer(records: Sequence[dict], guides: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Kendall's tau between the posterior means of every pair of guides, per layer, one value per
     seed that both guides ran: ``out[layer]["a|b"] = [tau_seed0, ...]``."""
@@ -96,6 +113,14 @@ METRICS = [
 ]
 
 
+SCHEDULE_NOTES = {
+    "joint": "Switches fitted jointly: ELBO of the whole model; held-out metrics with every layer switched "
+             "at its posterior mean.",
+    "sequential": "Switches fitted layer by layer: ELBO = sum over layers of each stage's ELBO (only that layer "
+                  "switched); held-out metrics averaged over layers, each switched alone at its posterior mean.",
+}
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
@@ -118,8 +143,8 @@ def summarise(records: Sequence[dict], guides: Sequence[str]) -> dict:
     }
 
 
-def markdown(summary: dict, guides: Sequence[str], title: str) -> str:
-    lines = [f"# {title}", "", "| guide | " + " | ".join(label for _, label, _ in METRICS) + " |",
+def markdown(summary: dict, guides: Sequence[str], title: str, note: str = "") -> str:
+    lines = [f"# {title}", "", *([note, ""] if note else []), "| guide | " + " | ".join(label for _, label, _ in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
     for g in guides:
         cells = []
@@ -188,8 +213,13 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     fit_seconds = time.perf_counter() - t
     post = switch_posterior(fit, switch_cfg, switched, data.train, cfg.elbo_particles, cfg.elbo_batches)
     means = fit.posterior_means()
-    factor = {k: float(v.numel()) if switch_cfg.scale == "dim" else 1.0 for k, v in means.items()}
-    heldout = evaluate_at_mean(switched, means, factor, data.test)
+    factor = switch_factors({k: v.numel() for k, v in means.items()}, switch_cfg.scale, switch_cfg.gain)
+    heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)
+    if switch_cfg.schedule == "sequential" and post.stage_elbos is not None:
+        elbo = sum(e for e, _ in post.stage_elbos.values())
+        elbo_se = math.sqrt(sum(se ** 2 for _, se in post.stage_elbos.values()))
+    else:
+        elbo, elbo_se = post.elbo, post.elbo_se
     switched.remove_hooks()
     keep = keep_top(means, kept_counts)
     pruned = prune_units(net, keep, data.input_shape)
@@ -199,8 +229,9 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     t = time.perf_counter()
     train(pruned, data, dataclasses.replace(cfg.finetune, seed=seed), desc=f"fine-tune {guide} seed {seed}")
     return {
-        "guide": guide, "seed": seed, "elbo": post.elbo, "elbo_standard_error": post.elbo_se,
-        "heldout_nll": heldout["nll"], "heldout_error": heldout["error"],
+        "guide": guide, "seed": seed, "elbo": elbo, "elbo_standard_error": elbo_se,
+        "elbo_whole_model": post.elbo, "stage_elbos": post.stage_elbos,
+        "heldout_nll": heldout["nll"], "heldout_error": heldout["error"], "heldout_by_layer": heldout_by_layer,
         "test_error_pruned": err_pruned, "test_error_finetuned": evaluate(pruned, data.test)["error"],
         "val_error_finetuned": evaluate(pruned, data.val)["error"], "fit_seconds": fit_seconds,
         "finetune_seconds": time.perf_counter() - t, "arch": arch_string(keep),
@@ -254,7 +285,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
         summary = summarise(records, cfg.guides)
         write_json(tmp / "records.json", records)
         write_json(tmp / "table.json", summary)
-        (tmp / "table.md").write_text(markdown(summary, cfg.guides, title))
+        (tmp / "table.md").write_text(markdown(summary, cfg.guides, title, SCHEDULE_NOTES[cfg.switch.schedule]))
         plot_comparison(summary, cfg.guides, tmp, title)
         report = {
             "command": "compare-guides", "created": now(), "config": dataclasses.asdict(cfg), "checkpoint": str(ckpt),

@@ -118,6 +118,8 @@ def test_sequential_autoguide_fit_has_a_whole_model_elbo(name):
     assert len(fit.stage_guides) == 4
     post = switch_posterior(fit, cfg, sw, split, elbo_particles=2, elbo_batches=2)
     assert post.elbo is not None and post.elbo == post.elbo and abs(post.elbo) < float("inf")
+    assert set(post.stage_elbos) == set(sw.widths)  # each stage's own objective, under its own guide
+    assert all(abs(e) < float("inf") for e, _ in post.stage_elbos.values())
     p = post.prob_below(1.0)
     assert set(p) == {"conv1", "conv2", "fc1", "fc2"} and all(((v >= 0) & (v <= 1)).all() for v in p.values())
     trace = pyro.poutine.trace(StagedGuide(fit.stage_guides)).get_trace(split.x[:4], None, None)

@@ -115,6 +115,9 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert len(rep["switches"]["stages"]) == 4 and rep["switches"]["steps"] == steps == len(rep["switches"]["losses"])
     assert [len(rep["kept"][l]) for l in ("conv1", "conv2", "fc1", "fc2")] == widths
     assert rep["checkpoint"] == str(pretrained / "model.pt")
+    stages = rep["posterior"]["stage_elbos"]  # one ELBO per layer-by-layer stage, each a finite bound
+    assert list(stages) == ["conv1", "conv2", "fc1", "fc2"]
+    assert all(-float("inf") < v["elbo"] < 0 and v["standard_error"] >= 0 for v in stages.values())
 
 
 def test_report_sizes_match_saved_pruned_model(pruned_run):

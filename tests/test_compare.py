@@ -94,3 +94,26 @@ def test_evaluate_at_mean_is_the_switched_network():
     nll = float(torch.nn.functional.cross_entropy(logits, y))
     assert got["nll"] == pytest.approx(nll, rel=1e-5)
     assert got["error"] == pytest.approx(float((logits.argmax(1) != y).double().mean()))
+
+
+def test_heldout_at_mean_of_a_layer_by_layer_fit_switches_one_layer_at_a_time():
+    """Sequential fit: each layer is evaluated alone at its mean (the others unswitched, as in
+    its stage) and the metrics are averaged; a joint fit switches every layer at once."""
+    torch.manual_seed(0)
+    net = build_model("lenet5", widths=(2, 3, 4, 2)).eval()
+    x, y = torch.randn(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    means = {"conv1": torch.tensor([0.7, 0.3]), "conv2": torch.tensor([0.2, 0.3, 0.5]),
+             "fc1": torch.full((4,), 0.25), "fc2": torch.tensor([0.9, 0.1])}
+    factor = {k: 1.0 for k in means}
+    got, by_layer = compare.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "sequential")
+    nlls = []
+    for layer, m in means.items():
+        logits = lenet5_forward(net, x, {layer: m})
+        nlls.append(float(torch.nn.functional.cross_entropy(logits, y)))
+        assert by_layer[layer]["nll"] == pytest.approx(nlls[-1], rel=1e-5)
+    assert got["nll"] == pytest.approx(sum(nlls) / 4, rel=1e-5)
+    joint, none = compare.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "joint")
+    assert none is None
+    assert joint["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(lenet5_forward(net, x, means), y)),
+                                         rel=1e-5)
+    assert abs(joint["nll"] - got["nll"]) > 1e-3  # the two schedules measure different models

@@ -71,3 +71,48 @@ def test_posterior_figure_is_written(tmp_path):
     plot_posterior(post, tmp_path / "p.png", {"conv1": [1, 2], "fc1": list(range(6))})
     data = (tmp_path / "p.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_stage_elbos_of_a_layer_by_layer_fit_are_each_stages_objective():
+    """With q(s_l) = Dirichlet(1e6 · m_l), nearly a point mass at m_l, stage l's ELBO is
+
+        sum_n log p(y_n | x_n, s_l = m_l, other layers unswitched) - KL(Dir(1e6 m_l) || Dir(alpha0 · 1)),
+
+    a closed form. Pairing a stage with the wrong model (every layer switched) or the wrong KL
+    (every layer's) would be off by far more than the tolerance."""
+    from pyro_dirichlet_prune.inference.elbo import dirichlet_kl
+    from pyro_dirichlet_prune.inference.guides import concentration_param
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
+    from helpers import lenet5_forward
+
+    g = torch.Generator().manual_seed(0)
+    net = build_model("lenet5", widths=(3, 4, 5, 2)).eval()
+    with torch.no_grad():
+        net.fc3.weight.mul_(30.0)  # confident logits: shrinking a layer changes the likelihood
+    x = torch.randn(64, 1, 28, 28, generator=g)
+    y = net(x).argmax(1)
+    split = Split(x, y)
+    sw = SwitchedNetwork(net)
+    cfg = SwitchConfig(schedule="sequential", batch_size=64, epochs=1)
+    fit = fit_switches(sw, split, cfg)
+    store, means = pyro.get_param_store(), {}
+    for layer, d in sw.widths.items():
+        m = torch.rand(d, generator=g, dtype=torch.float64) + 0.2
+        means[layer] = m / m.sum()
+        store[concentration_param(layer)] = 1e6 * means[layer]
+        fit.concentrations[layer] = 1e6 * means[layer]
+    pyro.set_rng_seed(0)
+    post = switch_posterior(fit, cfg, sw, split, elbo_particles=16, elbo_batches=1)
+    assert set(post.stage_elbos) == set(sw.widths)
+    alone = []
+    for layer, m in means.items():
+        logits = lenet5_forward(net, x, {layer: m.float()})
+        loglik = -float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        kl = float(dirichlet_kl(1e6 * m, torch.full_like(m, cfg.alpha0)))
+        alone.append(loglik - kl)
+        assert post.stage_elbos[layer][0] == pytest.approx(loglik - kl, abs=2.0), layer
+    every = lenet5_forward(net, x, {k: v.float() for k, v in means.items()})
+    whole = -float(torch.nn.functional.cross_entropy(every, y, reduction="sum")) - sum(
+        float(dirichlet_kl(1e6 * m, torch.full_like(m, cfg.alpha0))) for m in means.values())
+    assert post.elbo == pytest.approx(whole, abs=4.0)
+    assert min(abs(a - whole) for a in alone) > 20.0

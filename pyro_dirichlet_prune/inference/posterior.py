@@ -45,6 +45,7 @@ class SwitchPosterior:
     extra: dict = field(default_factory=dict)
     concentrations: dict[str, torch.Tensor] | None = None
     samples: dict[str, torch.Tensor] | None = None
+    stage_elbos: dict[str, tuple[float, float]] | None = None  # layer-by-layer fits: (ELBO_l, standard error)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -73,6 +74,8 @@ class SwitchPosterior:
             "exact_marginals": self.exact,
             "elbo": self.elbo,
             "elbo_standard_error": self.elbo_se,
+            "stage_elbos": None if self.stage_elbos is None else {
+                layer: {"elbo": e, "standard_error": se} for layer, (e, se) in self.stage_elbos.items()},
             "layers": {
                 layer: {"mean": self.means[layer].tolist(), "lower": self.lower[layer].tolist(),
                         "upper": self.upper[layer].tolist()}

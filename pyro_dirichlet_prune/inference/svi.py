@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data import Split, batches, epoch_order, num_batches
 from ..errors import NumericalError
-from ..models.switched import SAMPLINGS, SCALES, DirichletSwitchModel, SwitchedNetwork
+from ..models.switched import SAMPLINGS, SCALES, DirichletSwitchModel, SwitchedNetwork, switch_factors
 from ..runstate import RunState, rng_state, set_rng_state
 from .autoguides import AUTOGUIDES, make_autoguide
 from .posterior import CREDIBLE_LEVEL, SwitchPosterior, dirichlet_posterior, estimate_elbo, monte_carlo_posterior
@@ -61,6 +61,7 @@ class SwitchConfig:
     scale: str = "simplex"
     sampling: str = "shared"
     seed: int = 0
+    gain: float = 1.0
 
     def validate(self) -> None:
         if self.guide not in GUIDES:
@@ -74,6 +75,7 @@ class SwitchConfig:
             )
         if self.scale not in SCALES:
             raise ValueError(f"unknown switch scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        switch_factors({}, self.scale, self.gain)  # raises on a bad gain
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown switch sampling {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
         if self.sampling == "per-example" and self.guide != "dirichlet":
@@ -211,7 +213,7 @@ def fit_switches(
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
-        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale, cfg.sampling)
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), layers, cfg.scale, cfg.sampling, cfg.gain)
         if cfg.guide in AUTOGUIDES:
             guide = make_autoguide(cfg.guide, model, stage="+".join(layers) if len(stages) > 1 else None)
         else:
@@ -294,10 +296,18 @@ def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, network: SwitchedNetwork
     """The posterior of a fit: exact Beta marginals for the Dirichlet guides, the Monte-Carlo
     intervals for the autoguides, and the ELBO of the whole model under the fitted guide,
     estimated with ``elbo_particles`` particles (for an autoguide fitted layer by layer, under the
-    product of its stages' guides; not available when such a fit was restored from a saved state)."""
+    product of its stages' guides; not available when such a fit was restored from a saved state).
+
+    A layer-by-layer fit also gets ``stage_elbos``: for every layer l the ELBO of the objective its
+    stage maximised, the model with only s_l switched (the other layers unswitched) under q(s_l),
+
+        ELBO_l = E_q(s_l)[log p(y | x, s_l)] - KL(q(s_l) || p(s_l)),
+
+    which is what ranks the guides of such a fit (with every layer multiplied by s at once, the
+    whole model of the ``simplex`` scale is a degenerate network)."""
     if fit.concentrations:
         post = dirichlet_posterior(fit.concentrations, CREDIBLE_LEVEL, cfg.guide)
-        model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale)
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale, gain=cfg.gain)
         guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)  # reads the fitted params
     else:
         post = SwitchPosterior(cfg.guide, CREDIBLE_LEVEL, dict(fit.means), {k: v[0] for k, v in fit.intervals.items()},
@@ -305,12 +315,31 @@ def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, network: SwitchedNetwork
         if cfg.schedule == "joint" or not fit.stage_guides:
             model, guide = fit.model, fit.guide
         else:  # layer by layer: the product of the stages' guides is a guide of the whole model
-            model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale)
+            model = DirichletSwitchModel(network, cfg.alpha0, len(train), scale=cfg.scale, gain=cfg.gain)
             guide = StagedGuide(fit.stage_guides)
     if guide is not None and elbo_particles > 0:
         post.elbo, post.elbo_se = estimate_elbo(model, guide, train, cfg.batch_size, elbo_particles, elbo_batches,
                                                 seed=cfg.seed)
+    if cfg.schedule == "sequential" and elbo_particles > 0:
+        post.stage_elbos = stage_elbos(fit, cfg, network, train, elbo_particles, elbo_batches)
     return post
+
+
+def stage_elbos(fit: SwitchFit, cfg: SwitchConfig, network: SwitchedNetwork, train: Split,
+                elbo_particles: int = 8, elbo_batches: int | None = 20) -> dict[str, tuple[float, float]] | None:
+    """ELBO_l of every stage of a layer-by-layer fit (``switch_posterior``), with its standard
+    error over minibatches; None for an autoguide fit restored from a saved state."""
+    out = {}
+    for i, layer in enumerate(network.widths):
+        model = DirichletSwitchModel(network, cfg.alpha0, len(train), [layer], cfg.scale, gain=cfg.gain)
+        if fit.concentrations:
+            guide = DirichletSwitchGuide(model.widths, cfg.init_concentration, cfg.floor)  # reads the fitted params
+        elif len(fit.stage_guides) == len(network.widths):
+            guide = fit.stage_guides[i]
+        else:
+            return None
+        out[layer] = estimate_elbo(model, guide, train, cfg.batch_size, elbo_particles, elbo_batches, seed=cfg.seed)
+    return out
 
 
 class StagedGuide:

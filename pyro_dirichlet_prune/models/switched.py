@@ -28,6 +28,7 @@ linear in the examples; the B draws decorrelate the examples' terms and lower th
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, Mapping, Sequence
 
 import pyro
@@ -132,6 +133,15 @@ class SwitchedNetwork(nn.Module):
         self._handles = []
 
 
+def switch_factors(widths: Mapping[str, int], scale: str, gain: float = 1.0) -> dict[str, float]:
+    """The constant c_l of each layer's multiplier c_l · s_l: ``gain`` for ``simplex``, D_l for ``dim``."""
+    if not (gain > 0 and math.isfinite(gain)):
+        raise ValueError(f"switch gain must be positive and finite, got {gain}")
+    if scale == "dim" and gain != 1.0:
+        raise ValueError("a switch gain other than 1 needs scale 'simplex' (dim multiplies by D_l · s_l)")
+    return {n: float(d) if scale == "dim" else float(gain) for n, d in widths.items()}
+
+
 class DirichletSwitchModel:
     """Pyro model ``model(x, y=None, idx=None)`` of Dirichlet pruning (see module docstring).
 
@@ -148,6 +158,10 @@ class DirichletSwitchModel:
             docs/experiments.md).
         sampling: ``"shared"`` (one switch draw per layer for the whole minibatch) or
             ``"per-example"`` (one draw per example; module docstring). The guide must match.
+        gain: with ``scale="simplex"``, the output is multiplied by ``gain · s_l`` (default 1, the
+            paper's). The likelihood buys back the 1/k shrink of k units sharing the mass by
+            concentrating it, so the gain sets how many units carry the mass
+            (``benchmarks/switch_gain.py``). Must be 1 with ``scale="dim"``.
     """
 
     def __init__(
@@ -158,6 +172,7 @@ class DirichletSwitchModel:
         layers: Sequence[str] | None = None,
         scale: str = "simplex",
         sampling: str = "shared",
+        gain: float = 1.0,
     ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
@@ -178,7 +193,7 @@ class DirichletSwitchModel:
             raise KeyError(f"no switch point named {unknown}")
         self.widths = {n: widths[n] for n in self.layers}
         self.scale = scale
-        self._factor = {n: float(d) if scale == "dim" else 1.0 for n, d in self.widths.items()}
+        self._factor = switch_factors(self.widths, scale, gain)
         self._prior = {
             n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()
         }
