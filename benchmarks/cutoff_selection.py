@@ -45,6 +45,12 @@ from pyro_dirichlet_prune.training import evaluate, train
 _G: dict = {}  # data, network and arguments, shared with the forked workers
 
 
+def parse_budget(budget: str) -> tuple[int, int]:
+    """``"MACS,PARAMS"`` as two integers."""
+    macs, params = (int(v) for v in budget.split(","))
+    return macs, params
+
+
 def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     """Fit the posterior for ``seed`` and return every cut-off's kept indices."""
     torch.set_num_threads(1)
@@ -66,7 +72,7 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     for rate in args.rates:
         cuts.append(({"cutoff": "rate", "rate": rate}, keep_top(means, rate_widths(rate, widths))))
     if args.budget:
-        macs, params = (int(v) for v in args.budget.split(","))
+        macs, params = parse_budget(args.budget)
         size = size_function(net, data.input_shape)
         for tau in args.taus:
             keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size,

@@ -96,7 +96,7 @@ def _run(job: tuple[str, int]) -> dict:
 def _within(cut: dict, budget: str | None) -> bool:
     if not budget:
         return True
-    macs, params = (int(v) for v in budget.split(","))
+    macs, params = cutoff_selection.parse_budget(budget)
     return cut["macs"] <= macs and cut["params"] <= params
 
 

@@ -416,8 +416,7 @@ def run_prune(
             "posterior": {
                 "elbo": post.elbo,
                 "elbo_standard_error": post.elbo_se,
-                "stage_elbos": None if post.stage_elbos is None else {
-                    layer: {"elbo": e, "standard_error": se} for layer, (e, se) in post.stage_elbos.items()},
+                "stage_elbos": post.stage_elbos_json(),
                 "credible_level": post.level,
                 "exact_marginals": post.exact,
             },

@@ -67,6 +67,12 @@ class SwitchPosterior:
                 raise ValueError(f"posterior of layer {layer} has neither concentrations nor draws")
         return out
 
+    def stage_elbos_json(self) -> dict[str, dict[str, float]] | None:
+        """``stage_elbos`` as ``{layer: {"elbo": ..., "standard_error": ...}}``, or None."""
+        if self.stage_elbos is None:
+            return None
+        return {layer: {"elbo": e, "standard_error": se} for layer, (e, se) in self.stage_elbos.items()}
+
     def to_json(self) -> dict:
         return {
             "guide": self.guide,
@@ -74,8 +80,7 @@ class SwitchPosterior:
             "exact_marginals": self.exact,
             "elbo": self.elbo,
             "elbo_standard_error": self.elbo_se,
-            "stage_elbos": None if self.stage_elbos is None else {
-                layer: {"elbo": e, "standard_error": se} for layer, (e, se) in self.stage_elbos.items()},
+            "stage_elbos": self.stage_elbos_json(),
             "layers": {
                 layer: {"mean": self.means[layer].tolist(), "lower": self.lower[layer].tolist(),
                         "upper": self.upper[layer].tolist()}
