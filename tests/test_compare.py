@@ -44,8 +44,12 @@ def test_compare_guides_table_and_figures(ckpt, tmp_path):
         assert all(r["arch"] == "5-10-50-13" and r["elbo"] is not None for r in mine)
     assert set(table["kendall_tau"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert len(table["kendall_tau"]["fc1"]) == 10  # 5 choose 2 pairs
+    for r in records:  # layer by layer (the default): the ELBO is the sum of the stages' ELBOs
+        assert r["elbo"] == pytest.approx(sum(e for e, _ in r["stage_elbos"].values()))
+        assert r["elbo_whole_model"] is not None and set(r["heldout_by_layer"]) == set(r["stage_elbos"])
     md = (out / "table.md").read_text()
     assert all(f"| {g} |" in md for g in guides) and "Kendall" in md
+    assert compare.SCHEDULE_NOTES["sequential"] in md
     for png in ("compare.png", "kendall.png"):
         assert (out / png).stat().st_size > 10_000
     rep = json.loads((out / "report.json").read_text())
