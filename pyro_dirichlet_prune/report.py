@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -20,15 +22,50 @@ from .errors import UserError
 _PACKAGES = ("pyro-dirichlet-prune", "torch", "torchvision", "pyro-ppl", "torch-pruning", "numpy", "tqdm")
 
 
-def versions() -> dict[str, str]:
-    """Python, platform and the versions of the packages a result depends on."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
+    """Run ``git args`` in ``cwd``; None when git is missing, fails to start or takes too long."""
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")  # never take the index lock
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def code_commit() -> dict[str, str | bool | None]:
+    """The git commit of the checkout this package runs from, once per process.
+
+    ``code_commit`` is the commit (40 hex digits) and ``code_dirty`` whether tracked files differ
+    from it; both are None when the package does not run from a git checkout (an installed
+    wheel, no git, a timeout). The package's own files must be tracked by the repository found,
+    so a virtual environment inside some other repository does not report that repository.
+    """
+    none = {"code_commit": None, "code_dirty": None}
+    here = Path(__file__).resolve().parent
+    tracked = _git(["ls-files", "--error-unmatch", Path(__file__).name], here)
+    head = _git(["rev-parse", "HEAD"], here)
+    if tracked is None or tracked.returncode != 0 or head is None or head.returncode != 0:
+        return none
+    commit = head.stdout.strip()
+    if len(commit) != 40:
+        return none
+    diff = _git(["diff", "--quiet", "HEAD", "--"], here)
+    dirty = None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1
+    return {"code_commit": commit, "code_dirty": dirty}
+
+
+def versions() -> dict[str, str | bool | None]:
+    """Python, platform, the versions of the packages a result depends on and, when the package
+    runs from a git checkout, its commit (``code_commit``) and whether the tree differs from it
+    (``code_dirty``); both None otherwise."""
+    out: dict[str, str | bool | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     out["torch_threads"] = str(torch.get_num_threads())
+    out.update(code_commit())
     return out
 
 
