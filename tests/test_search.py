@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from pyro_dirichlet_prune import search
+from pyro_dirichlet_prune.cli import search as search_cli
+from pyro_dirichlet_prune.data import Split, load_data
 from pyro_dirichlet_prune.errors import UserError
 from pyro_dirichlet_prune.models.checkpoint import shipped_checkpoint
 
@@ -119,22 +121,22 @@ def test_switch_overrides_are_checked():
 
 def _parser(sub: list | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dirichlet-prune")
-    p = search.add_search_parser(parser.add_subparsers(dest="command"))
+    p = search_cli.add_search_parser(parser.add_subparsers(dest="command"))
     if sub is not None:
         sub.append(p)
     return parser
 
 
 def test_cli_option_parsing():
-    assert search.parse_seeds("3") == [0, 1, 2]
-    assert search.parse_seeds("5,") == [5] and search.parse_seeds("0,4,7") == [0, 4, 7]
+    assert search_cli.parse_seeds("3") == [0, 1, 2]
+    assert search_cli.parse_seeds("5,") == [5] and search_cli.parse_seeds("0,4,7") == [0, 4, 7]
     for bad in ("0", "a", "1,1", "-1,2"):
         with pytest.raises(argparse.ArgumentTypeError):
-            search.parse_seeds(bad)
+            search_cli.parse_seeds(bad)
     args = _parser().parse_args(["search", "--out", "x"])
     assert args.methods == list(search.METHODS) and args.seeds == [0, 1, 2] and args.finetune_epochs == 2
     assert args.pool == "lenet5-108" and args.every == 1 and args.switch_scale is None
-    cfg = search.search_config_from_args(_parser().parse_args(
+    cfg = search_cli.search_config_from_args(_parser().parse_args(
         ["search", "--out", "x", "--switch-scale", "simplex", "--methods", "dirichlet,l1", "--seeds", "2,"]))
     assert cfg.switch == {"scale": "simplex"} and cfg.methods == ["dirichlet", "l1"] and cfg.seeds == [2]
     with pytest.raises(SystemExit):
@@ -153,15 +155,15 @@ def test_cli_option_parsing():
 @pytest.fixture(scope="module")
 def small_data(data_cfg):
     """The suite's data set with the test split cut to 1000 examples (loaded once)."""
-    data = search.load_data(data_cfg.dataset, data_cfg.data_dir, data_cfg.val_size, 0)
-    data = dataclasses.replace(data, test=search.Split(data.test.x[:1000], data.test.y[:1000]))
+    data = load_data(data_cfg.dataset, data_cfg.data_dir, data_cfg.val_size, 0)
+    data = dataclasses.replace(data, test=Split(data.test.x[:1000], data.test.y[:1000]))
     n = data_cfg.max_train
-    return dataclasses.replace(data, train=search.Split(data.train.x[:n], data.train.y[:n]))
+    return dataclasses.replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
 
 
 @pytest.fixture
 def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
-    monkeypatch.setattr(search, "_load_data", lambda cfg: small_data)
+    monkeypatch.setattr(search.runner, "_load_data", lambda cfg: small_data)
     pool = tmp_path / "pool.txt"
     pool.write_text("6-8-40-20\n4-6-35-15\n")
     cfg = search.SearchConfig(
@@ -185,8 +187,8 @@ def _count(monkeypatch, fail_at: int | None = None) -> dict[str, int]:
         calls["rank"] += 1
         return rank(*args, **kwargs)
 
-    monkeypatch.setattr(search, "finetune", counting_finetune)
-    monkeypatch.setattr(search, "method_scores", counting_rank)
+    monkeypatch.setattr(search.runner, "finetune", counting_finetune)
+    monkeypatch.setattr(search.runner, "method_scores", counting_rank)
     return calls
 
 
@@ -232,7 +234,7 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
             "--methods", "dirichlet,l1,random", "--seeds", "0,", "--finetune-epochs", "1", "--out", str(ref)]
     if cfg.data_dir:
         argv += ["--data-dir", cfg.data_dir]
-    ref_report = search.run_search_cli(_parser().parse_args(argv))
+    ref_report = search_cli.run_search_cli(_parser().parse_args(argv))
     assert "Wins:" in capsys.readouterr().out
     assert calls == {"finetune": 6, "rank": 3}
     assert _records(out) == _records(ref) and len(_records(ref)) == 6
@@ -258,3 +260,4 @@ def test_parallel_search_writes_the_same_records(tiny_search, tmp_path):
     assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
     with pytest.raises(UserError, match="--jobs must be a positive integer"):
         search.run_search(cfg, tmp_path / "bad", jobs=0)
+

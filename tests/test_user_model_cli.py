@@ -32,7 +32,7 @@ def _small_data(name, data_dir=None, val_size=5000, seed=0, download=True):
 def small_data(monkeypatch):
     """FakeData of 300 training and 100 test images (generating the default 2500 takes seconds)."""
     monkeypatch.setattr(pipeline, "load_data", _small_data)
-    monkeypatch.setattr(cli, "load_data", _small_data)
+    monkeypatch.setattr(cli.evaluate, "load_data", _small_data)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,4 @@ def test_cuda_without_a_gpu_is_refused(model_files, tmp_path, capsys):
                          "--out", str(out)], "CUDA is not available")
     _user_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--device", "tpu", "--out", str(out)], "device")
     _no_output(out)
+

@@ -42,7 +42,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from ..errors import UserError
-from .switch_points import SwitchPoint
+from .points import SwitchPoint
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 

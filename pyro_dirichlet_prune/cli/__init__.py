@@ -1,0 +1,57 @@
+"""Command line: ``dirichlet-prune pretrain|prune|compare-guides|search|evaluate``.
+
+The command line only parses options, calls the library and prints. Each sub-command is a
+module with ``add_parser(subparsers)`` and ``run(args)``: ``pretrain``, ``prune``,
+``compare_guides``, ``search``, ``evaluate``; ``options`` holds what they share. Every error is
+one line on stderr (a bad option value: argparse's usage error): ``dirichlet-prune: error:
+<message>`` with exit status 2 for bad input, ``dirichlet-prune: numerical error: <message>``
+with status 3, and status 130 after Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import NumericalError, UserError
+from . import compare_guides, evaluate, pretrain, prune, search
+from .options import PROG, ArgumentParser, parse_seeds, print_error, set_threads
+from .options import switch_config as _switch_config
+from .search import add_search_parser, parse_methods, run_search_cli, search_config_from_args
+
+COMMANDS = {"pretrain": pretrain, "prune": prune, "compare-guides": compare_guides, "search": search,
+            "evaluate": evaluate}
+
+__all__ = ["COMMANDS", "PROG", "add_search_parser", "build_parser", "main", "parse_methods", "parse_seeds",
+           "run_search_cli", "search_config_from_args"]
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Dirichlet pruning of pre-trained CNNs as a Pyro program (Adamczewski & Park, 2021).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        parser.commands[name] = module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        set_threads(getattr(args, "threads", None))
+        COMMANDS[args.command].run(args)
+    except UserError as exc:
+        print_error("error", str(exc))
+        return 2
+    except NumericalError as exc:
+        print_error("numerical error", str(exc))
+        return 3
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0

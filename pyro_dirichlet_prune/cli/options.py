@@ -1,0 +1,201 @@
+"""What the sub-commands share: the parser, value types that check ranges, and the
+data/output/training/switch options."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import DATASETS
+from ..inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
+from ..models.switched import SAMPLINGS, SCALES
+from ..training import OPTIMIZERS
+
+PROG = "dirichlet-prune"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` that keeps its sub-command parsers by name (``commands``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+
+def number(kind: type, ok, expected: str):
+    """An argparse type: parse ``kind`` and require ``ok(value)``, else say what was ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+nonneg_float = number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number")
+rate = number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+
+
+def choice_list(choices):
+    """An argparse type: a comma-separated list of distinct ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if not items or bad or len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(
+                f"expected distinct names from {', '.join(choices)}, got {text!r}")
+        return items
+
+    return parse
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` → seeds 0, 1, 2 (a count); ``"0,4,7"`` → those seeds; ``"5,"`` → seed 5 alone."""
+    text = text.strip()
+    try:
+        if "," not in text:
+            n = int(text)
+            if n < 1:
+                raise argparse.ArgumentTypeError(f"expected a positive count of seeds, got {text!r}")
+            return list(range(n))
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or comma-separated seeds, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds, got {text!r}")
+    return seeds
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def print_error(kind: str, message: str) -> None:
+    print(f"{PROG}: {kind}: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- shared options
+
+
+def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist", split: bool = True) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default=dataset_default,
+                   help="data set (fake-* are torchvision FakeData, for runs with no data)"
+                   + (f"; default {dataset_default}" if dataset_default else "; default: the checkpoint's"))
+    p.add_argument("--data-dir", default=None,
+                   help="folder in torchvision's layout (default $DATA_DIR, else ./data); Fashion-MNIST is also "
+                        "found under /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)")
+    if not split:
+        return
+    p.add_argument("--val-size", type=positive_int, default=5000,
+                   help="examples of the training set held out for validation (default 5000)")
+    p.add_argument("--split-seed", type=nonneg_int, default=0,
+                   help="seed of the train/validation split, shared by pre-training and pruning (default 0)")
+    p.add_argument("--max-train-examples", type=positive_int, default=None,
+                   help="use only the first N training examples (quick runs and smoke tests)")
+
+
+def add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder; written only when the run succeeds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder (and discard an interrupted run of it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same --out from its last saved state (same options)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=100,
+                   help="save the state of training loops every N steps, for --resume (default 100)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def add_train_args(p: argparse.ArgumentParser, prefix: str, what: str) -> None:
+    """Optimiser and augmentation options of pre-training (``prefix`` "") or fine-tuning
+    (``prefix`` "finetune-"); None where the model's default applies (``pipeline.train_defaults``)."""
+    p.add_argument(f"--{prefix}optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"{what} optimiser: adam, or sgd with Nesterov momentum 0.9 (default: adam for the LeNets, "
+                        f"sgd otherwise)")
+    p.add_argument(f"--{prefix}weight-decay", type=nonneg_float, default=None,
+                   help=f"{what} weight decay (default 0 for the LeNets, 5e-4 otherwise)")
+    p.add_argument("--augment-shift", type=nonneg_int, default=None,
+                   help=f"random translation during {what} by up to N pixels, edges repeated (default 2 for "
+                        f"1-channel images, 0 for CIFAR; 0 turns it off)")
+    p.add_argument("--augment-crop", type=nonneg_int, default=None,
+                   help=f"random crop during {what} of the image zero-padded by N pixels (default 4 for CIFAR, "
+                        f"0 otherwise)")
+    p.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random horizontal flips during {what} (default: on for CIFAR, off otherwise)")
+    p.add_argument("--device", default="cpu",
+                   help=f"cpu, or cuda (cuda:N) to run {what} on a GPU (default cpu)")
+
+
+def train_config(args: argparse.Namespace, model: str | None, stage: str, prefix: str = "", **given):
+    """A ``TrainConfig`` from the options given, the model's defaults for the others."""
+    from ..pipeline import train_defaults
+    from ..training import TrainConfig
+
+    d = train_defaults(model, args.dataset, stage)
+    dest = prefix.replace("-", "_")
+    options = {"optimizer": getattr(args, f"{dest}optimizer"), "weight_decay": getattr(args, f"{dest}weight_decay"),
+               "augment_shift": args.augment_shift, "augment_crop": args.augment_crop,
+               "augment_flip": args.augment_flip, **given}
+    return TrainConfig(**(d | {k: v for k, v in options.items() if v is not None}), seed=args.seed, device=args.device)
+
+
+def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
+    """Options of switch learning (``SwitchConfig``)."""
+    d = SwitchConfig()
+    if guide:
+        p.add_argument("--guide", choices=GUIDES, default=d.guide,
+                       help="dirichlet: sampled switches; dirichlet-mean: likelihood at the Dirichlet mean plus "
+                            "closed-form KL; normal, delta, lowrank: Pyro's AutoNormal (logistic-normal switches), "
+                            f"AutoDelta (MAP), AutoLowRankMultivariateNormal, fitted with Trace_ELBO (default {d.guide})")
+    p.add_argument("--elbo", choices=ELBOS, default=d.elbo,
+                   help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL) "
+                        f"(default {d.elbo}; ignored by dirichlet-mean)")
+    p.add_argument("--particles", type=positive_int, default=d.particles,
+                   help=f"Monte-Carlo switch samples per step (default {d.particles})")
+    p.add_argument("--switch-scale", choices=SCALES, default=d.scale,
+                   help="dim: a layer's output is multiplied by D*s, so the prior mean is the pre-trained network; "
+                        "simplex: multiplied by s itself, as written in the paper (the likelihood then pushes the "
+                        f"switch mass onto the units that matter) (default {d.scale})")
+    p.add_argument("--switch-gain", type=positive_float, default=d.gain,
+                   help="with --switch-scale simplex, multiply a layer's output by GAIN*s: the units that carry "
+                        "the switch mass, and so the widths the uncertainty cut-off keeps, grow with it "
+                        f"(benchmarks/switch_gain.py) (default {d.gain:g}, the paper's)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help="joint: all layers' switches at once; sequential: one layer at a time, input first "
+                        f"(default {d.schedule})")
+    p.add_argument("--alpha0", type=positive_float, default=d.alpha0,
+                   help=f"concentration of the symmetric Dirichlet prior (default {d.alpha0})")
+    p.add_argument("--init-concentration", type=positive_float, default=d.init_concentration,
+                   help=f"initial guide concentration of every unit (default {d.init_concentration})")
+    p.add_argument("--floor", type=positive_float, default=d.floor,
+                   help=f"lower bound of guide concentrations (default {d.floor})")
+    p.add_argument("--switch-lr", type=positive_float, default=d.lr,
+                   help=f"Adam learning rate of the concentrations (default {d.lr})")
+    p.add_argument("--switch-epochs", type=positive_int, default=d.epochs,
+                   help=f"epochs of switch learning, per stage (default {d.epochs}, as in the paper)")
+    p.add_argument("--switch-batch-size", type=positive_int, default=d.batch_size,
+                   help=f"minibatch size of switch learning (default {d.batch_size})")
+    p.add_argument("--switch-sampling", choices=SAMPLINGS, default=d.sampling,
+                   help="shared: one switch draw per layer for the whole minibatch; per-example: an independent "
+                        "draw for every example (same ELBO, lower-variance gradients; dirichlet guide only) "
+                        f"(default {d.sampling})")
+
+
+def switch_config(args: argparse.Namespace) -> SwitchConfig:
+    """The ``SwitchConfig`` of the switch options (``add_switch_args``)."""
+    return SwitchConfig(
+        guide=getattr(args, "guide", SwitchConfig.guide), elbo=args.elbo, particles=args.particles, alpha0=args.alpha0,
+        init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
+        epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
+        scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
+    )

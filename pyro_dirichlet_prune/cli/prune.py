@@ -1,0 +1,101 @@
+"""``dirichlet-prune prune``: learn switches, prune physically, fine-tune (``pipeline.run_prune``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+from ..models import MODEL_NAMES
+from .options import (PROG, add_data_args, add_out_args, add_switch_args, add_train_args, nonneg_int, number,
+                      positive_float, positive_int, rate, switch_config, train_config)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from ..pipeline import CUTOFFS, DELTA, TAU
+
+    p = sub.add_parser(
+        "prune", help="learn switches, prune physically, fine-tune",
+        description="Fit Dirichlet switch posteriors to a frozen pre-trained network by SVI, rank units by "
+                    "posterior mean, remove the others physically and fine-tune. The network is a registered one "
+                    "(--model, --checkpoint) or your own (--model-file).")
+    p.add_argument("--model", default=None,
+                   help=f"network: {', '.join(MODEL_NAMES)} (default lenet5, unless --model-file is given)")
+    add_data_args(p)
+    p.add_argument("--checkpoint", default=None,
+                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    p.add_argument("--model-file", default=None,
+                   help="your own pre-trained network instead of --model: a whole nn.Module saved with "
+                        "torch.save(model) (its classes importable). It is loaded with torch.load(weights_only="
+                        "False), which UNPICKLES AND RUNS ARBITRARY CODE: only give files you trust. Its prunable "
+                        "layers are found automatically (see --layers); the pruned network is saved the same way")
+    p.add_argument("--input-shape", default=None,
+                   help="input shape of --model-file without the batch dimension, e.g. 3,32,32; must be the data "
+                        "set's (default: the data set's)")
+    p.add_argument("--layers", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                   help="comma-separated names of the layers to switch and prune (module names for --model-file, "
+                        "switch-point names for --model); default: every prunable layer")
+    add_switch_args(p)
+    p.add_argument("--cutoff", choices=CUTOFFS, default=None,
+                   help="which units go. uncertainty (the default when no --arch/--rate/--target-* is given): "
+                        "unit j of layer l is removed when the posterior is confident it is unimportant, "
+                        "P(D_l*s_lj < TAU) >= 1 - DELTA; a layer always keeps its most important unit. "
+                        "budget: remove units across all layers in order of that probability until "
+                        "--target-macs/--target-params are met. arch, rate: see --arch, --rate")
+    p.add_argument("--tau", type=positive_float, default=TAU,
+                   help=f"a unit whose switch D_l*s_lj is below TAU counts as unimportant (1 = its uniform share "
+                        f"of the layer; default {TAU}, chosen on the validation split: see README)")
+    p.add_argument("--delta", type=number(float, lambda v: 0 < v < 1, "a number in (0, 1)"), default=DELTA,
+                   help=f"the uncertainty cut-off removes a unit when P(D_l*s_lj < TAU) >= 1 - DELTA (default {DELTA})")
+    p.add_argument("--target-macs", type=positive_int, default=None,
+                   help="budget cut-off: largest multiply-accumulates per input of the pruned network")
+    p.add_argument("--target-params", type=positive_int, default=None,
+                   help="budget cut-off: largest number of conv/linear weights and biases of the pruned network")
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument("--arch", help="kept units per prunable layer, ranked by posterior mean, e.g. 6-8-40-20")
+    cut.add_argument("--rate", type=rate, help="fraction of every layer's units to remove (lowest posterior "
+                                               "means), e.g. 0.5")
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=40,
+                   help="fine-tuning epochs with cosine decay, best validation epoch kept (default 40: "
+                        "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")
+    p.add_argument("--finetune-lr", type=positive_float, default=None,
+                   help="fine-tuning learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
+    add_train_args(p, "finetune-", "fine-tuning")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    add_out_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..pipeline import PruneConfig, run_prune
+
+    if args.model_file is not None and (args.model is not None or args.checkpoint is not None):
+        raise UserError("--model-file replaces --model and --checkpoint; give one or the other")
+    if args.model_file is None and args.input_shape is not None:
+        raise UserError("--input-shape goes with --model-file")
+    model = None if args.model_file is not None else (args.model or "lenet5")
+    cfg = PruneConfig(
+        model=model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
+        switch=switch_config(args),
+        cutoff=args.cutoff, arch=args.arch, rate=args.rate, tau=args.tau, delta=args.delta,
+        target_macs=args.target_macs, target_params=args.target_params,
+        finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr),
+        seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
+        max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
+        layers=args.layers, device=args.device,
+    )
+    r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
+    if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
+        hint = ("with --switch-scale dim this is the rule rather than the exception (README: uncertainty "
+                "cut-off). Try the default --switch-scale simplex --schedule sequential, "
+                if cfg.switch.scale == "dim" else "Try ")
+        print(f"{PROG}: note: the posterior is confident that no unit is unimportant (P(D*s < {cfg.tau}) < "
+              f"{1 - cfg.delta:g} for every unit), so nothing was removed; {hint}a larger --tau or --delta, or a "
+              f"budget (--target-macs/--target-params).", file=sys.stderr)
+    print(
+        f"{r['architecture']['base']} -> {r['architecture']['pruned']}: test error "
+        f"{r['base']['test']['error']:.4f} (base), {r['pruned']['test']['error']:.4f} (pruned), "
+        f"{r['finetuned']['test']['error']:.4f} (fine-tuned); params {r['base']['params']} -> "
+        f"{r['finetuned']['params']}, MACs {r['base']['macs']} -> {r['finetuned']['macs']}; "
+        f"{r['timings_seconds']['total']:.1f} s -> {args.out}"
+    )
+    return r

@@ -1,0 +1,103 @@
+"""``dirichlet-prune search``: the command line of the sub-architecture search (the library is
+``pyro_dirichlet_prune.search``; this module only parses options, calls it and prints)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..data import DATASETS
+from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
+from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
+                      run_search)
+from .options import choice_list, nonneg_int, parse_seeds, positive_int
+
+parse_methods = choice_list(METHODS)
+"""``"l1,random"`` → ``["l1", "random"]``; distinct names from ``search.METHODS``."""
+
+
+def add_search_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``search`` sub-command to an argparse ``subparsers`` object; returns its parser."""
+    from ..inference.svi import SCHEDULES
+    from ..models import MODELS
+    from ..models.switched import SCALES
+
+    p = subparsers.add_parser(
+        "search", help="Fig. 3: rank units by every method, prune to every architecture of a pool, fine-tune",
+        description="The sub-architecture search of Adamczewski & Park (2021), Fig. 3: for every seed each method "
+                    "ranks the units of the pre-trained network once; for every architecture of the pool the top "
+                    "units are kept, the network is physically pruned, fine-tuned briefly and tested. Writes one "
+                    "record per (method, seed, architecture) as soon as it is finished (records/), the rankings "
+                    "(scores/), summary.json, summary.md (wins, ties, paired comparison with the best baseline) "
+                    "and report.json.")
+    p.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="data set (default mnist)")
+    p.add_argument("--data-dir", default=None, help="folder in torchvision's layout (default $DATA_DIR, else ./data)")
+    p.add_argument("--checkpoint", default=None,
+                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    p.add_argument("--pool", default="lenet5-108",
+                   help="architectures to search: lenet5-108 (c1,c2,f1,f2 in {4,5,6}x{6,7,8}x{35,40,45,50}x"
+                        "{15,17,20}, 108 in all) or a text file with one architecture such as 6-8-40-20 per line "
+                        "(# comments and blank lines ignored) (default lenet5-108)")
+    p.add_argument("--every", type=positive_int, default=1,
+                   help="keep every N-th architecture of the pool, starting with the first (default 1: all)")
+    p.add_argument("--methods", type=parse_methods, default=list(METHODS),
+                   help=f"comma-separated ranking methods (default {','.join(METHODS)}): dirichlet (switch posterior "
+                        f"means, sampled guide), dirichlet-mean (the mean-guide variant), l1/l2 (norm of each unit's "
+                        f"incoming weights), fisher (Theis et al. 2018), random")
+    p.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],
+                   help="a count N (seeds 0..N-1) or comma-separated seeds such as 0,4,7 (a single seed s is "
+                        "written 's,'); each seed re-ranks (switch fit, fisher batches, random) and re-fine-tunes "
+                        "(default 3)")
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=DEFAULT_FINETUNE_EPOCHS,
+                   help=f"fine-tuning epochs per record, Adam lr {FINETUNE_LR:g}, cosine decay, random shifts of "
+                        f"{AUGMENT_SHIFT} px, best validation epoch kept; 0 tests the network right after surgery "
+                        f"(default {DEFAULT_FINETUNE_EPOCHS}: a brief, cheap fine-tune that lets the ranking, not the "
+                        f"training, decide)")
+    p.add_argument("--switch-scale", choices=SCALES, default=None,
+                   help="switch model of the Dirichlet methods: dim (output times D*s) or simplex (times s) "
+                        "(default: SwitchConfig's)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="switch learning of the Dirichlet methods: joint or sequential (default: SwitchConfig's)")
+    p.add_argument("--fisher-batches", type=positive_int, default=FISHER_BATCHES,
+                   help=f"minibatches of {FISHER_BATCH_SIZE} training examples that the fisher scores average over "
+                        f"(default {FISHER_BATCHES})")
+    p.add_argument("--val-size", type=positive_int, default=5000,
+                   help="validation examples split off the training set, as for the shipped checkpoints (default 5000)")
+    p.add_argument("--max-train-examples", type=positive_int, default=None,
+                   help="use only the first N training examples (quick runs and smoke tests)")
+    p.add_argument("--out", required=True, help="output folder; records are kept there as they finish")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted search in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search in --out (same options): finished records are kept, "
+                        "never recomputed")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="processes that rank and fine-tune in parallel, one torch thread each (default 1); "
+                        "the records do not depend on it")
+    return p
+
+
+add_parser = add_search_parser
+
+
+def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
+    switch = {k: v for k, v in (("scale", args.switch_scale), ("schedule", args.schedule)) if v is not None}
+    return SearchConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint, pool=args.pool,
+        every=args.every, methods=list(args.methods), seeds=list(args.seeds), finetune_epochs=args.finetune_epochs,
+        switch=switch, fisher_batches=args.fisher_batches, val_size=args.val_size,
+        max_train_examples=args.max_train_examples,
+    )
+
+
+def run_search_cli(args: argparse.Namespace) -> dict:
+    """Run the ``search`` sub-command from parsed arguments; prints a one-paragraph summary."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    report = run_search(search_config_from_args(args), args.out, args.overwrite, args.resume, args.jobs)
+    print(describe(report, args.out))
+    return report
+
+
+run = run_search_cli

@@ -1,0 +1,82 @@
+"""The settings of a search (``SearchConfig``) and the switch settings of its Dirichlet methods."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..errors import UserError
+from ..pruning.baselines import BASELINES, FISHER_BATCH_SIZE, FISHER_BATCHES
+
+if TYPE_CHECKING:
+    from ..inference.svi import SwitchConfig
+
+DIRICHLET_METHODS = ("dirichlet", "dirichlet-mean")
+METHODS = (*DIRICHLET_METHODS, *BASELINES)
+DEFAULT_FINETUNE_EPOCHS = 2
+FINETUNE_LR = 2e-3
+AUGMENT_SHIFT = 2
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search. ``switch`` holds extra ``SwitchConfig`` fields (e.g. ``scale``,
+    ``schedule``) for the Dirichlet methods; ``guide`` and ``seed`` are set by the search."""
+
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    pool: str = "lenet5-108"
+    every: int = 1
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
+    finetune_lr: float = FINETUNE_LR
+    augment_shift: int = AUGMENT_SHIFT
+    switch: dict[str, Any] = field(default_factory=dict)
+    fisher_batches: int = FISHER_BATCHES
+    fisher_batch_size: int = FISHER_BATCH_SIZE
+    val_size: int = 5000
+    split_seed: int = 0
+    max_train_examples: int | None = None
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad or len(set(self.methods)) != len(self.methods):
+            raise UserError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods}")
+        if not self.seeds or any(int(s) < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds must be distinct non-negative integers, got {self.seeds}")
+        if self.finetune_epochs < 0 or self.augment_shift < 0:
+            raise UserError("--finetune-epochs and the augmentation shift must be non-negative")
+        if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
+            raise UserError(f"the fine-tuning learning rate must be positive, got {self.finetune_lr}")
+        if self.fisher_batches < 1 or self.fisher_batch_size < 1:
+            raise UserError("--fisher-batches and the fisher batch size must be positive")
+        if self.val_size < 1:
+            raise UserError("the search needs a validation split (fine-tuning keeps the best validation epoch)")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise UserError(f"--max-train-examples must be positive, got {self.max_train_examples}")
+        for method in DIRICHLET_METHODS:
+            switch_config(method, 0, self.switch)
+
+
+def switch_config(method: str, seed: int, overrides: Mapping[str, Any]) -> SwitchConfig:
+    """The ``SwitchConfig`` of a Dirichlet method: the defaults, ``overrides``, the method's
+    guide (``dirichlet`` or ``dirichlet-mean``) and the seed."""
+    from ..inference.svi import SwitchConfig
+
+    names = {f.name for f in dataclasses.fields(SwitchConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UserError(f"unknown switch settings {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    fixed = sorted(set(overrides) & {"guide", "seed"})
+    if fixed:
+        raise UserError(f"switch settings {', '.join(fixed)} are set by the search (method and seed)")
+    cfg = SwitchConfig(**{**dict(overrides), "guide": method, "seed": int(seed)})
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UserError(f"{method}: {exc}") from None
+    return cfg

@@ -1,0 +1,60 @@
+"""Pools of architectures to search: the built-in ``lenet5-108`` grid of Fig. 3, or a text file
+with one architecture per line."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import UserError
+from ..pruning.cutoff import arch_string, parse_arch
+
+POOLS = ("lenet5-108",)
+
+
+def lenet5_108() -> list[str]:
+    """The 108 LeNet-5 architectures of Fig. 3: (c1, c2, f1, f2) in {4,5,6} × {6,7,8} ×
+    {35,40,45,50} × {15,17,20}, in lexicographic order."""
+    grid = itertools.product((4, 5, 6), (6, 7, 8), (35, 40, 45, 50), (15, 17, 20))
+    return ["-".join(map(str, a)) for a in grid]
+
+
+def parse_pool_text(text: str, widths: Mapping[str, int], source: str = "pool", item: str = "line") -> list[str]:
+    """Architectures of a pool file: one per line, ``#`` starts a comment, blank lines are
+    ignored. Each is validated against the network's ``widths``; errors name the line."""
+    archs: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            arch = arch_string(parse_arch(line, widths))
+        except UserError as exc:
+            raise UserError(f"{source} {item} {lineno}: {exc}") from None
+        if arch in seen:
+            raise UserError(f"{source} {item} {lineno}: architecture {arch} repeats {item} {seen[arch]}")
+        seen[arch] = lineno
+        archs.append(arch)
+    if not archs:
+        raise UserError(f"{source} holds no architecture")
+    return archs
+
+
+def load_pool(spec: str, widths: Mapping[str, int], every: int = 1) -> list[str]:
+    """The architectures of pool ``spec`` (a name in ``POOLS`` or a text file), every
+    ``every``-th one kept (the 1st, the (1+every)-th, ...)."""
+    if every < 1:
+        raise UserError(f"--every must be a positive integer, got {every}")
+    if spec == "lenet5-108":
+        archs = parse_pool_text("\n".join(lenet5_108()), widths, source="pool lenet5-108", item="architecture")
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"pool {spec!r} is neither a built-in pool ({', '.join(POOLS)}) nor a file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read pool file {path} ({type(exc).__name__})") from None
+        archs = parse_pool_text(text, widths, source=f"pool file {path}")
+    return archs[::every]

@@ -1,0 +1,98 @@
+"""The summary of a search in words: Markdown tables, ``summary.json``/``summary.md``, the
+summary of an unfinished folder, and a one-paragraph account of a finished search."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import UserError
+from .records import load_records, read_json, write_json_durable
+from .stats import summarize
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -> str:
+    """The summary as Markdown tables (errors in %, winners in bold)."""
+    methods = summary["methods"]
+    lines = [f"# {title}", "", f"{len(summary['archs'])} architectures, {summary['records']} records; "
+             f"a tie is a mean test error within {summary['tie_tolerance']:g} of the best."]
+    t = summary.get("timings_seconds")
+    if t:
+        lines += ["", f"Wall time {t['wall_this_invocation']:.1f} s (this invocation), {t['compute_total']:.1f} s of "
+                      f"rankings and records in all, {t['per_record_mean'] or 0:.2f} s per architecture "
+                      f"(prune, fine-tune, test; mean over records)."]
+    lines += ["",
+             "## Wins per method", "", "| method | wins | ties | mean test error % | mean error after surgery % |",
+             "|---|---:|---:|---:|---:|"]
+    for m in methods:
+        pm = summary["per_method"][m]
+        lines.append(f"| {m} | {pm['wins']} | {pm['ties']} | {_pct(pm['mean_test_error'], 3)} | "
+                     f"{_pct(pm['mean_test_error_pruned'], 2)} |")
+    best = summary["best_baseline"]
+    lines += ["", f"## Paired comparison with the best baseline ({best or 'none run'})", ""]
+    if summary["comparisons_vs_best_baseline"]:
+        lines += ["| method | archs | mean diff (pp) | 95% t interval (pp) | better | worse | ties | sign test p |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m, c in summary["comparisons_vs_best_baseline"].items():
+            lo, hi = c["ci95"]
+            ci = "–" if lo is None else f"[{100 * lo:+.3f}, {100 * hi:+.3f}]"
+            md = "–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"
+            lines.append(f"| {m} | {c['archs']} | {md} | {ci} | {c['better']} | {c['worse']} | {c['ties']} | "
+                         f"{c['sign_test_p']:.3g} |")
+    lines += ["", "## Mean test error % per architecture", "",
+              "| arch | MACs | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
+    for row in summary["per_arch"]:
+        cells = [f"**{_pct(row['test_error'][m])}**" if m in row["winners"] else _pct(row["test_error"][m])
+                 for m in methods]
+        lines.append(f"| {row['arch']} | {row['macs'] if row['macs'] is not None else '–'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: str | os.PathLike, summary: Mapping) -> None:
+    out = Path(out)
+    write_json_durable(out / "summary.json", summary)
+    fd, tmp = tempfile.mkstemp(prefix=".summary.md.", dir=out)
+    with os.fdopen(fd, "w") as f:
+        f.write(summary_markdown(summary))
+    os.replace(tmp, out / "summary.md")
+
+
+def load_summary(out: str | os.PathLike) -> dict:
+    """The summary of a search folder: ``summary.json`` if the search finished, else a summary of
+    the records finished so far (in the pool's order of ``config.json``)."""
+    out = Path(out)
+    if (out / "summary.json").is_file():
+        s = read_json(out / "summary.json")
+        if isinstance(s, dict):
+            return s
+    config = read_json(out / "config.json")
+    records = load_records(out)
+    if not isinstance(config, dict) and not records:
+        raise UserError(f"{out} is not a search output folder (no config.json, no records)")
+    identity = config.get("identity", {}) if isinstance(config, dict) else {}
+    return summarize(records, identity.get("methods"), identity.get("archs"))
+
+
+def describe(report: Mapping, out: str | os.PathLike) -> str:
+    """A one-paragraph account of a finished search (the report ``run_search`` returns)."""
+    s = report["summary"]
+    wins = ", ".join(f"{m} {s['wins'][m]}" + (f" (+{s['ties'][m]} tied)" if s["ties"][m] else "") for m in s["methods"])
+    text = (f"searched {report['archs']} architectures x {len(s['methods'])} methods x "
+            f"{len(report['config']['seeds'])} seeds ({report['records']} records, {report['records_computed_now']} "
+            f"computed now) in {report['timings_seconds']['wall_this_invocation']:.0f} s. Wins: {wins}.")
+    best = s["best_baseline"]
+    if best is not None:
+        text += f" Best baseline: {best} ({_pct(s['per_method'][best]['mean_test_error'], 3)}% mean test error)."
+        for m, c in s["comparisons_vs_best_baseline"].items():
+            if c["mean_diff"] is None:
+                continue
+            lo, hi = c["ci95"]
+            ci = "" if lo is None else f", 95% CI [{100 * lo:+.3f}, {100 * hi:+.3f}]"
+            text += (f" {m} - {best}: {100 * c['mean_diff']:+.3f} pp{ci}, better on {c['better']}, worse on "
+                     f"{c['worse']}, sign test p={c['sign_test_p']:.3g}.")
+    return text + f" -> {Path(out) / 'summary.md'}"
