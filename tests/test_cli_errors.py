@@ -161,6 +161,22 @@ def test_failure_inside_the_run_leaves_nothing(ckpts, tmp_path, capsys, monkeypa
     _no_output(out)
 
 
+def test_library_argument_names_become_flags():
+    """The library names its arguments (``resume=True``, ``checkpoint=PATH``, ``input_shape``);
+    the command line says the flags instead, and leaves paths and other words alone."""
+    from pyro_dirichlet_prune.cli.options import flag_words
+
+    parser = cli.build_parser()
+    assert flag_words("pass resume=True to continue it or overwrite=True to start over", parser, "search") == \
+        "pass --resume to continue it or --overwrite to start over"
+    assert flag_words("give checkpoint=PATH", parser, "search") == "give --checkpoint PATH"
+    assert flag_words("input_shape must be 3 integers", parser, "prune") == "--input-shape must be 3 integers"
+    assert flag_words("load it with allow_pickle=True", parser, "prune") == "load it with --allow-pickle"
+    for kept in ("input_shape is not an option of search", "see /tmp/max_train_examples/x.pt, data_dir.txt",
+                 "alpha=True and foo_bar=PATH"):
+        assert flag_words(kept, parser, "search") == kept
+
+
 def _tiny_fake_data(name, data_dir=None, val_size=5000, seed=0, download=True):
     from pyro_dirichlet_prune.data import load_data
 

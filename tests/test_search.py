@@ -209,7 +209,7 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     kept_bytes = first.read_bytes()
     assert not (out / "report.json").exists()
 
-    with pytest.raises(UserError, match="interrupted search.*--resume"):
+    with pytest.raises(UserError, match="interrupted search.*resume=True"):
         search.run_search(cfg, out)
     with pytest.raises(UserError, match="differs in finetune_epochs, switch.scale"):
         search.run_search(dataclasses.replace(cfg, finetune_epochs=0, switch={"scale": "simplex"}), out, resume=True)
@@ -258,6 +258,5 @@ def test_parallel_search_writes_the_same_records(tiny_search, tmp_path):
     assert _records(tmp_path / "parallel") == _records(tmp_path / "serial")
     assert parallel["summary"]["wins"] == serial["summary"]["wins"]
     assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
-    with pytest.raises(UserError, match="--jobs must be a positive integer"):
+    with pytest.raises(UserError, match="jobs must be a positive integer"):
         search.run_search(cfg, tmp_path / "bad", jobs=0)
-

@@ -9,6 +9,7 @@ are left out, since they never run.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "pyro_dirichlet_prune"
@@ -170,3 +171,41 @@ def test_module_length():
     too_long = {f: n for f, n in lengths.items() if n > MAX_LINES and f not in TOO_LONG}
     assert too_long == {}, f"modules over {MAX_LINES} lines not listed as known debt: {too_long}"
 
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+FLAGS_IN_MESSAGES = {
+    # Known debt: library modules whose error messages still speak of command-line flags. The
+    # library should name the argument (``rate must be in [0, 1), got 1.5``, ``resume=True``);
+    # ``cli.options.flag_words`` turns such names into flags for the command line. Remove an
+    # entry when its module is fixed.
+    "compare.py", "data.py", "inference/svi.py", "pipeline.py", "report.py", "runstate.py",
+}
+
+
+def _raised_text(node: ast.Raise) -> list[str]:
+    """The string constants (f-string parts included) of the exception a ``raise`` builds."""
+    if node.exc is None:
+        return []
+    return [n.value for n in ast.walk(node.exc) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def flags_in_messages() -> dict[str, list[str]]:
+    """``{module file: flags its raised messages name}`` for the library (the cli excluded)."""
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("cli"):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        flags = sorted({f for node in ast.walk(tree) if isinstance(node, ast.Raise)
+                        for text in _raised_text(node) for f in FLAG.findall(text)})
+        if flags:
+            found[rel] = flags
+    return found
+
+
+def test_library_messages_name_arguments_not_flags():
+    found = flags_in_messages()
+    new = {f: flags for f, flags in found.items() if f not in FLAGS_IN_MESSAGES}
+    assert new == {}, f"library modules whose error messages name command-line flags: {new}"

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from helpers import TinyUserCNN
-from pyro_dirichlet_prune import cli, pipeline
+from pyro_dirichlet_prune import cli, evaluation, pipeline
 from pyro_dirichlet_prune.data import load_data
+from pyro_dirichlet_prune.errors import UserError
 from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import build_model
 from pyro_dirichlet_prune.models.checkpoint import load_model_file, save_checkpoint
@@ -32,7 +33,7 @@ def _small_data(name, data_dir=None, val_size=5000, seed=0, download=True):
 def small_data(monkeypatch):
     """FakeData of 300 training and 100 test images (generating the default 2500 takes seconds)."""
     monkeypatch.setattr(pipeline, "load_data", _small_data)
-    monkeypatch.setattr(cli.evaluate, "load_data", _small_data)
+    monkeypatch.setattr(evaluation, "load_data", _small_data)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,12 @@ def test_prune_a_user_model_end_to_end(model_files, tmp_path, capsys):
     # a bare torch.save(model) file too, given its data set
     assert cli.main(["evaluate", str(model_files / "tiny.pt"), "--allow-pickle", "--dataset", "fake-cifar10"]) == 0
     assert json.loads(capsys.readouterr().out)["arch"] == "6-8-16"
+    # ... which the library reads the same way, and which names no data set
+    lib = evaluation.evaluate_checkpoint(out / "pruned.pt", allow_pickle=True)
+    assert lib == dict(result, checkpoint=str(out / "pruned.pt"))
+    with pytest.raises(UserError, match="does not say which data set it takes; give dataset=NAME"):
+        evaluation.evaluate_checkpoint(model_files / "tiny.pt", allow_pickle=True)
+    _user_error(capsys, ["evaluate", str(model_files / "tiny.pt"), "--allow-pickle"], "give --dataset NAME")
 
 
 def test_prune_named_layers_of_a_user_model(model_files, tmp_path):
@@ -137,4 +144,3 @@ def test_cuda_without_a_gpu_is_refused(model_files, tmp_path, capsys):
                          "--out", str(out)], "CUDA is not available")
     _user_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--device", "tpu", "--out", str(out)], "device")
     _no_output(out)
-

@@ -16,7 +16,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import NumericalError, UserError
 from . import compare_guides, evaluate, pretrain, prune, search
-from .options import PROG, ArgumentParser, parse_seeds, print_error, set_threads
+from .options import PROG, ArgumentParser, flag_words, parse_seeds, print_error, set_threads
 from .options import switch_config as _switch_config
 from .search import add_search_parser, parse_methods, run_search_cli, search_config_from_args
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_threads(getattr(args, "threads", None))
         COMMANDS[args.command].run(args)
     except UserError as exc:
-        print_error("error", str(exc))
+        print_error("error", flag_words(str(exc), parser, args.command))
         return 2
     except NumericalError as exc:
         print_error("numerical error", str(exc))

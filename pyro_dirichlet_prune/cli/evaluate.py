@@ -1,11 +1,10 @@
-"""``dirichlet-prune evaluate``: the test error and size of a saved network, as JSON on stdout."""
+"""``dirichlet-prune evaluate``: the test error and size of a saved network, as JSON on stdout
+(``evaluation.evaluate_checkpoint``)."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..data import load_data
-from ..errors import UserError
 from .options import add_data_args
 
 
@@ -22,33 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..metrics import count_macs, count_params
-    from ..models import discover_switch_points
-    from ..models.checkpoint import load_checkpoint
-    from ..models.user import check_model_io
-    from ..training import evaluate
+    from ..evaluation import evaluate_checkpoint
 
-    net, info = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle)
-    dataset = args.dataset or info.get("dataset")
-    if dataset is None:
-        raise UserError(f"{args.checkpoint} does not say which data set it takes; pass --dataset")
-    data = load_data(dataset, args.data_dir, val_size=0)
-    if "input_shape" not in info:  # a bare pickled network: check that it takes the data
-        check_model_io(net, data.input_shape, data.num_classes, what=f"the network of {args.checkpoint}")
-    elif tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
-        raise UserError(f"checkpoint {args.checkpoint} does not take {dataset} inputs")
-    if hasattr(net, "switch_points"):
-        points = net.switch_points()
-    else:  # a user's network: the layers it was pruned at, else the prunable ones
-        points = discover_switch_points(net, data.input_shape, info.get("layers"))
-    result = {
-        "checkpoint": args.checkpoint,
-        "model": info.get("model", "user"),
-        "dataset": dataset,
-        "arch": "-".join(str(p.width) for p in points),
-        "params": count_params(net),
-        "macs": count_macs(net, data.input_shape),
-        "test": evaluate(net, data.test),
-    }
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.allow_pickle)
     print(json.dumps(result))
     return result

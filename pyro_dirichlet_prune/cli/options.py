@@ -1,8 +1,10 @@
-"""What the sub-commands share: the parser, value types that check ranges, and the
-data/output/training/switch options."""
+"""What the sub-commands share: the parser, value types that check ranges, the
+data/output/training/switch options, and the translation of library argument names in error
+messages into the command line's flags."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..data import DATASETS
@@ -72,6 +74,46 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds, got {text!r}")
     return seeds
+
+
+# ----------------------------------------------------------------------------- library messages
+
+_ARGUMENT = re.compile(r"(?<![\w/.\-])(?:([a-z][a-z0-9_]*)=(True|[A-Z][A-Z_]*)|([a-z][a-z0-9]*(?:_[a-z0-9]+)+))"
+                       r"(?![\w/\-]|\.\w)")
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{dest: "--flag"}`` of the options of ``parser``."""
+    out = {}
+    for action in parser._actions:
+        long = [s for s in action.option_strings if s.startswith("--")]
+        if long and action.dest not in out:
+            out[action.dest] = long[0]
+    return out
+
+
+def flag_words(message: str, parser: ArgumentParser, command: str | None = None) -> str:
+    """A library message in the command line's words. The library names the arguments a caller
+    can set (``resume=True``, ``checkpoint=PATH``, ``input_shape``); here they become the flags
+    that set them (``--resume``, ``--checkpoint PATH``, ``--input-shape``). A bare name (with an
+    underscore) is translated only when it is an option of ``command``; a ``name=VALUE`` also
+    when it is an option of another sub-command. Anything else stays as it is."""
+    own = _flags(parser.commands[command]) if command in parser.commands else {}
+    flags: dict[str, str] = {}
+    for name, sub in parser.commands.items():
+        if name != command:
+            flags.update(_flags(sub))
+    flags.update(own)
+
+    def replace(m: re.Match) -> str:
+        if m.group(1):
+            flag = flags.get(m.group(1))
+            if flag is None:
+                return m.group(0)
+            return flag if m.group(2) == "True" else f"{flag} {m.group(2)}"
+        return own.get(m.group(3), m.group(0))
+
+    return _ARGUMENT.sub(replace, message)
 
 
 def set_threads(n: int | None) -> None:

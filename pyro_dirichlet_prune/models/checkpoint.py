@@ -124,7 +124,8 @@ def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     if not isinstance(obj, nn.Module):
         hint = ""
         if isinstance(obj, dict):
-            hint = (" (a pyro-dirichlet-prune checkpoint: use --checkpoint and --model)" if obj.get("format") == FORMAT
+            hint = (" (a pyro-dirichlet-prune checkpoint: pass it as checkpoint=PATH, not as a model file)"
+                    if obj.get("format") == FORMAT
                     else " (a state dict? save the whole network with torch.save(model))")
         raise UserError(f"model file {path} holds a {type(obj).__name__}, not a torch.nn.Module{hint}")
     obj.eval()
@@ -154,8 +155,8 @@ def load_checkpoint(
         if allow_pickle and model is None:
             return load_model_file(path)
         raise UserError(
-            f"checkpoint {path} holds pickled Python objects (a whole network, as `prune --model-file` writes), "
-            f"not a {FORMAT} checkpoint; load it with `prune --model-file` or `evaluate --allow-pickle`, "
+            f"checkpoint {path} holds pickled Python objects (a whole network, as pruning a model file writes), "
+            f"not a {FORMAT} checkpoint; load it as a model file (model_file=PATH) or with allow_pickle=True, "
             f"and only if you trust it: unpickling runs arbitrary code") from None
     except Exception as exc:
         raise UserError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__})") from None

@@ -18,7 +18,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not 1 <= len(shape) <= 3 or any(s < 1 for s in shape):
-        raise UserError(f"--input-shape must be positive integers separated by commas, e.g. 3,32,32; got {text!r}")
+        raise UserError(f"input_shape must be positive integers separated by commas, e.g. 3,32,32; got {text!r}")
     return shape
 
 

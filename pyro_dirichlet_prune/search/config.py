@@ -43,21 +43,25 @@ class SearchConfig:
     max_train_examples: int | None = None
 
     def validate(self) -> None:
+        """Raise ``UserError`` (a ``ValueError``) naming the field that is out of range."""
         bad = [m for m in self.methods if m not in METHODS]
         if not self.methods or bad or len(set(self.methods)) != len(self.methods):
             raise UserError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods}")
         if not self.seeds or any(int(s) < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         if self.finetune_epochs < 0 or self.augment_shift < 0:
-            raise UserError("--finetune-epochs and the augmentation shift must be non-negative")
+            raise UserError(f"finetune_epochs and augment_shift must be non-negative, got {self.finetune_epochs} "
+                            f"and {self.augment_shift}")
         if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
-            raise UserError(f"the fine-tuning learning rate must be positive, got {self.finetune_lr}")
+            raise UserError(f"finetune_lr must be positive, got {self.finetune_lr}")
         if self.fisher_batches < 1 or self.fisher_batch_size < 1:
-            raise UserError("--fisher-batches and the fisher batch size must be positive")
+            raise UserError(f"fisher_batches and fisher_batch_size must be positive, got {self.fisher_batches} "
+                            f"and {self.fisher_batch_size}")
         if self.val_size < 1:
-            raise UserError("the search needs a validation split (fine-tuning keeps the best validation epoch)")
+            raise UserError(f"val_size must be positive, got {self.val_size}: the search needs a validation split "
+                            f"(fine-tuning keeps the best validation epoch)")
         if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise UserError(f"--max-train-examples must be positive, got {self.max_train_examples}")
+            raise UserError(f"max_train_examples must be positive, got {self.max_train_examples}")
         for method in DIRICHLET_METHODS:
             switch_config(method, 0, self.switch)
 

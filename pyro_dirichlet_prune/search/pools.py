@@ -45,7 +45,7 @@ def load_pool(spec: str, widths: Mapping[str, int], every: int = 1) -> list[str]
     """The architectures of pool ``spec`` (a name in ``POOLS`` or a text file), every
     ``every``-th one kept (the 1st, the (1+every)-th, ...)."""
     if every < 1:
-        raise UserError(f"--every must be a positive integer, got {every}")
+        raise UserError(f"every must be a positive integer, got {every}")
     if spec == "lenet5-108":
         archs = parse_pool_text("\n".join(lenet5_108()), widths, source="pool lenet5-108", item="architecture")
     else:

@@ -100,22 +100,22 @@ def prepare_folder(out: Path, identity: dict, overwrite: bool, resume: bool) -> 
     interrupted one unless ``resume`` or ``overwrite``, a resume of another configuration (naming
     the differing keys), and a non-empty folder that is not a search folder."""
     if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
+        raise UserError("resume=True and overwrite=True exclude each other")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
     config_path = out / "config.json"
     if out.is_dir() and any(out.iterdir()):
         saved = read_json(config_path) if config_path.is_file() else None
         if not isinstance(saved, dict) or saved.get("command") != "search":
-            raise UserError(f"output folder {out} is not empty and holds no search; choose another --out")
+            raise UserError(f"output folder {out} is not empty and holds no search; choose another output folder")
         finished = (out / "report.json").is_file()
         if overwrite:
             shutil.rmtree(out)
         elif finished:
-            raise UserError(f"output folder {out} holds a finished search (pass --overwrite to replace it)")
+            raise UserError(f"output folder {out} holds a finished search (pass overwrite=True to replace it)")
         elif not resume:
-            raise UserError(f"output folder {out} holds an interrupted search; pass --resume to continue it "
-                            f"or --overwrite to start over")
+            raise UserError(f"output folder {out} holds an interrupted search; pass resume=True to continue it "
+                            f"or overwrite=True to start over")
         else:
             diff = differing_keys(saved.get("identity", {}), identity)
             if diff:

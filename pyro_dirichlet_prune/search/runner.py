@@ -103,7 +103,8 @@ def _resolve_checkpoint(cfg: SearchConfig) -> Path:
         return Path(cfg.checkpoint)
     path = shipped_checkpoint(cfg.model, cfg.dataset)
     if path is None:
-        raise UserError(f"no pre-trained {cfg.model} for {cfg.dataset} ships with the package; pass --checkpoint")
+        raise UserError(f"no pre-trained {cfg.model} for {cfg.dataset} ships with the package; give the network to "
+                        f"search as checkpoint=PATH")
     return path
 
 
@@ -205,7 +206,7 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     forked processes, one torch thread each (the records are the same as with one process)."""
     cfg.validate()
     if jobs < 1:
-        raise UserError(f"--jobs must be a positive integer, got {jobs}")
+        raise UserError(f"jobs must be a positive integer, got {jobs}")
     from ..models import MODELS
 
     if cfg.model not in MODELS:
