@@ -1,6 +1,6 @@
-"""Bad input: a one-line ``dirichlet-prune: error: ...`` on stderr (or argparse's usage error),
-a non-zero exit status, and no output written (neither the --out folder nor a ``.partial``
-folder beside it)."""
+"""Bad input: a one-line ``dirichlet-prune: error: ...`` on stderr (a bad option value too: no
+usage block), a non-zero exit status, and no output written (neither the --out folder nor a
+``.partial`` folder beside it)."""
 from __future__ import annotations
 
 import os
@@ -49,13 +49,16 @@ def _user_error(capsys, argv, match):
 
 
 def _usage_error(capsys, argv, match):
+    """An option argparse refuses: the same one line as every other error, status 2."""
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
     assert exc.value.code == 2
-    assert err.startswith("usage: dirichlet-prune")
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("dirichlet-prune") and "error:" in last and match in last, err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("dirichlet-prune: error: ") and match in lines[0], captured.err
+    assert "usage:" not in captured.err and captured.out == ""
+    return lines[0]
 
 
 def _prune(ckpt, out, *extra, arch="6-8-40-20", data=("--dataset", "fake-mnist", "--val-size", "500")):
@@ -159,6 +162,35 @@ def test_failure_inside_the_run_leaves_nothing(ckpts, tmp_path, capsys, monkeypa
     assert cli.main(_prune(ckpts / "lenet5.pt", out)) == 130
     assert "nothing was written" in capsys.readouterr().err
     _no_output(out)
+
+
+def test_a_bad_option_value_is_one_line_in_a_real_process(tmp_path):
+    """``dirichlet-prune prune --rate 1.5``: the one line ``dirichlet-prune: error: ...``, no
+    usage block, status 2; ``--help`` still prints the whole usage and exits 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pyro_dirichlet_prune", "prune", "--rate", "1.5", "--out", "o"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "dirichlet-prune: error: argument --rate: expected a fraction in [0, 1), got 1.5 "
+        "(see dirichlet-prune prune --help)"], proc.stderr
+    assert not (tmp_path / "o").exists()
+    proc = subprocess.run([sys.executable, "-m", "pyro_dirichlet_prune", "prune", "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("usage: dirichlet-prune prune") and "--rate RATE" in proc.stdout
+
+
+def test_help_and_errors_of_every_command(capsys):
+    for command in ([], ["pretrain"], ["prune"], ["compare-guides"], ["search"], ["evaluate"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*command, "--help"])
+        assert exc.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: {' '.join(['dirichlet-prune', *command])}")
+    assert "the following arguments are required: --out" in _usage_error(capsys, ["search"], "--out")
+    _usage_error(capsys, ["search", "--out", "x", "--every", "0"], "argument --every")
+    _usage_error(capsys, ["prune", "--out", "x", "--bogus"], "unrecognized arguments: --bogus")
+    _usage_error(capsys, [], "COMMAND")
 
 
 def test_library_argument_names_become_flags():

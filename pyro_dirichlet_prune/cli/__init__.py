@@ -3,9 +3,9 @@
 The command line only parses options, calls the library and prints. Each sub-command is a
 module with ``add_parser(subparsers)`` and ``run(args)``: ``pretrain``, ``prune``,
 ``compare_guides``, ``search``, ``evaluate``; ``options`` holds what they share. Every error is
-one line on stderr (a bad option value: argparse's usage error): ``dirichlet-prune: error:
-<message>`` with exit status 2 for bad input, ``dirichlet-prune: numerical error: <message>``
-with status 3, and status 130 after Ctrl-C.
+one line on stderr: ``dirichlet-prune: error: <message>`` with exit status 2 for bad input (a
+bad option value included), ``dirichlet-prune: numerical error: <message>`` with status 3, and
+status 130 after Ctrl-C.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""What the sub-commands share: the parser, value types that check ranges, the
-data/output/training/switch options, and the translation of library argument names in error
-messages into the command line's flags."""
+"""What the sub-commands share: the parser whose errors are one line, value types that check
+ranges, the data/output/training/switch options, and the translation of library argument names
+in error messages into the command line's flags."""
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import NoReturn
 
 from ..data import DATASETS
 from ..inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
@@ -16,11 +17,19 @@ PROG = "dirichlet-prune"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``argparse.ArgumentParser`` that keeps its sub-command parsers by name (``commands``)."""
+    """An ``argparse.ArgumentParser`` whose errors (a bad value, an unknown option, a missing
+    one) are the one line ``dirichlet-prune: error: <message>`` on stderr and exit status 2, as
+    for every other error of the command line; ``-h``/``--help`` show the full usage. The
+    sub-command parsers are of this class too (``add_subparsers`` uses the parent's class)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG):].strip() if self.prog.startswith(PROG) else ""
+        hint = f" (see {PROG} {command} --help)" if command else f" (see {PROG} --help)"
+        self.exit(2, f"{PROG}: error: {message}{hint}\n")
 
 
 def number(kind: type, ok, expected: str):
