@@ -1,6 +1,6 @@
 """Bad input: a one-line ``dirichlet-prune: error: ...`` on stderr (a bad option value too: no
 usage block), a non-zero exit status, and no output written (neither the --out folder nor a
-``.partial`` folder beside it)."""
+``.partial`` folder beside it); Ctrl-C says what it left for ``--resume``."""
 from __future__ import annotations
 
 import os
@@ -162,6 +162,34 @@ def test_failure_inside_the_run_leaves_nothing(ckpts, tmp_path, capsys, monkeypa
     assert cli.main(_prune(ckpts / "lenet5.pt", out)) == 130
     assert "nothing was written" in capsys.readouterr().err
     _no_output(out)
+
+
+def test_interrupt_keeps_the_saved_state_for_resume(ckpts, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after a run saved its state: the one line says where the partial run is kept and
+    that the same command with --resume continues it; and it does."""
+    import pyro_dirichlet_prune.pipeline as pipeline
+
+    real = pipeline.fit_switches
+
+    def interrupted(*args, state, **kwargs):
+        state.save("before-ctrl-c", {"global_step": 1})  # state.pt in the work folder, as after a save
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fit_switches", interrupted)
+    monkeypatch.setattr(pipeline, "load_data", _tiny_fake_data)
+    out = tmp_path / "run"
+    argv = _prune(ckpts / "lenet5.pt", out, "--switch-batch-size", "50")
+    assert cli.main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    work = tmp_path / ".run.partial"
+    assert len(lines) == 1 and lines[0].startswith("dirichlet-prune: interrupted; "), lines
+    assert "nothing was written" not in lines[0]
+    assert f"kept in {work}" in lines[0] and "same command with --resume" in lines[0], lines[0]
+    assert (work / "state.pt").is_file() and not out.exists()
+
+    monkeypatch.setattr(pipeline, "fit_switches", real)
+    assert cli.main(argv + ["--resume"]) == 0, capsys.readouterr().err
+    assert (out / "report.json").is_file() and not work.exists()
 
 
 def test_a_bad_option_value_is_one_line_in_a_real_process(tmp_path):

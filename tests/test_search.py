@@ -260,3 +260,41 @@ def test_parallel_search_writes_the_same_records(tiny_search, tmp_path):
     assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
     with pytest.raises(UserError, match="jobs must be a positive integer"):
         search.run_search(cfg, tmp_path / "bad", jobs=0)
+
+
+def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a search through the command line: one line saying that the finished
+    records are kept in --out and that the same command with --resume continues; an interrupted
+    folder refused without --resume in the command line's words (the library names the
+    argument); the resumed search recomputes nothing that was finished."""
+    from pyro_dirichlet_prune import cli
+
+    torch.set_num_threads(1)
+    cfg, pool = tiny_search
+    out = tmp_path / "search"
+    argv = ["search", "--dataset", cfg.dataset, "--val-size", str(cfg.val_size), "--checkpoint", cfg.checkpoint,
+            "--pool", str(pool), "--methods", "l1", "--seeds", "0,", "--finetune-epochs", "0", "--out", str(out)]
+    real, calls = search.runner.run_record, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.runner, "run_record", interrupted)
+    assert cli.main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dirichlet-prune: interrupted; "), lines
+    assert f"kept in {out}" in lines[0] and "same command with --resume" in lines[0], lines[0]
+    assert [r["arch"] for r in search.load_records(out)] == ["6-8-40-20"]
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "interrupted search; pass --resume to continue it or --overwrite to start over" in err, err
+    with pytest.raises(UserError, match="pass resume=True to continue it or overwrite=True to start over"):
+        search.run_search(dataclasses.replace(cfg, methods=["l1"], finetune_epochs=0), out)
+
+    assert cli.main(argv + ["--resume"]) == 0
+    assert calls == ["6-8-40-20", "4-6-35-15", "4-6-35-15"]
+    assert "Wins:" in capsys.readouterr().out

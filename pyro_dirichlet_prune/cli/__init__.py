@@ -39,6 +39,29 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C left behind: the partial state a ``--resume`` continues, where it is kept,
+    or that nothing was written."""
+    out = getattr(args, "out", None)
+    if out is None or not hasattr(args, "resume"):
+        return "interrupted; nothing was written"
+    if args.command == "search":
+        from ..search import is_unfinished_search
+
+        if is_unfinished_search(out):
+            return (f"interrupted; the finished records of the search are kept in {out}: run the same command with "
+                    f"--resume to continue it (finished records are not recomputed)")
+        return "interrupted; nothing was written"
+    from ..report import work_folder
+    from ..runstate import STATE_FILE
+
+    work = work_folder(out)
+    if (work / STATE_FILE).is_file():
+        return (f"interrupted; the partial run is kept in {work}: run the same command with --resume to "
+                f"continue it from its last saved state")
+    return "interrupted; nothing was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,6 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error("numerical error", str(exc))
         return 3
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: {interrupted_message(args)}", file=sys.stderr)
         return 130
     return 0

@@ -94,6 +94,13 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_unfinished_search(out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds a search that was started and has not finished (``resume`` continues it)."""
+    out = Path(out)
+    config = read_json(out / "config.json") if (out / "config.json").is_file() else None
+    return isinstance(config, dict) and config.get("command") == "search" and not (out / "report.json").is_file()
+
+
 def prepare_folder(out: Path, identity: dict, overwrite: bool, resume: bool) -> bool:
     """Make ``out`` ready for a search of configuration ``identity``; return whether finished
     records are resumed. Refuses (``UserError``) a finished search unless ``overwrite``, an
