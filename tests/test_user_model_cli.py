@@ -4,7 +4,10 @@ FakeData (discovered layers, the report, the pickled pruned network that ``evalu
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -144,3 +147,75 @@ def test_cuda_without_a_gpu_is_refused(model_files, tmp_path, capsys):
                          "--out", str(out)], "CUDA is not available")
     _user_error(capsys, ["pretrain", "--dataset", "fake-mnist", "--device", "tpu", "--out", str(out)], "device")
     _no_output(out)
+
+
+# ----------------------------------------------------------------------------- classes that cannot be imported
+
+
+def _save_from_module(folder, module, source, monkeypatch):
+    """Write ``module``.py into ``folder``, import it, save a ``Net`` of it whole with
+    ``torch.save``; afterwards the module is no longer imported."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+    net = importlib.import_module(module).Net()
+    torch.save(net, folder / "net.pt")
+    del sys.modules[module]
+    return folder / "net.pt"
+
+
+NET = """
+    import torch
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+"""
+
+
+def test_a_class_that_cannot_be_imported_is_named(tmp_path, monkeypatch, capsys):
+    """A pickled network whose module is not on the path: a ``UserError`` that names the class,
+    says it must be importable and how to make it so (not a bare ModuleNotFoundError)."""
+    path = _save_from_module(tmp_path, "my_user_nets", NET, monkeypatch)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(UserError) as exc:
+        load_model_file(path)
+    message = str(exc.value)
+    for words in ("class my_user_nets.Net", "no module named 'my_user_nets'", "must be importable",
+                  "PYTHONPATH"):
+        assert words in message, message
+    out = tmp_path / "run"
+    line = _user_error(capsys, _prune(path, out, "--rate", "0.5"), "class my_user_nets.Net")
+    assert "must be importable" in line
+    _no_output(out)
+
+
+def test_a_class_gone_from_its_module_is_named(tmp_path, monkeypatch):
+    path = _save_from_module(tmp_path, "my_moved_nets", NET, monkeypatch)
+    (tmp_path / "my_moved_nets.py").write_text("# Net moved elsewhere\n")
+    importlib.invalidate_caches()
+    with pytest.raises(UserError, match=r"class my_moved_nets\.Net, but module my_moved_nets has no Net.*"
+                                        r"must be importable"):
+        load_model_file(path)
+    sys.modules.pop("my_moved_nets", None)
+
+
+def test_a_class_of_the_saving_script_is_named(tmp_path, monkeypatch):
+    """A class defined in the script that saved the network (``__main__``) cannot be found by a
+    later process: the message says to define it in a module of its own."""
+    main = sys.modules["__main__"]
+
+    class ScriptNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+    ScriptNet.__module__, ScriptNet.__qualname__ = "__main__", "ScriptNet"
+    monkeypatch.setattr(main, "ScriptNet", ScriptNet, raising=False)
+    torch.save(ScriptNet(), tmp_path / "net.pt")
+    monkeypatch.delattr(main, "ScriptNet")
+    with pytest.raises(UserError, match=r"class ScriptNet, which was defined in the script that saved it "
+                                        r"\(module __main__\).*must be importable.*module of its own"):
+        load_model_file(tmp_path / "net.pt")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import re
 import tempfile
 import warnings
 import zipfile
@@ -96,11 +98,61 @@ def save_module_checkpoint(
     )
 
 
+def _pickled_classes(path: Path) -> list[tuple[str, str]]:
+    """The ``(module, name)`` of every global (class or function) that the pickle of a
+    ``torch.save`` zip archive refers to, in order; ``[]`` when it cannot be read."""
+    found: list[tuple[str, str]] = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            data = z.read(name)
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                found.append((module, attr))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append((strings[-2], strings[-1]))
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:
+        pass
+    return found
+
+
+def _unimportable(path: Path, exc: Exception) -> str | None:
+    """A message that names the class of a pickled network that cannot be imported and says
+    how to make it importable, or None when ``exc`` is not such a failure."""
+    need = ("the network's class must be importable when the file is loaded (pickles refer to classes "
+            "by module and name, they do not hold their code)")
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        classes = [f"{m}.{c}" for m, c in _pickled_classes(path) if m == exc.name or m.startswith(f"{exc.name}.")]
+        what = f"class {classes[0]}" if classes else f"classes of module {exc.name}"
+        return (f"model file {path} holds a network of {what}, but no module named {exc.name!r} can be imported "
+                f"here: {need}. Put the folder that holds {exc.name.split('.')[0]} (its .py file or package) on "
+                f"PYTHONPATH, or install its package, and load the file again")
+    m = re.match(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
+    if isinstance(exc, AttributeError) and m:
+        cls, module = m.groups()  # the module as imported here (``python -m x`` shows __main__ as x)
+        module = next((mod for mod, c in _pickled_classes(path) if c == cls), module)  # as the pickle names it
+        if module == "__main__":
+            return (f"model file {path} holds a network of class {cls}, which was defined in the script that saved "
+                    f"it (module __main__) and cannot be imported here: {need}. Define {cls} in a module of its "
+                    f"own (e.g. mynet.py), import it from there, save the network again, and put that module on "
+                    f"PYTHONPATH when you load the file")
+        return (f"model file {path} holds a network of class {module}.{cls}, but module {module} has no {cls} "
+                f"(renamed or moved since the file was saved?): {need}. Make {cls} importable from {module} "
+                f"again, or save the network again from where it now lives")
+    return None
+
+
 def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Unpickle a whole network: a file written by ``torch.save(model)`` or a module checkpoint.
 
     This runs ``torch.load(..., weights_only=False)``, which executes whatever code the file's
-    pickle names: only load files you trust. The classes of the network must be importable.
+    pickle names: only load files you trust. The classes of the network must be importable (the
+    pickle names them by module and class; their module must be on ``sys.path``); a class that
+    cannot be imported is a ``UserError`` that names it and says how to make it importable.
     Returns the network on the CPU in eval mode, and the module checkpoint's facts (``{}`` for a
     bare module). Raises ``UserError`` for a missing or unreadable file, a TorchScript archive,
     or a file that holds no ``nn.Module`` (e.g. only a state dict).
@@ -112,6 +164,12 @@ def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        message = _unimportable(path, exc)
+        if message is None:
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            message = f"model file {path} could not be loaded ({type(exc).__name__}: {first})"
+        raise UserError(message) from None
     except Exception as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise UserError(f"model file {path} could not be loaded ({type(exc).__name__}: {first})") from None
