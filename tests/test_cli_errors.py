@@ -364,3 +364,25 @@ def test_data_of_another_shape_is_refused(ckpts, tmp_path, capsys):
     assert "(3, 32, 32)" in line
     _no_output(tmp_path / "run")
     _user_error(capsys, ["evaluate", str(ckpts / "lenet5.pt"), "--dataset", "fake-cifar10"], "does not take")
+
+
+def test_prune_help_describes_the_model_the_code_fits(capsys):
+    """``prune --help`` says what ``run_prune`` does by default: output times GAIN*s_l, layers
+    learned one at a time, the uncertainty cut-off; --arch/--rate keep the highest posterior means."""
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig
+    from pyro_dirichlet_prune.pipeline import PruneConfig, resolve_cutoff
+
+    d = SwitchConfig()
+    assert (d.scale, d.schedule, resolve_cutoff(PruneConfig())) == ("simplex", "sequential", "uncertainty")
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("the layer's output is multiplied by GAIN*s_l and the layers learn one at a time",
+                  "by default the uncertainty cut-off removes unit j of layer l when the posterior is confident "
+                  "that it is unimportant, P(D_l*s_lj < TAU) >= 1 - DELTA",
+                  "--arch and --rate keep the units with the highest posterior means",
+                  "simplex: a layer's output is multiplied by GAIN*s_l", "(default simplex)",
+                  "sequential: the layers learn one at a time", "(default sequential)",
+                  "those with the highest posterior means", "the units with the lowest posterior means"):
+        assert words in text, words
+    assert "rank units by posterior mean" not in text

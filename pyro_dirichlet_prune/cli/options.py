@@ -214,15 +214,16 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     p.add_argument("--particles", type=positive_int, default=d.particles,
                    help=f"Monte-Carlo switch samples per step (default {d.particles})")
     p.add_argument("--switch-scale", choices=SCALES, default=d.scale,
-                   help="dim: a layer's output is multiplied by D*s, so the prior mean is the pre-trained network; "
-                        "simplex: multiplied by s itself, as written in the paper (the likelihood then pushes the "
-                        f"switch mass onto the units that matter) (default {d.scale})")
+                   help="simplex: a layer's output is multiplied by GAIN*s_l, as written in the paper (the "
+                        "likelihood then pushes the switch mass onto the units that matter); dim: multiplied by "
+                        f"D_l*s_l, so the prior mean is the pre-trained network (default {d.scale})")
     p.add_argument("--switch-gain", type=positive_float, default=d.gain,
-                   help="with --switch-scale simplex, multiply a layer's output by GAIN*s: the units that carry "
+                   help="with --switch-scale simplex, multiply a layer's output by GAIN*s_l: the units that carry "
                         "the switch mass, and so the widths the uncertainty cut-off keeps, grow with it "
                         f"(benchmarks/switch_gain.py) (default {d.gain:g}, the paper's)")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="joint: all layers' switches at once; sequential: one layer at a time, input first "
+                   help="sequential: the layers learn one at a time, input first, the others carrying no switch "
+                        "(the pre-trained network), as in the paper; joint: all layers' switches at once "
                         f"(default {d.schedule})")
     p.add_argument("--alpha0", type=positive_float, default=d.alpha0,
                    help=f"concentration of the symmetric Dirichlet prior (default {d.alpha0})")

@@ -15,9 +15,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "prune", help="learn switches, prune physically, fine-tune",
-        description="Fit Dirichlet switch posteriors to a frozen pre-trained network by SVI, rank units by "
-                    "posterior mean, remove the others physically and fine-tune. The network is a registered one "
-                    "(--model, --checkpoint) or your own (--model-file).")
+        description="Fit a Dirichlet posterior over the importance switch s_l of every prunable layer l of a "
+                    "frozen pre-trained network by SVI: by default (--switch-scale simplex, --schedule sequential, "
+                    "the paper's model) the layer's output is multiplied by GAIN*s_l and the layers learn one at a "
+                    "time, input first. Then choose the units to keep: by default the uncertainty cut-off removes "
+                    "unit j of layer l when the posterior is confident that it is unimportant, "
+                    "P(D_l*s_lj < TAU) >= 1 - DELTA; --arch and --rate keep the units with the highest posterior "
+                    "means E[s_lj]; --target-macs/--target-params remove units until a budget is met. The other "
+                    "units are removed physically and the network is fine-tuned. The network is a registered "
+                    "one (--model, --checkpoint) or your own (--model-file).")
     p.add_argument("--model", default=None,
                    help=f"network: {', '.join(MODEL_NAMES)} (default lenet5, unless --model-file is given)")
     add_data_args(p)
@@ -25,9 +31,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
     p.add_argument("--model-file", default=None,
                    help="your own pre-trained network instead of --model: a whole nn.Module saved with "
-                        "torch.save(model) (its classes importable). It is loaded with torch.load(weights_only="
-                        "False), which UNPICKLES AND RUNS ARBITRARY CODE: only give files you trust. Its prunable "
-                        "layers are found automatically (see --layers); the pruned network is saved the same way")
+                        "torch.save(model); the module that defines its class must be importable (on PYTHONPATH "
+                        "or installed) when you run this. It is loaded with torch.load(weights_only=False), which "
+                        "UNPICKLES AND RUNS ARBITRARY CODE: only give files you trust. Its prunable layers are "
+                        "found automatically (see --layers); the pruned network is saved the same way")
     p.add_argument("--input-shape", default=None,
                    help="input shape of --model-file without the batch dimension, e.g. 3,32,32; must be the data "
                         "set's (default: the data set's)")
@@ -38,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cutoff", choices=CUTOFFS, default=None,
                    help="which units go. uncertainty (the default when no --arch/--rate/--target-* is given): "
                         "unit j of layer l is removed when the posterior is confident it is unimportant, "
-                        "P(D_l*s_lj < TAU) >= 1 - DELTA; a layer always keeps its most important unit. "
+                        "P(D_l*s_lj < TAU) >= 1 - DELTA; a layer always keeps its unit of highest posterior mean. "
                         "budget: remove units across all layers in order of that probability until "
                         "--target-macs/--target-params are met. arch, rate: see --arch, --rate")
     p.add_argument("--tau", type=positive_float, default=TAU,
@@ -51,9 +58,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--target-params", type=positive_int, default=None,
                    help="budget cut-off: largest number of conv/linear weights and biases of the pruned network")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--arch", help="kept units per prunable layer, ranked by posterior mean, e.g. 6-8-40-20")
-    cut.add_argument("--rate", type=rate, help="fraction of every layer's units to remove (lowest posterior "
-                                               "means), e.g. 0.5")
+    cut.add_argument("--arch", help="units to keep per prunable layer, e.g. 6-8-40-20: those with the highest "
+                                    "posterior means E[s_lj]")
+    cut.add_argument("--rate", type=rate, help="fraction of every layer's units to remove, e.g. 0.5: the units "
+                                               "with the lowest posterior means E[s_lj] go")
     p.add_argument("--finetune-epochs", type=nonneg_int, default=40,
                    help="fine-tuning epochs with cosine decay, best validation epoch kept (default 40: "
                         "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")

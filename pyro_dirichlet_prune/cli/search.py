@@ -55,10 +55,11 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_FINETUNE_EPOCHS}: a brief, cheap fine-tune that lets the ranking, not the "
                         f"training, decide)")
     p.add_argument("--switch-scale", choices=SCALES, default=None,
-                   help="switch model of the Dirichlet methods: dim (output times D*s) or simplex (times s) "
-                        "(default: SwitchConfig's)")
+                   help="switch model of the Dirichlet methods: simplex (a layer's output times s_l, the paper's) "
+                        "or dim (times D_l*s_l) (default: SwitchConfig's)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="switch learning of the Dirichlet methods: joint or sequential (default: SwitchConfig's)")
+                   help="switch learning of the Dirichlet methods: sequential (one layer at a time) or joint "
+                        "(default: SwitchConfig's)")
     p.add_argument("--fisher-batches", type=positive_int, default=FISHER_BATCHES,
                    help=f"minibatches of {FISHER_BATCH_SIZE} training examples that the fisher scores average over "
                         f"(default {FISHER_BATCHES})")
