@@ -61,7 +61,7 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     switched = SwitchedNetwork(net)
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, cfg)
-    post = switch_posterior(fit, cfg, switched, data.train, elbo_particles=0)
+    post = switch_posterior(fit, cfg, data.train, elbo_particles=0)
     switched.remove_hooks()
     fit_seconds = time.perf_counter() - t
     means = fit.posterior_means()

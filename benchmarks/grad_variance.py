@@ -29,15 +29,15 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_dirichlet_prune.data import batches, load_data
-from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide, concentration_param
+from pyro_dirichlet_prune import DirichletGuide, SwitchModel
 from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches
-from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork
+from pyro_dirichlet_prune.models import SwitchedNetwork
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
 from pyro_dirichlet_prune.report import versions, write_json
 
 
 def gradient_draws(model, guide, particles, minibatches, repeats):
-    params = [pyro.param(concentration_param(layer)).unconstrained() for layer in model.widths]
+    params = list(guide.parameters())  # the unconstrained concentrations
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=False)
     grads, seconds = [], []
     for r in range(repeats):
@@ -79,12 +79,10 @@ def main() -> None:
                 for k in ks:
                     pyro.clear_param_store()
                     pyro.set_rng_seed(args.seed)
-                    model = DirichletSwitchModel(switched, 0.5, len(data.train), scale=args.scale, sampling=sampling)
-                    guide = DirichletSwitchGuide(model.widths, sampling=sampling)
-                    for layer in model.widths:
-                        if phis is not None:
-                            pyro.param(concentration_param(layer), phis[layer].clone(), constraint=guide._constraint)
-                        guide.concentration(layer)
+                    model = SwitchModel(switched, num_data=len(data.train), scale=args.scale, sampling=sampling)
+                    guide = DirichletGuide(model)
+                    if phis is not None:
+                        guide.set_concentrations(phis)
                     g, sec = gradient_draws(model, guide, k, minibatches, args.repeats)
                     var = float(g.var(0).sum())
                     row = {"point": point, "noise": setting, "estimator": f"{sampling}-{k}", "total_variance": var,

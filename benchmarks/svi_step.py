@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide
+from pyro_dirichlet_prune import DirichletGuide, SwitchModel
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
-from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
+from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.report import versions, write_json
 
 
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--num-data", type=int, default=55000)
     ap.add_argument("--input-shape", default=None, help="C,H,W (default 1,28,28 for the LeNets, 3,32,32 otherwise)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", default=SwitchConfig().scale, help="switch scale (default: the default model's)")
     ap.add_argument("--out", default="benchmarks/results/svi_step.json")
     args = ap.parse_args()
     if args.threads:
@@ -71,9 +72,8 @@ def main() -> None:
 
     # svi on the frozen network
     switched = SwitchedNetwork(net)
-    model = DirichletSwitchModel(switched, alpha0=0.5, num_data=args.num_data, scale="dim")
-    guide = DirichletSwitchGuide(model.widths)
-    pyro.clear_param_store()
+    model = SwitchModel(switched, num_data=args.num_data, scale=args.scale)
+    guide = DirichletGuide(model)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss=Trace_ELBO())
 
     def svi_step() -> None:

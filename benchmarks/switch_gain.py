@@ -33,13 +33,13 @@ import torch
 from pyro.distributions import constraints
 
 import cutoff_selection  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-import pyro_dirichlet_prune.inference.svi as svi
+from pyro_dirichlet_prune import DirichletGuide, SplitLoader, SwitchModel, fit, posterior_of
 from pyro_dirichlet_prune.data import load_data
-from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
+from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import SwitchedNetwork
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
-from pyro_dirichlet_prune.models.switched import SWITCH_DTYPE, DirichletSwitchModel
+from pyro_dirichlet_prune.models.switched import SWITCH_DTYPE
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, uncertainty_keep
 from pyro_dirichlet_prune.pruning.surgery import prune_units
 from pyro_dirichlet_prune.report import versions, write_json
@@ -47,12 +47,12 @@ from pyro_dirichlet_prune.report import versions, write_json
 _G: dict = {}  # data, network and arguments, shared with the forked workers
 
 
-class LearnedGainSwitchModel(DirichletSwitchModel):
+class LearnedGainSwitchModel(SwitchModel):
     """The switch model with output × c_l · s_l, c_l a positive ``pyro.param`` started at D_l and
-    fitted with the guide (a fixed gain is the library's ``SwitchConfig.gain``)."""
+    fitted with the guide (a fixed gain is the library's ``SwitchModel(gain=...)``)."""
 
     def __call__(self, x, y=None, idx=None):
-        self._factor = {
+        self.factors = {
             n: pyro.param(f"gain.{n}", torch.tensor(float(d), dtype=SWITCH_DTYPE), constraint=constraints.positive)
             for n, d in self.widths.items()
         }
@@ -63,23 +63,24 @@ def _run(job: tuple[str, int]) -> dict:
     torch.set_num_threads(1)
     gain, seed = job
     args, data, net = _G["args"], _G["data"], _G["net"]
-    if gain == "learned":
-        svi.DirichletSwitchModel = LearnedGainSwitchModel  # fit_switches builds its model from this name
-        cfg = SwitchConfig(seed=seed, epochs=args.epochs)
-    else:
-        svi.DirichletSwitchModel = DirichletSwitchModel
-        cfg = SwitchConfig(seed=seed, epochs=args.epochs, gain=float(gain))
+    cfg = SwitchConfig(seed=seed, epochs=args.epochs)
+    pyro.clear_param_store()
     torch.manual_seed(seed)
     switched = SwitchedNetwork(net)
     t = time.perf_counter()
-    fit = fit_switches(switched, data.train, cfg)
+    make = LearnedGainSwitchModel if gain == "learned" else SwitchModel
+    model = make(switched, num_data=len(data.train), alpha0=cfg.alpha0,
+                 **({} if gain == "learned" else {"gain": float(gain)}))
+    guide = DirichletGuide(model, cfg.init_concentration, cfg.floor)
+    loader = SplitLoader(data.train, cfg.batch_size, True, torch.Generator().manual_seed(seed))
+    fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, lr=cfg.lr, seed=seed)
     gains = {k[len("gain."):]: float(v.detach()) for k, v in pyro.get_param_store().items() if k.startswith("gain.")}
-    post = switch_posterior(fit, cfg, switched, data.train, elbo_particles=0)
+    post = posterior_of(model, guide)
     switched.remove_hooks()
-    means = fit.posterior_means()
+    means = post.means
     row = {"gain": gain, "seed": seed, "fit_seconds": time.perf_counter() - t, "learned_gains": gains,
            "concentrations": {k: sorted((round(float(c), 3) for c in v), reverse=True)
-                              for k, v in fit.concentrations.items()},
+                              for k, v in guide.concentrations().items()},
            "cutoffs": []}
     for tau in args.taus:
         keep = uncertainty_keep(post.prob_below(tau), means, args.delta)[0]

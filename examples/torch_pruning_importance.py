@@ -24,9 +24,8 @@ import torch_pruning as tp
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import MNIST
 
-from pyro_dirichlet_prune import (DirichletGuide, SwitchModel, count_macs, evaluate, finetune, fit,
-                                  load_pretrained, normalisation, posterior_of)
-from pyro_dirichlet_prune.pruning.importance import PosteriorImportance
+from pyro_dirichlet_prune import (DirichletGuide, PosteriorImportance, SwitchModel, count_macs, evaluate, finetune,
+                                  fit, load_pretrained, normalisation, posterior_of)
 
 INPUT_SHAPE = (1, 28, 28)
 

@@ -1,3 +1,38 @@
-"""Dirichlet pruning of trained convolutional networks, written as a Pyro program."""
+"""Dirichlet pruning of trained convolutional networks as a Pyro probabilistic program.
+
+A session::
+
+    model = SwitchModel(net, input_shape=(1, 28, 28), num_data=len(train_set))
+    guide = DirichletGuide(model)                       # or AutoNormal(model), ...
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for x, y in train_loader:
+        svi.step(x, y)
+    post = posterior_of(model, guide)                    # means, intervals, prob_below(tau)
+    keep = uncertainty_cutoff(post, tau=0.5, delta=0.05)
+    small = prune(net, keep, input_shape=(1, 28, 28))    # physical surgery
+    finetune(small, train_loader, val_loader, epochs=40)
+"""
+from .data import SplitLoader, normalisation
+from .inference.elbo import MeanSwitchELBO, dirichlet_kl
+from .inference.fit import FitResult, fit
+from .inference.guides import DirichletGuide, LayerwiseGuide, ModuleLocal
+from .inference.posterior import SwitchPosterior, estimate_elbo, posterior_of
+from .metrics import count_macs, count_params
+from .models import build_model, discover_switch_points, load_pretrained
+from .models.switch_points import SwitchPoint
+from .models.switched import SwitchModel
+from .pruning.budget import budget_cutoff
+from .pruning.cutoff import arch_cutoff, rate_cutoff, uncertainty_cutoff
+from .pruning.importance import PosteriorImportance
+from .pruning.surgery import prune
+from .training import TrainResult, evaluate, finetune
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SwitchModel", "DirichletGuide", "LayerwiseGuide", "ModuleLocal", "MeanSwitchELBO", "dirichlet_kl",
+    "fit", "FitResult", "posterior_of", "SwitchPosterior", "estimate_elbo",
+    "uncertainty_cutoff", "budget_cutoff", "PosteriorImportance", "arch_cutoff", "rate_cutoff", "prune", "finetune", "evaluate",
+    "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "SwitchPoint", "normalisation",
+    "SplitLoader", "count_macs", "count_params", "__version__",
+]

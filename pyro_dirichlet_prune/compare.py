@@ -211,7 +211,7 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, switch_cfg)
     fit_seconds = time.perf_counter() - t
-    post = switch_posterior(fit, switch_cfg, switched, data.train, cfg.elbo_particles, cfg.elbo_batches)
+    post = switch_posterior(fit, switch_cfg, data.train, cfg.elbo_particles, cfg.elbo_batches)
     means = fit.posterior_means()
     factor = switch_factors({k: v.numel() for k, v in means.items()}, switch_cfg.scale, switch_cfg.gain)
     heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)

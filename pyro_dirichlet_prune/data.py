@@ -11,7 +11,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -204,6 +204,15 @@ def load_data(
     )
 
 
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel ``(mean, std)`` that this package normalises ``name``'s images with (after
+    scaling them to [0, 1]): what a network must have been trained on, e.g.
+    ``transforms.Normalize(*normalisation("mnist"))``."""
+    if name not in _SPECS:
+        raise ValueError(f"name must be one of {', '.join(DATASETS)}, got {name!r}")
+    return _SPECS[name][1], _SPECS[name][2]
+
+
 def dataset_spec(name: str) -> tuple[tuple[int, int, int], int]:
     """``(input_shape, num_classes)`` of a data set, without loading it."""
     if name not in _SPECS:
@@ -271,3 +280,71 @@ def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tens
 
 def num_batches(split: Split, batch_size: int) -> int:
     return (len(split) + batch_size - 1) // batch_size
+
+
+class SplitLoader:
+    """A ``DataLoader``-like iterable over an in-memory ``Split``: each pass is one epoch of
+    ``(x, y, idx)`` minibatches (``batches``), in an order drawn from ``generator`` at the start
+    of the epoch, augmented from the same generator. It saves and restores its position
+    (``state_dict`` / ``load_state_dict``), so an interrupted epoch continues where it stopped."""
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
+                 augment_shift: int = 0, augment_flip: bool = False, augment_crop: int = 0) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.augment = {"augment_shift": augment_shift, "augment_flip": augment_flip, "augment_crop": augment_crop}
+        self.order: torch.Tensor | None = None
+        self.position = 0
+
+    @property
+    def dataset(self) -> Split:
+        return self.split
+
+    def __len__(self) -> int:
+        return num_batches(self.split, self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self.order is None:
+            self.order, self.position = epoch_order(len(self.split), self.shuffle, self.generator), 0
+        for item in batches(self.split, self.batch_size, self.shuffle, self.generator, order=self.order,
+                            start_batch=self.position, **self.augment):
+            self.position += 1
+            yield item
+        self.order, self.position = None, 0
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]
+
+
+def split_batch(batch) -> tuple:
+    """A minibatch as ``(x, y)`` or ``(x, y, idx)``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise TypeError(f"data must yield (x, y) or (x, y, idx) batches, got {type(batch).__name__}")
+    return tuple(batch)
+
+
+def resume_epoch(data: Iterable, skip: int, loader_state: dict | None, epoch_rng: torch.Tensor | None):
+    """One pass over ``data`` as ``(x, y[, idx])`` tuples, continuing a saved position: a loader
+    with ``load_state_dict`` is restored; any other is re-iterated from torch's generator state at
+    the epoch start and the first ``skip`` batches are passed over."""
+    if loader_state is not None and hasattr(data, "load_state_dict"):
+        data.load_state_dict(loader_state)
+        skip = 0
+    elif skip and epoch_rng is not None:
+        now = torch.get_rng_state()
+        torch.set_rng_state(epoch_rng)  # the shuffle (drawn at the first batch) of the interrupted epoch
+        it = iter(data)
+        for _ in range(skip):
+            next(it)
+        torch.set_rng_state(now)
+        for batch in it:
+            yield split_batch(batch)
+        return
+    for batch in data:
+        yield split_batch(batch)

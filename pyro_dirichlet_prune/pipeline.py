@@ -25,7 +25,8 @@ import torch
 
 from .data import DataBundle, Split, dataset_spec, load_data
 from .errors import UserError
-from .inference.svi import SwitchConfig, collapsed_fraction, fit_switches, switch_posterior
+from .inference.fit import collapsed_fraction
+from .inference.svi import SwitchConfig, fit_switches, guide_parameters, switch_posterior
 from .plots import plot_posterior
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, build_model, check_model_name, default_widths, discover_switch_points
@@ -333,7 +334,7 @@ def run_prune(
         t = time.perf_counter()
         switched = SwitchedNetwork(net, points)
         fit = fit_switches(switched, data.train, switch_cfg, state=state)
-        post = switch_posterior(fit, switch_cfg, switched, data.train)
+        post = switch_posterior(fit, switch_cfg, data.train)
         switched.remove_hooks()
         net.cpu()
         timings["switches"] = time.perf_counter() - t
@@ -390,8 +391,7 @@ def run_prune(
         plot_posterior(post, tmp / "posterior.png", keep,
                        title=f"{label} on {cfg.dataset}: switch posterior ({switch_cfg.guide}), kept {arch_string(keep)}")
         if not fit.concentrations:  # an autoguide: keep its fitted parameters too
-            write_json(tmp / "guide_params.json",
-                       {name: value.detach().tolist() for name, value in pyro.get_param_store().items()})
+            write_json(tmp / "guide_params.json", guide_parameters(fit.guide))
         report = {
             "command": "prune",
             "created": now(),

@@ -4,15 +4,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataBundle, Split, batches, epoch_order, num_batches
+from .data import DataBundle, Split, SplitLoader, batches, resume_epoch
 from .errors import UserError
-from .runstate import RunState, rng_state, set_rng_state
+from .runstate import RunState
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -27,9 +29,9 @@ def check_device(device: str) -> torch.device:
         raise UserError(f"unknown device {device!r}; use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+            raise UserError(f"device {device}: CUDA is not available on this machine (torch {torch.__version__})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise UserError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
         raise UserError(f"unsupported device {device!r}; use cpu or cuda")
     return dev
@@ -42,20 +44,23 @@ def device_of(net: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
-    """Classification error and mean negative log-likelihood of ``net`` on ``split``
-    (computed on the network's device)."""
+def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000) -> dict[str, float]:
+    """Classification error and mean negative log-likelihood of ``net`` on ``data`` (a ``Split``,
+    in batches of ``batch_size``, or any iterable of ``(x, y[, idx])`` minibatches such as a
+    ``DataLoader``), computed on the network's device."""
     was_training = net.training
     net.eval()
     device = device_of(net)
-    wrong, nll = 0, 0.0
-    for x, y, _ in batches(split, batch_size, shuffle=False):
+    wrong, nll, n = 0, 0.0, 0
+    for x, y, *_ in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
         x, y = x.to(device), y.to(device)
         logits = net(x)
         wrong += int((logits.argmax(1) != y).sum())
         nll += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
     net.train(was_training)
-    n = len(split)
+    if n == 0:
+        raise ValueError("data holds no examples")
     return {"error": wrong / n, "nll": nll / n}
 
 
@@ -100,40 +105,78 @@ def train(
     state: RunState | None = None,
     loop: str = "finetune",
 ) -> TrainResult:
-    """Train every parameter of ``net`` that requires grad on ``cfg.device``; ``net`` ends in
-    the best state, on that device.
-
-    With a ``RunState`` the loop saves its state at the state's interval and continues from
-    a saved state, reaching the same result as an uninterrupted run.
-    """
+    """``finetune`` with the settings of ``cfg`` on the in-memory splits of ``data``: minibatches
+    of ``cfg.batch_size`` in an order (and augmentation) drawn from a generator seeded with
+    ``cfg.seed``; the validation split chooses the epoch kept."""
     cfg.validate()
-    device = check_device(cfg.device)
-    net.to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
+    loader = SplitLoader(data.train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed),
+                         cfg.augment_shift, cfg.augment_flip, cfg.augment_crop)
+    return finetune(net, loader, data.val, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+                    weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop)
+
+
+def finetune(
+    net: nn.Module,
+    train_data: Iterable,
+    val_data: Split | Iterable | None = None,
+    *,
+    epochs: int = 40,
+    lr: float = 2e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    device: str = "cpu",
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    desc: str = "fine-tune",
+    state: RunState | None = None,
+    loop: str = "finetune",
+) -> TrainResult:
+    """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
+    with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a
+    ``DataLoader``) for ``epochs`` passes: Adam (``optimizer="adam"``) or SGD with Nesterov
+    momentum 0.9 (``"sgd"``), the learning rate decayed to zero on a cosine over all steps.
+    With ``val_data`` the epoch of lowest validation error is kept. ``net`` ends in that state,
+    in eval mode, on ``device``.
+
+    ``checkpoint`` (a folder) saves the loop's state every ``checkpoint_every`` steps and at every
+    epoch end, and continues from a saved state (exactly, for data that restore their position
+    or reshuffle from torch's global generator; see ``inference.fit.fit``)."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay).validate()
+    dev = check_device(device)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    net.to(dev)
+    params = list(net.parameters())
     result = TrainResult()
-    if cfg.epochs <= 0 or not params:
+    if epochs <= 0 or not params:
         return result
+    if state is None and checkpoint is not None:
+        state = RunState(checkpoint, checkpoint_every)
+        if state.exists():
+            state.load()
     saved = state.get(loop) if state is not None else None
     if saved is not None and saved.get("done"):
         net.load_state_dict(saved["net"])
         net.eval()
         return TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = num_batches(data.train, cfg.batch_size)
-    steps = cfg.epochs * per_epoch
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    per_epoch = len(train_data)
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    epoch, batch, order, total, count = 0, 0, None, 0.0, 0
+    epoch, batch, total, count, epoch_rng, loader_state = 0, 0, 0.0, 0, None, None
     best_err, best_state = math.inf, None
     if saved is not None:
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
-        set_rng_state(saved["rng"], gen)
-        epoch, batch, order = saved["epoch"], saved["batch"], saved["order"]
+        torch.set_rng_state(saved["rng"])
+        epoch, batch, epoch_rng, loader_state = saved["epoch"], saved["batch"], saved["epoch_rng"], saved["loader"]
         total, count = saved["total"], saved["count"]
         best_err, best_state = saved["best_err"], saved["best_state"]
         result = TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
@@ -141,20 +184,21 @@ def train(
     def snapshot(done: bool = False) -> dict:
         return {
             "done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-            "sched": sched.state_dict(), "rng": rng_state(gen), "epoch": epoch, "batch": batch,
-            "order": order, "total": total, "count": count, "best_err": best_err, "best_state": best_state,
-            "history": list(result.history), "best_epoch": result.best_epoch, "global_step": global_step,
+            "sched": sched.state_dict(), "rng": torch.get_rng_state(), "epoch_rng": epoch_rng,
+            "loader": train_data.state_dict() if hasattr(train_data, "state_dict") else None,
+            "epoch": epoch, "batch": batch, "total": total, "count": count, "best_err": best_err,
+            "best_state": best_state, "history": list(result.history), "best_epoch": result.best_epoch,
+            "global_step": global_step,
         }
 
     global_step = epoch * per_epoch + batch
-    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False, disable=None)
-    while epoch < cfg.epochs:
+    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False, disable=None if progress else True)
+    while epoch < epochs:
         net.train()
-        if order is None:
-            order = epoch_order(len(data.train), True, gen)
-        for x, y, _ in batches(data.train, cfg.batch_size, True, gen, cfg.augment_shift, cfg.augment_flip,
-                               order=order, start_batch=batch, augment_crop=cfg.augment_crop):
-            x, y = x.to(device), y.to(device)
+        if batch == 0:
+            epoch_rng = torch.get_rng_state()
+        for x, y, *_ in resume_epoch(train_data, batch, loader_state, epoch_rng):
+            x, y = x.to(dev), y.to(dev)
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,12 +211,16 @@ def train(
             bar.update()
             if state is not None:
                 state.step(loop, global_step, snapshot)
-        val = evaluate(net, data.val)
-        result.history.append({"epoch": epoch + 1, "train_loss": total / count, "val_error": val["error"]})
-        bar.set_postfix(val_error=f"{val['error']:.4f}")
-        if val["error"] < best_err:
-            best_err, best_state, result.best_epoch = val["error"], copy.deepcopy(net.state_dict()), epoch + 1
-        epoch, batch, order, total, count = epoch + 1, 0, None, 0.0, 0
+        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        if val_data is not None:
+            record["val_error"] = evaluate(net, val_data)["error"]
+            bar.set_postfix(val_error=f"{record['val_error']:.4f}")
+            if record["val_error"] < best_err:
+                best_err, best_state, result.best_epoch = record["val_error"], copy.deepcopy(net.state_dict()), epoch + 1
+        else:
+            result.best_epoch = epoch + 1
+        result.history.append(record)
+        epoch, batch, total, count, epoch_rng, loader_state = epoch + 1, 0, 0.0, 0, None, None
         if state is not None:
             state.save(loop, snapshot())
     bar.close()

@@ -20,9 +20,9 @@ from torch.distributions import Dirichlet, constraints, kl_divergence
 
 from helpers import lenet5_forward
 from pyro_dirichlet_prune.inference.elbo import MeanSwitchELBO
-from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide, concentration_param
+from pyro_dirichlet_prune.inference.guides import DirichletGuide
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
-from pyro_dirichlet_prune.models.switched import DirichletSwitchModel, switch_site
+from pyro_dirichlet_prune.models.switched import SwitchModel, switch_site
 
 ALPHA0 = 0.5
 N, B = 50, 8
@@ -60,17 +60,13 @@ def setup():
 
 
 def _model_guide(sw, layers, num_data=N, seed=1):
-    model = DirichletSwitchModel(sw, ALPHA0, num_data=num_data, layers=layers, scale="dim")
-    guide = DirichletSwitchGuide(model.widths, init_concentration=10.0, floor=0.05)
+    model = SwitchModel(sw, num_data=num_data, alpha0=ALPHA0, layers=layers, scale="dim")
+    guide = DirichletGuide(model, init_concentration=10.0, floor=0.05)
     g = torch.Generator().manual_seed(seed)
     phis = {}
     for layer, d in model.widths.items():  # distinct, non-uniform concentrations, some small
-        phi = (torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.1)
-        store = pyro.get_param_store()
-        if concentration_param(layer) in store:
-            del store[concentration_param(layer)]
-        pyro.param(concentration_param(layer), phi.clone(), constraint=constraints.greater_than(0.05))
-        phis[layer] = phi
+        phis[layer] = (torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.1)
+    guide.set_concentrations(phis)
     return model, guide, phis
 
 
@@ -153,7 +149,7 @@ def test_uniform_mean_switch_leaves_network_unchanged(setup):
 def test_model_returns_logits_of_scaled_network(setup):
     """The model's logits are f(x; D*s) for the sampled s, per-example scales also work."""
     net, sw, x, y, idx = setup
-    model = DirichletSwitchModel(sw, ALPHA0, num_data=N, scale="dim")
+    model = SwitchModel(sw, num_data=N, alpha0=ALPHA0, scale="dim")
     tr = poutine.trace(model).get_trace(x, y, idx)
     s = {l: tr.nodes[switch_site(l)]["value"] for l in model.widths}
     expected = lenet5_forward(net, x, {l: model.widths[l] * s[l] for l in s})

@@ -18,10 +18,10 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Dirichlet, constraints, kl_divergence
 
 from helpers import lenet5_forward
-from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide, concentration_param
+from pyro_dirichlet_prune.inference.guides import DirichletGuide
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
-from pyro_dirichlet_prune.models.switched import DirichletSwitchModel, switch_site
+from pyro_dirichlet_prune.models.switched import SwitchModel, switch_site
 
 ALPHA0, N, B = 0.5, 60, 6
 
@@ -39,13 +39,13 @@ def setup():
 
 
 def _pair(sw, sampling):
-    model = DirichletSwitchModel(sw, ALPHA0, N, sampling=sampling, scale="dim")
-    guide = DirichletSwitchGuide(model.widths, 10.0, 0.05, sampling=sampling)
+    model = SwitchModel(sw, num_data=N, alpha0=ALPHA0, sampling=sampling, scale="dim")
+    guide = DirichletGuide(model, 10.0, 0.05)
     g = torch.Generator().manual_seed(1)
     phis = {}
     for layer, d in model.widths.items():
         phis[layer] = torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.3
-        pyro.param(concentration_param(layer), phis[layer].clone(), constraint=constraints.greater_than(0.05))
+    guide.set_concentrations(phis)
     return model, guide, phis
 
 
@@ -76,7 +76,7 @@ def test_per_example_loss_matches_hand_computation(setup):
 
 
 def _grad_samples(model, guide, x, y, idx, n):
-    params = [pyro.param(concentration_param(layer)).unconstrained() for layer in model.widths]
+    params = list(guide.parameters())  # the unconstrained concentrations, one per layer
     out = []
     for _ in range(n):
         loss = Trace_ELBO().differentiable_loss(model, guide, x, y, idx)

@@ -8,9 +8,9 @@ import torch
 from torch.distributions import Dirichlet
 
 from pyro_dirichlet_prune.data import Split
-from pyro_dirichlet_prune.inference.guides import DirichletSwitchGuide
+from pyro_dirichlet_prune.inference.guides import DirichletGuide
 from pyro_dirichlet_prune.inference.posterior import dirichlet_posterior, estimate_elbo, monte_carlo_posterior
-from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
+from pyro_dirichlet_prune.models import SwitchModel, SwitchedNetwork, build_model
 from pyro_dirichlet_prune.plots import plot_posterior
 
 
@@ -34,9 +34,8 @@ def test_beta_marginal_intervals_match_dirichlet_samples():
 def _model_and_guide():
     torch.manual_seed(0)
     sw = SwitchedNetwork(build_model("lenet5", widths=(3, 4, 5, 2)).eval())
-    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=400, scale="dim")
-    pyro.clear_param_store()
-    guide = DirichletSwitchGuide(model.widths, init_concentration=20.0)
+    model = SwitchModel(sw, num_data=400, alpha0=0.5, scale="dim")
+    guide = DirichletGuide(model, init_concentration=20.0)
     return model, guide
 
 
@@ -81,7 +80,6 @@ def test_stage_elbos_of_a_layer_by_layer_fit_are_each_stages_objective():
     a closed form. Pairing a stage with the wrong model (every layer switched) or the wrong KL
     (every layer's) would be off by far more than the tolerance."""
     from pyro_dirichlet_prune.inference.elbo import dirichlet_kl
-    from pyro_dirichlet_prune.inference.guides import concentration_param
     from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
     from helpers import lenet5_forward
 
@@ -95,14 +93,13 @@ def test_stage_elbos_of_a_layer_by_layer_fit_are_each_stages_objective():
     sw = SwitchedNetwork(net)
     cfg = SwitchConfig(schedule="sequential", batch_size=64, epochs=1)
     fit = fit_switches(sw, split, cfg)
-    store, means = pyro.get_param_store(), {}
+    means = {}
     for layer, d in sw.widths.items():
         m = torch.rand(d, generator=g, dtype=torch.float64) + 0.2
         means[layer] = m / m.sum()
-        store[concentration_param(layer)] = 1e6 * means[layer]
-        fit.concentrations[layer] = 1e6 * means[layer]
+    fit.guide.set_concentrations({layer: 1e6 * m for layer, m in means.items()})
     pyro.set_rng_seed(0)
-    post = switch_posterior(fit, cfg, sw, split, elbo_particles=16, elbo_batches=1)
+    post = switch_posterior(fit, cfg, split, elbo_particles=16, elbo_batches=1)
     assert set(post.stage_elbos) == set(sw.widths)
     alone = []
     for layer, m in means.items():

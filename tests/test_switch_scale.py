@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_dirichlet_prune.models import DirichletSwitchModel, SwitchedNetwork, build_model
+from pyro_dirichlet_prune.models import SwitchModel, SwitchedNetwork, build_model
 from pyro_dirichlet_prune.models.switched import switch_site
 
 
@@ -18,7 +18,7 @@ def _conv1_output(scale: str, s: torch.Tensor, gain: float = 1.0) -> tuple[torch
     seen = {}
     net.conv1.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
     x = torch.randn(3, 1, 28, 28)
-    model = DirichletSwitchModel(sw, alpha0=0.5, num_data=10, layers=["conv1"], scale=scale, gain=gain)
+    model = SwitchModel(sw, num_data=10, alpha0=0.5, layers=["conv1"], scale=scale, gain=gain)
     poutine.condition(model, data={switch_site("conv1"): s})(x)
     with torch.no_grad():
         raw = torch.nn.functional.conv2d(x, net.conv1.weight, net.conv1.bias)
@@ -40,8 +40,8 @@ def test_dim_scale_at_prior_mean_is_the_pretrained_network():
 
 def test_unknown_scale_is_refused():
     net = build_model("lenet5")
-    with pytest.raises(ValueError, match="switch scale"):
-        DirichletSwitchModel(SwitchedNetwork(net), 0.5, 10, scale="log")
+    with pytest.raises(ValueError, match="scale must be one of"):
+        SwitchModel(SwitchedNetwork(net), num_data=10, alpha0=0.5, scale="log")
 
 
 @pytest.mark.parametrize("gain", [0.5, 8.0])
@@ -57,7 +57,7 @@ def test_bad_gains_are_refused():
     net = SwitchedNetwork(build_model("lenet5"))
     for gain in (0.0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="gain must be positive"):
-            DirichletSwitchModel(net, 0.5, 10, gain=gain)
+            SwitchModel(net, num_data=10, alpha0=0.5, gain=gain)
     with pytest.raises(ValueError, match="needs scale 'simplex'"):
         SwitchConfig(scale="dim", gain=2.0).validate()
     SwitchConfig(scale="dim", gain=1.0).validate()

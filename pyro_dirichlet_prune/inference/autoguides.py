@@ -6,9 +6,9 @@
 * ``lowrank``: ``AutoLowRankMultivariateNormal``, a Gaussian with low-rank correlations across
   all switches, as a correlated reference.
 
-All start at the prior mean (``init_to_mean``: uniform switches, the pre-trained network) and
-must be fitted with ``Trace_ELBO``: in Pyro 1.9.2 ``TraceMeanField_ELBO`` mis-handles the
-log-density that these guides attach to their ``Delta`` sites and optimises another objective
+All start at the prior mean (``init_to_mean``: uniform switches) and must be fitted with
+``Trace_ELBO``: in Pyro 1.9.2 ``TraceMeanField_ELBO`` mis-handles the log-density that these
+guides attach to their ``Delta`` sites and optimises another objective
 (``tests/test_autoguides.py`` shows the two disagree).
 """
 from __future__ import annotations
@@ -19,13 +19,8 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 AUTOGUIDES = {"normal": AutoNormal, "delta": AutoDelta, "lowrank": AutoLowRankMultivariateNormal}
 
 
-def make_autoguide(name: str, model, stage: str | None = None):
-    """The autoguide ``name`` (a key of ``AUTOGUIDES``) for ``model``.
-
-    ``stage`` (layer-by-layer fitting) goes into the guide's name, hence into its param names:
-    ``AutoLowRankMultivariateNormal`` keeps one flat ``loc`` for all its sites, which would
-    otherwise be shared, with the wrong size, by the guides of successive layers."""
-    guide = AUTOGUIDES[name](model, init_loc_fn=init_to_mean)
-    if stage is not None:
-        guide._pyro_name = f"{guide._pyro_name}.{stage}"  # PyroModule's name, the prefix of its params
-    return guide
+def make_autoguide(name: str, model):
+    """The autoguide ``name`` (a key of ``AUTOGUIDES``) for ``model``, started at the prior mean."""
+    if name not in AUTOGUIDES:
+        raise ValueError(f"name must be one of {', '.join(AUTOGUIDES)}, got {name!r}")
+    return AUTOGUIDES[name](model, init_loc_fn=init_to_mean)

@@ -1,77 +1,183 @@
-"""The Dirichlet guide: one learnable concentration vector per switched layer.
+"""Guides of the switch model, as ``PyroModule``s whose fitted state lives in the object.
 
-    q(s_l) = Dirichlet(phi_l),   phi_l > floor (elementwise).
+``DirichletGuide`` has one learnable concentration vector per switched layer,
 
-Samples are drawn with ``Dirichlet.rsample``, whose gradient with respect to phi is
-torch's implicit reparameterisation gradient of the Gamma sampler. Concentrations are
-float64 (see ``models.switched.SWITCH_DTYPE``) and are constrained above ``floor`` so that
-sampling and log-densities stay sound: a float64 Gamma(a) sample underflows with
-probability about exp(-709·a), i.e. never for a ≥ 0.03 (float32 underflows at
-exp(-87·a), 7% of the time for a = 0.03).
+    q(s_l) = Dirichlet(phi_l),   phi_l > floor (elementwise),
+
+and draws with ``Dirichlet.rsample``, whose gradient with respect to phi is torch's implicit
+reparameterisation gradient of the Gamma sampler. Concentrations are float64 (see
+``models.switched.SWITCH_DTYPE``) and are constrained above ``floor`` so that sampling and
+log-densities stay sound: a float64 Gamma(a) sample underflows with probability about
+exp(-709·a), i.e. never for a ≥ 0.03 (float32 underflows at exp(-87·a), 7% of the time for
+a = 0.03).
+
+``LayerwiseGuide`` is the product q(s) = prod_l q_l(s_l) of one guide per layer, each built by a
+factory on the model restricted to that layer (e.g. ``AutoNormal``); it is how an autoguide is
+fitted one layer at a time.
+
+Both guides (and ``ModuleLocal``, which wraps any guide) keep their parameters module-local, as
+with ``pyro.settings.set(module_local_params=True)`` but whatever that global setting is: they
+never go under shared names in Pyro's global param store, so two guides fitted in one process
+are independent, and ``pyro.optim`` and ``SVI`` find them through the trace as usual. Both sample
+the switches of the model's active layers only (``SwitchModel.switching``).
 """
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+import re
+from typing import Callable, Iterator, Mapping
 
 import pyro
 import pyro.distributions as dist
 import torch
-from torch.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints, transform_to
 
-from ..models.switched import SAMPLINGS, SWITCH_DTYPE, switch_draws, switch_site
+from ..models.switched import SWITCH_DTYPE, SwitchModel, switch_draws, switch_site
 
 DEFAULT_FLOOR = 0.05
+DEFAULT_INIT = 10.0
 
 
-def concentration_param(layer: str) -> str:
-    """Name of the param-store entry holding a layer's concentrations phi_l."""
-    return f"concentration.{layer}"
+def local_params() -> contextlib.AbstractContextManager:
+    """Pyro's ``module_local_params`` setting switched on inside the context."""
+    return pyro.settings.context(module_local_params=True)
 
 
-class DirichletSwitchGuide:
-    """Pyro guide ``guide(x, y=None, idx=None)`` with sites ``switch.<layer> ~ Dirichlet(phi_l)``.
+class LocalPyroModule(PyroModule):
+    """A ``PyroModule`` whose parameters (and those of its sub-``PyroModule``s) are always
+    module-local: every call runs with Pyro's ``module_local_params`` setting on."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        if not hasattr(self._pyro_context, "param_state"):  # made while the global setting was off
+            self._pyro_context.param_state = {"params": {}, "constraints": {}}
+
+    def __call__(self, *args, **kwargs):
+        with local_params():
+            return super().__call__(*args, **kwargs)
+
+
+class ModuleLocal(LocalPyroModule):
+    """Any guide (e.g. an autoguide) with module-local parameters: ``ModuleLocal(AutoNormal(model))``
+    is the same guide, whose parameters no other guide of the same name can share."""
+
+    def __init__(self, guide) -> None:
+        super().__init__()
+        self.guide = guide
+
+    @property
+    def prototype_trace(self):
+        return getattr(self.guide, "prototype_trace", True)
+
+    def forward(self, *args, **kwargs):
+        return self.guide(*args, **kwargs)
+
+
+def _attribute_names(layers: list[str], prefix: str) -> dict[str, str]:
+    """A distinct Python attribute name for every layer name (``features.0`` → ``phi_features_0``)."""
+    names = {layer: f"{prefix}_{re.sub(r'[^0-9a-zA-Z_]', '_', layer)}" for layer in layers}
+    if len(set(names.values())) != len(layers):
+        names = {layer: f"{prefix}_{i}" for i, layer in enumerate(layers)}
+    return names
+
+
+class DirichletGuide(LocalPyroModule):
+    """q(s) = prod_l Dirichlet(s_l | phi_l) over the switched layers of ``model`` (module docstring).
 
     Args:
-        widths: units per switched layer, in the order of the model's sites.
-        init_concentration: initial value of every phi_lj (the initial mean is uniform, so the
-            initial switched network is the pre-trained one).
+        model: the ``SwitchModel``; the guide samples its active layers and follows its
+            ``sampling`` (one shared draw per minibatch, or one per example).
+        init_concentration: initial value of every phi_lj (the initial mean is uniform).
         floor: lower bound of every phi_lj.
-        sampling: ``"shared"`` or ``"per-example"``, as the model's (``models.switched``).
+
+    The mean variant of the paper is this guide with ``MeanSwitchELBO`` as the loss.
     """
 
-    def __init__(
-        self, widths: Mapping[str, int], init_concentration: float = 10.0, floor: float = DEFAULT_FLOOR,
-        sampling: str = "shared",
-    ) -> None:
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
-        self.sampling = sampling
+    def __init__(self, model: SwitchModel, init_concentration: float = DEFAULT_INIT,
+                 floor: float = DEFAULT_FLOOR) -> None:
+        if not isinstance(model, SwitchModel):
+            raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
         if not floor > 0:
-            raise ValueError(f"concentration floor must be positive, got {floor}")
+            raise ValueError(f"floor must be positive, got {floor}")
         if not init_concentration > floor:
-            raise ValueError(f"initial concentration {init_concentration} must exceed the floor {floor}")
-        self.widths = dict(widths)
-        self.init_concentration = float(init_concentration)
+            raise ValueError(f"init_concentration {init_concentration} must exceed floor {floor}")
+        super().__init__()
+        self.model = model
         self.floor = float(floor)
+        self.init_concentration = float(init_concentration)
+        self.widths = dict(model.widths)
+        self._attr = _attribute_names(list(self.widths), "phi")
         self._constraint = constraints.greater_than(self.floor)
+        for layer, d in self.widths.items():
+            init = torch.full((d,), self.init_concentration, dtype=SWITCH_DTYPE)
+            setattr(self, self._attr[layer], PyroParam(init, constraint=self._constraint))
+
+    @property
+    def sampling(self) -> str:
+        return self.model.sampling
 
     def concentration(self, layer: str) -> torch.Tensor:
-        """phi_l as a (constrained) param of the param store, created on first use."""
-        return pyro.param(
-            concentration_param(layer),
-            lambda: torch.full((self.widths[layer],), self.init_concentration, dtype=SWITCH_DTYPE),
-            constraint=self._constraint,
-        )
+        """phi_l (differentiable inside a Pyro run)."""
+        return getattr(self, self._attr[layer])
 
-    def __call__(self, x=None, y=None, idx=None) -> dict[str, torch.Tensor]:
+    def concentrations(self) -> dict[str, torch.Tensor]:
+        """The current phi_l of every layer, detached copies."""
+        return {layer: self.concentration(layer).detach().clone() for layer in self.widths}
+
+    @torch.no_grad()
+    def set_concentrations(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Set phi_l of the layers given (every value above the floor)."""
+        for layer, value in values.items():
+            if layer not in self.widths:
+                raise ValueError(f"values: no switched layer named {layer!r}")
+            value = torch.as_tensor(value, dtype=SWITCH_DTYPE)
+            if value.shape != (self.widths[layer],) or not bool((value > self.floor).all()):
+                raise ValueError(f"values[{layer!r}] must have {self.widths[layer]} entries above the floor {self.floor}")
+            unconstrained = getattr(self, self._attr[layer] + "_unconstrained")
+            unconstrained.copy_(transform_to(self._constraint).inv(value))
+
+    def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.sampling == "per-example" and x is None:
             raise ValueError("per-example switch sampling needs the minibatch x")
         with switch_draws(self.sampling, x.shape[0] if x is not None else 1):
             return {
                 layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer), validate_args=False))
-                for layer in self.widths
+                for layer in self.model.active_layers
             }
 
-    def concentrations(self) -> dict[str, torch.Tensor]:
-        """Current phi_l of every layer, detached."""
-        return {layer: self.concentration(layer).detach().clone() for layer in self.widths}
+
+class LayerwiseGuide(LocalPyroModule):
+    """q(s) = prod_l q_l(s_l): one guide per switched layer, ``factory(model.restricted([l]))``,
+    e.g. ``LayerwiseGuide(model, AutoNormal)`` or ``LayerwiseGuide(model, lambda m:
+    AutoLowRankMultivariateNormal(m, init_loc_fn=init_to_mean))``. Each layer's guide has its own
+    parameters (so an ``AutoLowRankMultivariateNormal`` per layer keeps its own flat ``loc``)."""
+
+    def __init__(self, model: SwitchModel, factory: Callable[[SwitchModel], Callable]) -> None:
+        if not isinstance(model, SwitchModel):
+            raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
+        if not callable(factory):
+            raise TypeError(f"factory must build a guide from a model, got {factory!r}")
+        super().__init__()
+        self.model = model
+        self._attr = _attribute_names(list(model.layers), "guide")
+        for layer in model.layers:
+            setattr(self, self._attr[layer], factory(model.restricted([layer])))
+
+    def guide(self, layer: str):
+        """The guide of one layer."""
+        return getattr(self, self._attr[layer])
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer in self.model.active_layers:
+            out.update(self.guide(layer)(*args, **kwargs) or {})
+        return out
+
+
+@contextlib.contextmanager
+def all_layers(model: SwitchModel) -> Iterator[SwitchModel]:
+    """Every layer of ``model`` switched inside the context."""
+    with model.switching(model.layers):
+        yield model

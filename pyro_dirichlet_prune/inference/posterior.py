@@ -23,8 +23,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from scipy.stats import beta as beta_dist
 
-from ..data import Split, batches
-from ..models.switched import switch_site
+from ..data import Split, SplitLoader
+from ..models.switched import SwitchModel, switch_site
+from .guides import DirichletGuide, all_layers
 
 
 CREDIBLE_LEVEL = 0.95
@@ -74,6 +75,17 @@ class SwitchPosterior:
         return {layer: {"elbo": e, "standard_error": se} for layer, (e, se) in self.stage_elbos.items()}
 
     def to_json(self) -> dict:
+        """A JSON-able dict that ``from_json`` turns back into an equal posterior: per layer the
+        means, interval ends and, where present, the concentrations or the stored draws."""
+        layers = {}
+        for layer in self.means:
+            entry = {"mean": self.means[layer].tolist(), "lower": self.lower[layer].tolist(),
+                     "upper": self.upper[layer].tolist()}
+            if self.concentrations is not None and layer in self.concentrations:
+                entry["concentration"] = self.concentrations[layer].tolist()
+            if self.samples is not None and layer in self.samples:
+                entry["samples"] = self.samples[layer].tolist()
+            layers[layer] = entry
         return {
             "guide": self.guide,
             "level": self.level,
@@ -81,12 +93,23 @@ class SwitchPosterior:
             "elbo": self.elbo,
             "elbo_standard_error": self.elbo_se,
             "stage_elbos": self.stage_elbos_json(),
-            "layers": {
-                layer: {"mean": self.means[layer].tolist(), "lower": self.lower[layer].tolist(),
-                        "upper": self.upper[layer].tolist()}
-                for layer in self.means
-            },
+            "layers": layers,
         }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "SwitchPosterior":
+        """The posterior that ``to_json`` wrote."""
+        layers = obj["layers"]
+
+        def tensors(key: str) -> dict[str, torch.Tensor] | None:
+            found = {k: torch.tensor(v[key], dtype=torch.float64) for k, v in layers.items() if key in v}
+            return found or None
+
+        stage = obj.get("stage_elbos")
+        return cls(obj["guide"], obj["level"], tensors("mean"), tensors("lower"), tensors("upper"),
+                   elbo=obj.get("elbo"), elbo_se=obj.get("elbo_standard_error"), exact=obj["exact_marginals"],
+                   concentrations=tensors("concentration"), samples=tensors("samples"),
+                   stage_elbos={k: (v["elbo"], v["standard_error"]) for k, v in stage.items()} if stage else None)
 
 
 def dirichlet_posterior(concentrations: dict[str, torch.Tensor], level: float = 0.95, guide: str = "dirichlet") -> SwitchPosterior:
@@ -125,19 +148,39 @@ def monte_carlo_posterior(guide, widths: dict[str, int], *args, level: float = 0
                            samples={k: torch.stack(v) for k, v in draws.items()})
 
 
+def posterior_of(model: SwitchModel, guide, level: float = CREDIBLE_LEVEL, num_samples: int = 1000,
+                 name: str | None = None) -> SwitchPosterior:
+    """The switch posterior that ``guide`` holds for every switched layer of ``model``: exact Beta
+    marginals for a ``DirichletGuide`` (module docstring), else means, equal-tailed intervals and
+    ``prob_below`` from ``num_samples`` draws of the guide. The guide must have been run once
+    (an autoguide builds its parameters on its first call)."""
+    if not isinstance(model, SwitchModel):
+        raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
+    if isinstance(guide, DirichletGuide):
+        return dirichlet_posterior(guide.concentrations(), level, name or "dirichlet")
+    if getattr(guide, "prototype_trace", True) is None:
+        raise ValueError("guide has no parameters yet: fit it (or run it once on a minibatch) first")
+    with all_layers(model):
+        return monte_carlo_posterior(guide, model.widths, level=level, num_samples=num_samples,
+                                     name=name or type(guide).__name__)
+
+
 @torch.no_grad()
-def estimate_elbo(model, guide, split: Split, batch_size: int = 256, num_particles: int = 8,
+def estimate_elbo(model, guide, data, batch_size: int = 256, num_particles: int = 8,
                   max_batches: int | None = 20, seed: int = 0) -> tuple[float, float]:
     """The ELBO (eq. 7) with ``num_particles`` particles on each of up to ``max_batches``
-    minibatches (each minibatch estimate is unbiased for the full-data ELBO, thanks to the plate's
-    N/B scaling); returns the mean and its standard error over the minibatches."""
+    minibatches of ``data`` (a ``Split``, shuffled with ``seed`` into batches of ``batch_size``,
+    or any iterable of ``(x, y[, idx])`` minibatches); each minibatch estimate is unbiased for
+    the full-data ELBO, thanks to the plate's N/B scaling. Returns the mean and its standard
+    error over the minibatches. Only the model's active layers are switched."""
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
     values = []
-    gen = torch.Generator().manual_seed(seed)
-    for i, (x, y, idx) in enumerate(batches(split, batch_size, True, gen)):
+    if isinstance(data, Split):
+        data = SplitLoader(data, batch_size, True, torch.Generator().manual_seed(seed))
+    for i, batch in enumerate(data):
         if max_batches is not None and i >= max_batches:
             break
-        values.append(-elbo.loss(model, guide, x, y, idx))
+        values.append(-elbo.loss(model, guide, *batch))
     t = torch.tensor(values, dtype=torch.float64)
     se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
     return float(t.mean()), se

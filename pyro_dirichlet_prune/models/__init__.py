@@ -9,7 +9,7 @@ from ..errors import UserError
 from .discovery import discover_switch_points
 from .lenet import LeNet5, LeNet5Caffe
 from .switch_points import SwitchPoint, switch_points
-from .switched import DirichletSwitchModel, SwitchedNetwork
+from .switched import SwitchedNetwork, SwitchModel
 from .vgg import VGG16
 from .wrn import WideResNet, parse_wrn_name
 
@@ -41,6 +41,18 @@ def default_widths(name: str) -> tuple[int, ...]:
     return WideResNet.default_widths_for(*parse_wrn_name(name))
 
 
+def load_pretrained(name: str, dataset: str) -> nn.Module:
+    """The pre-trained network ``name`` for ``dataset`` that ships with the package (``lenet5``
+    for ``mnist`` and ``fashion-mnist``), in eval mode."""
+    from .checkpoint import load_checkpoint, shipped_checkpoint
+
+    path = shipped_checkpoint(name, dataset)
+    if path is None:
+        raise ValueError(f"no pre-trained {name} for {dataset} ships with the package")
+    net, _ = load_checkpoint(path, name)
+    return net.eval()
+
+
 def build_model(
     name: str, widths: Sequence[int] | None = None, num_classes: int = 10, in_channels: int | None = None
 ) -> nn.Module:
@@ -60,6 +72,7 @@ __all__ = [
     "MODELS",
     "MODEL_NAMES",
     "build_model",
+    "load_pretrained",
     "check_model_name",
     "default_widths",
     "discover_switch_points",
@@ -70,5 +83,5 @@ __all__ = [
     "SwitchPoint",
     "switch_points",
     "SwitchedNetwork",
-    "DirichletSwitchModel",
+    "SwitchModel",
 ]

@@ -4,17 +4,21 @@ For every prunable layer l with D_l units the model draws an importance switch
 
     s_l ~ Dirichlet(alpha0 · 1_{D_l})
 
-and multiplies the layer's pre-activation channel-wise by D_l · s_l (the prior mean
-1/D_l then leaves the pre-trained network unchanged). The labels are
+and multiplies the layer's output channel-wise by c_l · s_l: with ``scale="simplex"`` (the
+default, the paper's model) c_l is the ``gain`` (default 1), so the layer's output is shrunk by
+1/D_l on average and the likelihood rewards moving the switch mass onto the units the network
+needs; with ``scale="dim"`` c_l = D_l, whose prior mean leaves the pre-trained network unchanged.
+The labels are
 
-    y_n | x_n, s ~ Categorical(logits = f(x_n; W, s)),   n = 1..N,
+    y_n | x_n, s ~ Categorical(logits = f(x_n; W, c · s)),   n = 1..N,
 
-inside ``pyro.plate("data", N, subsample=idx)`` so that a minibatch of size B is scaled
-by N/B and the ELBO is eq. 7 of Adamczewski & Park (2021):
+inside ``pyro.plate("data", N, subsample=idx)``: a minibatch of size B is scaled by N/B, so the
+ELBO is eq. 7 of Adamczewski & Park (2021):
 
-    L(phi) = sum_n E_q[log p(y_n | x_n, s)] - sum_l KL(Dir(phi_l) || Dir(alpha0 · 1)).
+    L(phi) = sum_n E_q[log p(y_n | x_n, s)] - sum_l KL(q(s_l) || Dir(alpha0 · 1)).
 
-The network's weights W are frozen and never enter Pyro's param store.
+The network's weights W are frozen: the network stays a plain ``nn.Module`` and never enters
+Pyro's param store (a ``PyroModule`` would turn them into trainable params).
 
 Per-example sampling (``sampling="per-example"``) draws an independent switch s^(i) ~ q for
 every example i of a minibatch of size B and scores the prior and guide densities of the B
@@ -37,6 +41,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .discovery import discover_switch_points
 from .switch_points import SwitchPoint, switch_points
 
 SWITCH_DTYPE = torch.float64
@@ -78,7 +83,7 @@ class SwitchedNetwork(nn.Module):
     def __init__(self, net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> None:
         super().__init__()
         self.net = net
-        self.points = list(points) if points is not None else switch_points(net)
+        self.points = list(points) if points is not None else _points(net, None, None)
         names = [p.name for p in self.points]
         if len(set(names)) != len(names):
             raise ValueError(f"switch point names must be unique, got {names}")
@@ -142,74 +147,117 @@ def switch_factors(widths: Mapping[str, int], scale: str, gain: float = 1.0) -> 
     return {n: float(d) if scale == "dim" else float(gain) for n, d in widths.items()}
 
 
-class DirichletSwitchModel:
-    """Pyro model ``model(x, y=None, idx=None)`` of Dirichlet pruning (see module docstring).
+class SwitchModel:
+    """The switch model ``model(x, y=None, idx=None)`` of Dirichlet pruning (module docstring), a
+    Pyro model for ``pyro.infer.SVI`` with any guide of its sites ``switch.<layer>``.
 
     Args:
-        network: the frozen switched network.
-        alpha0: concentration of the symmetric Dirichlet prior on every switch.
-        num_data: N, the size of the training set that minibatches are scaled to.
-        layers: the switch points that get a switch (default all); the others are left
-            unswitched, which is how per-layer sequential learning fits one layer at a time.
-        scale: ``"simplex"`` (default) multiplies by s_l itself, as written in the paper (the layer's total
-            output is then shrunk by 1/D_l and the likelihood rewards putting the switch mass on
-            the units that matter); ``"dim"`` multiplies by D_l · s_l (the prior mean is then the
-            pre-trained network, and the posterior mean ranks units about as well as chance:
-            docs/experiments.md).
-        sampling: ``"shared"`` (one switch draw per layer for the whole minibatch) or
-            ``"per-example"`` (one draw per example; module docstring). The guide must match.
-        gain: with ``scale="simplex"``, the output is multiplied by ``gain · s_l`` (default 1, the
-            paper's). The likelihood buys back the 1/k shrink of k units sharing the mass by
-            concentrating it, so the gain sets how many units carry the mass
-            (``benchmarks/switch_gain.py``). Must be 1 with ``scale="dim"``.
+        net: the pre-trained network (frozen in place: its parameters stop requiring grad), or a
+            ``SwitchedNetwork`` to share with another model.
+        input_shape: the shape of one input, e.g. ``(1, 28, 28)``; needed to discover the
+            prunable layers of a network that does not declare them (``switch_points()``).
+        num_data: N, the size of the training set the minibatches are scaled to.
+        layers: the layers to switch, by name (default: all that the network declares or that
+            discovery finds), or ``SwitchPoint`` objects.
+        alpha0: the concentration of the symmetric Dirichlet prior of every switch.
+        scale: ``"simplex"`` (output times ``gain · s_l``, the paper's) or ``"dim"`` (times ``D_l · s_l``).
+        gain: the constant c of ``simplex``; it sets how many units carry the switch mass
+            (docs/switch-gain.md). Must be 1 with ``scale="dim"``.
+        sampling: ``"shared"`` (one switch draw per minibatch) or ``"per-example"``.
+
+    ``model.switching(["conv1"])`` switches only the layers named, the others staying the
+    pre-trained network: this is how layers are learned one at a time (``fit(schedule=
+    "sequential")``); guides of this package sample the switches of the active layers only.
+    The minibatch size comes from ``x``; ``idx`` (the examples' indices) is optional.
     """
 
     def __init__(
         self,
-        network: SwitchedNetwork,
-        alpha0: float,
-        num_data: int,
-        layers: Sequence[str] | None = None,
+        net: nn.Module,
+        input_shape: Sequence[int] | None = None,
+        num_data: int | None = None,
+        *,
+        layers: Sequence[str | SwitchPoint] | None = None,
+        alpha0: float = 0.5,
         scale: str = "simplex",
-        sampling: str = "shared",
         gain: float = 1.0,
+        sampling: str = "shared",
     ) -> None:
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if sampling not in SAMPLINGS:
-            raise ValueError(f"unknown switch sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
-        self.sampling = sampling
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
         if scale not in SCALES:
-            raise ValueError(f"unknown switch scale {scale!r}; choose one of {', '.join(SCALES)}")
-        if not alpha0 > 0:
-            raise ValueError(f"alpha0 must be positive, got {alpha0}")
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+        if isinstance(alpha0, bool) or not isinstance(alpha0, (int, float)) or not (alpha0 > 0 and math.isfinite(alpha0)):
+            raise ValueError(f"alpha0 must be a positive number, got {alpha0!r}")
+        if isinstance(num_data, bool) or not isinstance(num_data, int):
+            raise TypeError(f"num_data must be an int (the size of the training set), got {num_data!r}")
         if num_data < 1:
             raise ValueError(f"num_data must be positive, got {num_data}")
+        if isinstance(net, SwitchedNetwork):
+            network = net
+        else:
+            network = SwitchedNetwork(net, _points(net, input_shape, layers))
+        names = [p.name if isinstance(p, SwitchPoint) else p for p in layers] if layers is not None else list(network.widths)
+        unknown = [n for n in names if n not in network.widths]
+        if unknown or len(set(names)) != len(names) or not names:
+            raise ValueError(f"layers must be distinct switch points of the network ({', '.join(network.widths)}), "
+                             f"got {names}")
         self.network = network
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.alpha0 = float(alpha0)
         self.num_data = int(num_data)
-        widths = network.widths
-        self.layers = list(layers) if layers is not None else list(widths)
-        unknown = [n for n in self.layers if n not in widths]
-        if unknown:
-            raise KeyError(f"no switch point named {unknown}")
-        self.widths = {n: widths[n] for n in self.layers}
+        self.layers = names
+        self.widths = {n: network.widths[n] for n in names}
         self.scale = scale
-        self._factor = switch_factors(self.widths, scale, gain)
-        self._prior = {
-            n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()
-        }
+        self.sampling = sampling
+        self.gain = float(gain)
+        self.factors = switch_factors(self.widths, scale, gain)
+        self.active_layers = list(names)
+        self._prior = {n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()}
+
+    @property
+    def points(self) -> list[SwitchPoint]:
+        """The switch points of the switched layers."""
+        return [p for p in self.network.points if p.name in self.widths]
+
+    @property
+    def net(self) -> nn.Module:
+        """The pre-trained network."""
+        return self.network.net
 
     def prior(self, layer: str) -> dist.Dirichlet:
         """p(s_l) = Dirichlet(alpha0 · 1_{D_l})."""
         return dist.Dirichlet(self._prior[layer], validate_args=False)
+
+    @contextlib.contextmanager
+    def switching(self, layers: Sequence[str]) -> Iterator["SwitchModel"]:
+        """Switch only ``layers`` inside the context (the others are the pre-trained network)."""
+        layers = list(layers)
+        unknown = [n for n in layers if n not in self.widths]
+        if unknown or not layers:
+            raise ValueError(f"layers must be switched layers of the model ({', '.join(self.widths)}), got {layers}")
+        previous = self.active_layers
+        self.active_layers = [n for n in self.layers if n in set(layers)]
+        try:
+            yield self
+        finally:
+            self.active_layers = previous
+
+    def restricted(self, layers: Sequence[str]) -> "SwitchModel":
+        """The same model with only ``layers`` switched, sharing this model's network."""
+        return SwitchModel(self.network, self.input_shape, self.num_data, layers=layers, alpha0=self.alpha0,
+                           scale=self.scale, gain=self.gain, sampling=self.sampling)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None
     ) -> torch.Tensor:
         scales = {}
         with switch_draws(self.sampling, x.shape[0]):
-            for name, d in self.widths.items():
+            for name in self.active_layers:
                 s = pyro.sample(switch_site(name), self.prior(name))
-                scales[name] = (self._factor[name] * s).to(torch.get_default_dtype())
+                scales[name] = (self.factors[name] * s).to(torch.get_default_dtype())
         with self.network.scaled(scales):
             logits = self.network(x)
         if idx is None:
@@ -217,3 +265,14 @@ class DirichletSwitchModel:
         with pyro.plate("data", self.num_data, subsample=idx):
             pyro.sample("obs", dist.Categorical(logits=logits, validate_args=False), obs=y)
         return logits
+
+
+def _points(net: nn.Module, input_shape: Sequence[int] | None, layers) -> list[SwitchPoint]:
+    """The switch points of ``net`` (``switch_points``: declared, or discovered on inputs of
+    ``input_shape``); ``SwitchPoint`` objects in ``layers`` are used as given, and the layers of a
+    network that declares none are discovered among those named."""
+    if layers is not None and all(isinstance(p, SwitchPoint) for p in layers):
+        return list(layers)
+    if layers is None or hasattr(net, "switch_points") or input_shape is None:
+        return switch_points(net, input_shape)
+    return discover_switch_points(net, input_shape, [p for p in layers if isinstance(p, str)])

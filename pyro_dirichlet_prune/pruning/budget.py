@@ -60,7 +60,7 @@ def budget_keep(
     Returns the kept indices per layer and their size; a budget that even one unit per layer
     cannot meet is a ``UserError``."""
     if not target:
-        raise UserError("the budget cut-off needs --target-macs and/or --target-params")
+        raise UserError("the budget cut-off needs a target: macs and/or params")
     for key, value in target.items():
         if key not in ("macs", "params"):
             raise UserError(f"unknown budget {key!r}; use macs or params")
@@ -92,3 +92,21 @@ def budget_keep(
         removed[layer].add(j)
     keep = {layer: [j for j in range(d) if j not in removed[layer]] for layer, d in widths.items()}
     return keep, size(counts_after(hi))
+
+
+def budget_cutoff(posterior, net: nn.Module, input_shape: Sequence[int], macs: int | None = None,
+                  params: int | None = None, tau: float = 0.5,
+                  points: Sequence[SwitchPoint] | None = None) -> dict[str, list[int]]:
+    """The units to keep so that ``net`` fits ``macs`` and/or ``params``: units are removed across
+    layers in order of posterior evidence of unimportance, ``P(D_l · s_lj < tau)`` descending
+    (``removal_order``), and the shortest prefix of that order that fits is found by bisection on
+    physically pruned copies. ``points`` are the network's switch points (default: declared or
+    discovered)."""
+    from .cutoff import removal_order
+
+    target = {k: v for k, v in (("macs", macs), ("params", params)) if v is not None}
+    if not target:
+        raise ValueError("give macs and/or params")
+    size = size_function(net, input_shape, points)
+    keep, _ = budget_keep(removal_order(posterior.prob_below(tau), posterior.means), posterior.widths, size, target)
+    return keep

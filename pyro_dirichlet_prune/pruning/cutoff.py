@@ -36,7 +36,7 @@ def parse_arch(arch: str, widths: Mapping[str, int]) -> dict[str, int]:
 def rate_widths(rate: float, widths: Mapping[str, int]) -> dict[str, int]:
     """Kept units when a fraction ``rate`` of every layer is removed: max(1, round(D·(1 - rate)))."""
     if not 0.0 <= rate < 1.0:
-        raise UserError(f"--rate must be in [0, 1), got {rate}")
+        raise UserError(f"rate must be in [0, 1), got {rate}")
     return {name: max(1, int(math.floor(d * (1.0 - rate) + 0.5))) for name, d in widths.items()}
 
 
@@ -91,3 +91,44 @@ def removal_order(prob_below: Mapping[str, torch.Tensor], means: Mapping[str, to
         units += [(-float(p[j]), d * float(m[j]), li, j, layer) for j in range(d)]
     units.sort()
     return [(u[4], u[3]) for u in units]
+
+
+def _scores(ranking) -> dict[str, torch.Tensor]:
+    """Per-layer unit scores from a ``SwitchPosterior`` (its means) or a mapping of scores."""
+    means = getattr(ranking, "means", None)
+    if means is not None:
+        return dict(means)
+    if isinstance(ranking, Mapping):
+        return {k: torch.as_tensor(v) for k, v in ranking.items()}
+    raise TypeError(f"expected a SwitchPosterior or a mapping of per-layer scores, got {type(ranking).__name__}")
+
+
+def uncertainty_cutoff(posterior, tau: float = 0.5, delta: float = 0.05) -> dict[str, list[int]]:
+    """The units a posterior keeps: unit j of layer l goes when ``P(D_l · s_lj < tau) >= 1 - delta``
+    (``uncertainty_keep``); a layer keeps at least its unit of highest posterior mean."""
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau must be a positive number, got {tau}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    keep, _ = uncertainty_keep(posterior.prob_below(tau), posterior.means, delta)
+    return keep
+
+
+def arch_cutoff(ranking, arch: str | Sequence[int] | Mapping[str, int]) -> dict[str, list[int]]:
+    """Keep the ``arch`` highest-scoring units per layer (``"6-8-40-20"``, a list in layer order,
+    or ``{layer: count}``); ``ranking`` is a posterior (its means) or per-layer scores."""
+    scores = _scores(ranking)
+    widths = {k: int(v.numel()) for k, v in scores.items()}
+    if isinstance(arch, str):
+        counts = parse_arch(arch, widths)
+    elif isinstance(arch, Mapping):
+        counts = parse_arch("-".join(str(int(arch[k])) for k in widths) if set(arch) == set(widths) else "x", widths)
+    else:
+        counts = parse_arch("-".join(str(int(k)) for k in arch), widths)
+    return keep_top(scores, counts)
+
+
+def rate_cutoff(ranking, rate: float) -> dict[str, list[int]]:
+    """Remove a fraction ``rate`` of every layer, keeping its highest-scoring units (``rate_widths``)."""
+    scores = _scores(ranking)
+    return keep_top(scores, rate_widths(rate, {k: int(v.numel()) for k, v in scores.items()}))

@@ -133,3 +133,20 @@ def verify_surgery(
             f"dependency of layers {', '.join(keep)}"
         )
     return diff
+
+
+def prune(net: nn.Module, keep: Mapping[str, Sequence[int]], input_shape: Sequence[int],
+          points: Sequence[SwitchPoint] | None = None, verify: bool = True) -> nn.Module:
+    """A physically smaller copy of ``net`` keeping the units ``keep[l]`` of every layer named
+    (Torch-Pruning slices every coupled tensor: the layer, a following batch-norm, the next
+    layers' inputs). With ``verify`` the copy is checked to compute what the masked network
+    computes (``verify_surgery``). ``input_shape`` is the shape of one input, e.g. ``(1, 28, 28)``;
+    ``points`` the network's switch points (default: declared or discovered, e.g. ``model.points``)."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if input_shape is None or len(tuple(input_shape)) < 1:
+        raise ValueError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
+    small = prune_units(net, keep, tuple(input_shape), points)
+    if verify:
+        verify_surgery(net, small, keep, tuple(input_shape), points=points)
+    return small

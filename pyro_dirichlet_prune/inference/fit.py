@@ -1,0 +1,266 @@
+"""``fit``: the SVI loop for those who do not write their own.
+
+It maximises the ELBO of a ``SwitchModel`` under a guide with ``pyro.infer.SVI`` over the
+minibatches of any iterable of ``(x, y)`` or ``(x, y, idx)`` batches (a ``torch`` ``DataLoader``,
+or ``data.SplitLoader`` for tensors in memory), either for all layers jointly or one layer at a
+time (``schedule="sequential"``: input layer first; while layer l learns the other layers carry
+no switch, i.e. the pre-trained network, as in the paper), with the numerical guards of this
+package and resumable state.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.util import torch_item
+from tqdm.auto import tqdm
+
+from ..data import resume_epoch, split_batch
+from ..errors import NumericalError
+from ..models.switched import SwitchModel
+from ..runstate import RunState
+from .guides import DirichletGuide, LayerwiseGuide, all_layers
+
+SCHEDULES = ("joint", "sequential")
+AT_FLOOR = 0.01  # a concentration within 1% of the floor counts as collapsed onto it
+
+
+@dataclass
+class FitResult:
+    """The loss (-ELBO estimate) of every step, the stages (layers, steps, seconds) and the
+    total time. The fitted state itself lives in the guide."""
+
+    losses: list[float] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def diagnose_nonfinite(model: SwitchModel, guide, *args) -> str:
+    """Say what made the ELBO non-finite: the frozen network itself on this batch, the
+    concentrations of a layer (after a non-finite gradient step), or the site whose log-density
+    is not finite under the current guide."""
+    with torch.no_grad():
+        if not torch.isfinite(model.network(args[0])).all():
+            return "the network's logits are not finite on this batch even without switches (check the checkpoint and the data)"
+    if isinstance(guide, DirichletGuide):
+        bad = [layer for layer, phi in guide.concentrations().items() if not torch.isfinite(phi).all()]
+        if bad:
+            return f"concentrations of layer {', '.join(bad)} are not finite"
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+        for where, trace in (("model", model_trace), ("guide", guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] == "sample":
+                    lp = site["fn"].log_prob(site["value"])
+                    if not torch.isfinite(lp).all():
+                        return f"the {where} log-density of site {name} is not finite"
+                    if name == "obs" and not torch.isfinite(site["fn"].logits).all():
+                        return "the network's logits are not finite"
+    return "no single site is non-finite on a fresh draw (an unlucky sample or too large a learning rate)"
+
+
+def check_collapse(guide: DirichletGuide, layers: Iterable[str], step: int, label: str) -> None:
+    """Raise ``NumericalError`` if every concentration of one of ``layers`` sits at the floor:
+    the posterior mean is then uniform and ranks nothing."""
+    for layer in layers:
+        phi = guide.concentrations()[layer]
+        if bool(((phi - guide.floor) <= AT_FLOOR * guide.floor).all()):
+            raise NumericalError(
+                f"all {phi.numel()} concentrations of layer {layer} collapsed to the floor {guide.floor} "
+                f"by step {step} of switch learning ({label}); the posterior ranks nothing. "
+                f"Lower the learning rate, raise alpha0 above the floor, or check that the layer affects the output"
+            )
+
+
+def collapsed_fraction(concentrations: dict[str, torch.Tensor], floor: float) -> dict[str, float]:
+    """Fraction of each layer's concentrations within 1% of the floor."""
+    return {k: float(((v - floor) <= AT_FLOOR * floor).double().mean()) for k, v in concentrations.items()}
+
+
+class _SVI(SVI):
+    """``pyro.infer.SVI`` whose step also takes the plain ``nn.Parameter``s of a module-local guide
+    (Pyro 1.9's ``SVI.step`` expects every captured param to carry ``unconstrained``, which
+    ``AutoLowRankMultivariateNormal``'s plain parameters lack in module-local mode)."""
+
+    def step(self, *args, **kwargs) -> float:
+        with poutine.trace(param_only=True) as capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = set()
+        for site in capture.trace.nodes.values():
+            value = site["value"]
+            params.add(value.unconstrained() if hasattr(value, "unconstrained") else value)
+        self.optim(params)
+        pyro.infer.util.zero_grads(params)
+        return torch_item(loss)
+
+
+def _optim_state(optim: pyro.optim.PyroOptim, guide) -> dict:
+    """The per-parameter optimiser states, keyed by the guide's parameter names."""
+    names = {p: n for n, p in guide.named_parameters()}
+    return {names[p]: copy.deepcopy(o.state_dict()) for p, o in optim.optim_objs.items() if p in names}
+
+
+def _load_optim_state(optim: pyro.optim.PyroOptim, guide, state: dict) -> None:
+    for name, p in guide.named_parameters():
+        if name in state:
+            optim.optim_objs[p] = optim._get_optim(p)
+            optim.grad_clip[p] = optim._get_grad_clip(p)
+            optim.optim_objs[p].load_state_dict(state[name])
+
+
+def fit(
+    model: SwitchModel,
+    guide,
+    data: Iterable,
+    *,
+    epochs: int = 1,
+    schedule: str = "joint",
+    loss=None,
+    lr: float = 0.05,
+    num_particles: int = 1,
+    seed: int | None = None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    state: RunState | None = None,
+    loop: str = "switches",
+) -> FitResult:
+    """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
+
+    Args:
+        model: the ``SwitchModel``.
+        guide: any guide of it: ``DirichletGuide``, ``LayerwiseGuide``, or a Pyro autoguide
+            (``AutoNormal(model)``, ...) for the joint schedule.
+        data: an iterable of ``(x, y)`` or ``(x, y, idx)`` minibatches, e.g. a ``DataLoader``.
+        schedule: ``"joint"`` (all layers at once) or ``"sequential"`` (one layer after another,
+            ``epochs`` passes each; needs a guide that samples the active layers only:
+            ``DirichletGuide`` or ``LayerwiseGuide``).
+        loss: the ELBO, default ``Trace_ELBO(num_particles)``; ``MeanSwitchELBO()`` for the mean variant.
+        seed: seeds Pyro's (and torch's) generators first, when given.
+        checkpoint: a folder where the loop saves its state every ``checkpoint_every`` steps and
+            at every epoch end; when a state is there, the loop continues from it, to the same
+            result as an uninterrupted run when ``data`` can restore its position
+            (``state_dict``/``load_state_dict``) or reshuffles from torch's global generator, as a
+            ``DataLoader(shuffle=True)`` without its own generator does.
+
+    Raises ``NumericalError`` naming the layer and step if the ELBO stops being finite, or if
+    every concentration of a layer of a ``DirichletGuide`` collapses to the floor (checked at
+    every epoch end).
+    """
+    if not isinstance(model, SwitchModel):
+        raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "sequential" and not isinstance(guide, (DirichletGuide, LayerwiseGuide)):
+        raise ValueError("schedule 'sequential' needs a guide that samples the active layers only: a DirichletGuide, "
+                         "or LayerwiseGuide(model, factory) for an autoguide")
+    for name, value in (("epochs", epochs), ("num_particles", num_particles), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive, got {lr}")
+    if state is None and checkpoint is not None:
+        state = RunState(checkpoint, checkpoint_every)
+        if state.exists():
+            state.load()
+    if loss is None:
+        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
+    stages = [list(model.layers)] if schedule == "joint" else [[layer] for layer in model.layers]
+    saved = state.get(loop) if state is not None else None
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    result = FitResult()
+    stage_index, epoch, batch, seconds_before = 0, 0, 0, 0.0
+    optim_state, epoch_rng, loader_state = None, None, None
+    if saved is not None:
+        _warm_up(model, guide, data)
+        guide.load_state_dict(saved["guide"], strict=False)
+        result = FitResult(list(saved["losses"]), list(saved["stages"]), saved["seconds"])
+        if saved.get("done"):
+            return result
+        torch.set_rng_state(saved["rng"])
+        stage_index, epoch, batch = saved["stage"], saved["epoch"], saved["batch"]
+        optim_state, epoch_rng, loader_state = saved["optim"], saved["epoch_rng"], saved["loader"]
+        seconds_before = saved["seconds"]
+    per_epoch = len(data) if hasattr(data, "__len__") else None
+    start = time.perf_counter()
+    for stage_index in range(stage_index, len(stages)):
+        layers = stages[stage_index]
+        label = "+".join(layers)
+        optim = pyro.optim.Adam({"lr": lr})
+        if optim_state is not None:
+            _load_optim_state(optim, guide, optim_state)
+            optim_state = None
+        svi = _SVI(model, guide, optim, loss=loss)
+        t0 = time.perf_counter()
+        step = epoch * per_epoch + batch if per_epoch is not None else 0
+
+        def snapshot(done: bool = False) -> dict:
+            return {
+                "done": done, "guide": copy.deepcopy(guide.state_dict()), "optim": _optim_state(optim, guide),
+                "rng": torch.get_rng_state(), "epoch_rng": epoch_rng,
+                "loader": data.state_dict() if hasattr(data, "state_dict") else None,
+                "stage": stage_index, "epoch": epoch, "batch": batch, "losses": list(result.losses),
+                "stages": list(result.stages), "seconds": seconds_before + time.perf_counter() - start,
+                "global_step": len(result.losses),
+            }
+
+        total = epochs * per_epoch if per_epoch is not None else None
+        bar = tqdm(total=total, initial=step, desc=f"switches {label}", leave=False, disable=None if progress else True)
+        with model.switching(layers):
+            while epoch < epochs:
+                if batch == 0:
+                    epoch_rng = torch.get_rng_state()  # where a plain DataLoader's shuffle starts
+                for x, y, *idx in resume_epoch(data, batch, loader_state, epoch_rng):
+                    loss_value = svi.step(x, y, *idx)
+                    step += 1
+                    batch += 1
+                    if not math.isfinite(loss_value):
+                        bar.close()
+                        raise NumericalError(
+                            f"ELBO became {loss_value} at step {step} of switch learning ({label}): "
+                            f"{diagnose_nonfinite(model, guide, x, y, *idx)}"
+                        )
+                    result.losses.append(loss_value)
+                    bar.update()
+                    if step % 50 == 0:
+                        bar.set_postfix(loss=f"{loss_value:.4g}")
+                    if state is not None:
+                        state.step(loop, len(result.losses), snapshot)
+                epoch, batch, loader_state, epoch_rng = epoch + 1, 0, None, None
+                if isinstance(guide, DirichletGuide):
+                    check_collapse(guide, layers, step, label)
+                if state is not None and epoch < epochs:
+                    state.save(loop, snapshot())
+        bar.close()
+        result.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
+        epoch = 0
+        if state is not None:
+            stage_index += 1
+            state.save(loop, snapshot(done=stage_index == len(stages)))
+    result.seconds = seconds_before + time.perf_counter() - start
+    return result
+
+
+def _warm_up(model: SwitchModel, guide, data: Iterable) -> None:
+    """Create a lazily built guide's parameters (autoguides) by running it once on a batch, with
+    every layer switched; the random generators are left as they were."""
+    if isinstance(guide, DirichletGuide):
+        return
+    with torch.random.fork_rng(), all_layers(model), poutine.block():
+        if hasattr(data, "split"):  # a SplitLoader: leave its position alone
+            x, y = data.split.x[: data.batch_size], data.split.y[: data.batch_size]
+            guide(x, y)
+        else:
+            x, y, *idx = split_batch(next(iter(data)))
+            guide(x, y, *idx)
