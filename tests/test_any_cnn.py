@@ -260,7 +260,7 @@ def test_discovery_leaves_the_network_as_it_was():
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     with pytest.raises(UserError, match="could not trace"):
         discover_switch_points(net, (1, 28, 28))
-    with pytest.raises(TypeError, match="no input shape"):
+    with pytest.raises(TypeError, match="input_shape was not given"):
         switch_points(net)
 
 
