@@ -14,11 +14,16 @@ alike, median over ``--repeats`` rounds:
 * ``plain_switched``: the same computation as ``svi`` without Pyro: fixed channel scales
   requiring grad multiply the layer outputs, forward + cross-entropy + backward.
 
-Prints the ratios svi/plain and svi/plain_switched and writes a JSON report (``--out``).
+Prints the ratios svi/plain and svi/plain_switched and the minor page faults per step of each,
+and writes a JSON report (``--out``). With glibc's default allocator settings the ratios are
+dominated by page faults (``pyro_dirichlet_prune.allocator``); ``--retain-freed-memory`` applies
+the setting the command line runs with, and ``--no-validation`` switches Pyro's validation
+checks off (``pyro.enable_validation(False)``), to measure each cost apart.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_dirichlet_prune import DirichletGuide, SwitchModel
+from pyro_dirichlet_prune import DirichletGuide, SwitchModel, retain_freed_memory
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.report import versions, write_json
@@ -46,8 +51,15 @@ def main() -> None:
     ap.add_argument("--input-shape", default=None, help="C,H,W (default 1,28,28 for the LeNets, 3,32,32 otherwise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", default=SwitchConfig().scale, help="switch scale (default: the default model's)")
+    ap.add_argument("--retain-freed-memory", action="store_true",
+                    help="keep freed memory in the process, as the command line does (allocator.py)")
+    ap.add_argument("--no-validation", action="store_true", help="pyro.enable_validation(False)")
     ap.add_argument("--out", default="benchmarks/results/svi_step.json")
     args = ap.parse_args()
+    retained = retain_freed_memory() if args.retain_freed_memory else False
+    if args.retain_freed_memory and not retained:
+        raise SystemExit("--retain-freed-memory: this C library has no mallopt (not glibc)")
+    pyro.enable_validation(not args.no_validation)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -93,16 +105,21 @@ def main() -> None:
         for f in steps.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in steps}
+    faults = {k: 0 for k in steps}
     for _ in range(args.repeats):
         for k, f in steps.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
+            faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     med = {k: statistics.median(v) for k, v in times.items()}
+    faults_per_step = {k: v / args.repeats for k, v in faults.items()}
     ratio = med["svi"] / med["plain"]
     ratio_switched = med["svi"] / med["plain_switched"]
     for k, v in med.items():
-        print(f"{k:15s} median {1e3 * v:8.3f} ms  (p10 {1e3 * sorted(times[k])[len(times[k]) // 10]:.3f} ms)")
+        print(f"{k:15s} median {1e3 * v:8.3f} ms  (p10 {1e3 * sorted(times[k])[len(times[k]) // 10]:.3f} ms)  "
+              f"{faults_per_step[k]:8.1f} minor page faults/step")
     print(f"ratio svi / plain forward+backward          = {ratio:.3f}")
     print(f"ratio svi / plain switched forward+backward = {ratio_switched:.3f}")
     write_json(
@@ -110,6 +127,9 @@ def main() -> None:
         {
             "config": vars(args),
             "median_seconds": med,
+            "minor_page_faults_per_step": faults_per_step,
+            "pyro_validation": not args.no_validation,
+            "freed_memory_retained": retained,
             "ratio_svi_over_plain": ratio,
             "ratio_svi_over_plain_switched": ratio_switched,
             "threads": torch.get_num_threads(),

@@ -12,6 +12,7 @@ A session::
     small = prune(net, keep, input_shape=(1, 28, 28))    # physical surgery
     finetune(small, train_loader, val_loader, epochs=40)
 """
+from .allocator import retain_freed_memory
 from .data import SplitLoader, normalisation
 from .inference.elbo import MeanSwitchELBO, dirichlet_kl
 from .inference.fit import FitResult, fit
@@ -34,5 +35,5 @@ __all__ = [
     "fit", "FitResult", "posterior_of", "SwitchPosterior", "estimate_elbo",
     "uncertainty_cutoff", "budget_cutoff", "PosteriorImportance", "arch_cutoff", "rate_cutoff", "prune", "finetune", "evaluate",
     "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "SwitchPoint", "normalisation",
-    "SplitLoader", "count_macs", "count_params", "__version__",
+    "SplitLoader", "count_macs", "count_params", "retain_freed_memory", "__version__",
 ]
