@@ -180,7 +180,7 @@ def load_data(
             hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
             raise UserError(
                 f"no {name} data found (looked in {', '.join(looked)}{download_error}); "
-                f"pass --data-dir to a folder in torchvision's layout, set $DATA_DIR, run once online{hint}"
+                f"point data_dir to a folder in torchvision's layout, set $DATA_DIR, run once online{hint}"
             )
     xtr, ytr, xte, yte = raw
     train_all = _to_split(xtr, ytr, mean, std)

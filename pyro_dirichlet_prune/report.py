@@ -108,14 +108,14 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, resume: bool =
     out = Path(out)
     work = work_folder(out)
     if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
+        raise UserError("resume=True and overwrite=True exclude each other")
     if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
+        raise UserError(f"output folder {out} already exists (pass overwrite=True to replace it)")
     if resume and not (work / "state.pt").is_file():
         raise UserError(f"nothing to resume: no interrupted run in {work}")
     if work.exists() and not resume and not overwrite:
         raise UserError(
-            f"an interrupted run of {out} is kept in {work}; pass --resume to continue it or --overwrite to start over"
+            f"an interrupted run of {out} is kept in {work}; pass resume=True to continue it or overwrite=True to start over"
         )
 
 
@@ -127,7 +127,7 @@ def output_folder(
 
     On failure the work folder is removed, unless it holds one of the ``keep`` files (the
     resumable state of a long run), so ``out`` never holds a partial run and a crash loses
-    nothing that ``--resume`` could use. On success the ``keep`` files are deleted and an
+    nothing that ``resume=True`` could use. On success the ``keep`` files are deleted and an
     existing ``out`` is replaced only when ``overwrite``.
     """
     out = Path(out)

@@ -61,7 +61,7 @@ class RunState:
             saved = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise UserError(f"cannot read the saved run state {self.path} ({type(exc).__name__}); "
-                            f"start over with --overwrite") from None
+                            f"start over with overwrite=True") from None
         if saved.get("config") != self.config:
             diff = sorted(k for k in set(saved.get("config", {})) | set(self.config)
                           if saved.get("config", {}).get(k) != self.config.get(k))

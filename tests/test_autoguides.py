@@ -78,7 +78,7 @@ def test_autoguides_start_at_the_prior_mean_and_fit(name):
 
 
 def test_autoguides_refuse_the_meanfield_elbo():
-    with pytest.raises(ValueError, match="needs --elbo trace"):
+    with pytest.raises(ValueError, match="needs elbo='trace'"):
         SwitchConfig(guide="normal", elbo="meanfield").validate()
 
 

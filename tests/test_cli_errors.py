@@ -232,8 +232,9 @@ def test_library_argument_names_become_flags():
     assert flag_words("give checkpoint=PATH", parser, "search") == "give --checkpoint PATH"
     assert flag_words("input_shape must be 3 integers", parser, "prune") == "--input-shape must be 3 integers"
     assert flag_words("load it with allow_pickle=True", parser, "prune") == "load it with --allow-pickle"
+    assert flag_words("guide normal needs elbo='trace'", parser, "prune") == "guide normal needs --elbo trace"
     for kept in ("input_shape is not an option of search", "see /tmp/max_train_examples/x.pt, data_dir.txt",
-                 "alpha=True and foo_bar=PATH"):
+                 "alpha=True and foo_bar=PATH", "foo='bar'"):
         assert flag_words(kept, parser, "search") == kept
 
 

@@ -32,8 +32,11 @@ def test_output_folder_existing(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(UserError, match="already exists"):
+    with pytest.raises(UserError, match=r"already exists \(pass overwrite=True to replace it\)"):
         with output_folder(out):
+            pass
+    with pytest.raises(UserError, match="resume=True and overwrite=True exclude each other"):
+        with output_folder(out, overwrite=True, resume=True):
             pass
     assert (out / "old.txt").read_text() == "old"
     with pytest.raises(RuntimeError):  # a failed overwrite keeps the old folder

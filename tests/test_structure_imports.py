@@ -179,8 +179,7 @@ FLAGS_IN_MESSAGES = {
     # library should name the argument (``rate must be in [0, 1), got 1.5``, ``resume=True``);
     # ``cli.options.flag_words`` turns such names into flags for the command line. Remove an
     # entry when its module is fixed.
-    "compare.py", "data.py", "inference/svi.py", "pipeline.py", "pruning/budget.py", "pruning/cutoff.py",
-    "report.py", "runstate.py", "training.py",
+    "compare.py", "pipeline.py",
 }
 
 

@@ -87,8 +87,8 @@ def parse_seeds(text: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- library messages
 
-_ARGUMENT = re.compile(r"(?<![\w/.\-])(?:([a-z][a-z0-9_]*)=(True|[A-Z][A-Z_]*)|([a-z][a-z0-9]*(?:_[a-z0-9]+)+))"
-                       r"(?![\w/\-]|\.\w)")
+_ARGUMENT = re.compile(r"(?<![\w/.\-])(?:([a-z][a-z0-9_]*)=(True|[A-Z][A-Z_]*|'[\w.\-]+')"
+                       r"|([a-z][a-z0-9]*(?:_[a-z0-9]+)+))(?![\w/\-]|\.\w)")
 
 
 def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -103,10 +103,11 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def flag_words(message: str, parser: ArgumentParser, command: str | None = None) -> str:
     """A library message in the command line's words. The library names the arguments a caller
-    can set (``resume=True``, ``checkpoint=PATH``, ``input_shape``); here they become the flags
-    that set them (``--resume``, ``--checkpoint PATH``, ``--input-shape``). A bare name (with an
-    underscore) is translated only when it is an option of ``command``; a ``name=VALUE`` also
-    when it is an option of another sub-command. Anything else stays as it is."""
+    can set (``resume=True``, ``checkpoint=PATH``, ``elbo='trace'``, ``input_shape``); here they
+    become the flags that set them (``--resume``, ``--checkpoint PATH``, ``--elbo trace``,
+    ``--input-shape``). A bare name (with an underscore) is translated only when it is an option
+    of ``command``; a ``name=VALUE`` also when it is an option of another sub-command. Anything
+    else stays as it is."""
     own = _flags(parser.commands[command]) if command in parser.commands else {}
     flags: dict[str, str] = {}
     for name, sub in parser.commands.items():
@@ -119,7 +120,8 @@ def flag_words(message: str, parser: ArgumentParser, command: str | None = None)
             flag = flags.get(m.group(1))
             if flag is None:
                 return m.group(0)
-            return flag if m.group(2) == "True" else f"{flag} {m.group(2)}"
+            value = m.group(2).strip("'")
+            return flag if value == "True" else f"{flag} {value}"
         return own.get(m.group(3), m.group(0))
 
     return _ARGUMENT.sub(replace, message)

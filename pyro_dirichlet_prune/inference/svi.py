@@ -63,7 +63,7 @@ class SwitchConfig:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
         if self.guide in AUTOGUIDES and self.elbo != "trace":
             raise ValueError(
-                f"guide {self.guide} needs --elbo trace: TraceMeanField_ELBO mis-handles the log-density of "
+                f"guide {self.guide} needs elbo='trace': TraceMeanField_ELBO mis-handles the log-density of "
                 f"the autoguides' Delta sites in Pyro 1.9 and optimises another objective"
             )
         if self.scale not in SCALES:
@@ -72,7 +72,7 @@ class SwitchConfig:
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown switch sampling {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
         if self.sampling == "per-example" and self.guide != "dirichlet":
-            raise ValueError(f"per-example switch sampling needs --guide dirichlet, not {self.guide}")
+            raise ValueError(f"per-example switch sampling needs guide='dirichlet', not {self.guide}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for key in ("particles", "epochs", "batch_size"):
