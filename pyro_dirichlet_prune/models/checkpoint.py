@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .registry import build_model
 
 FORMAT = "pyro-dirichlet-prune/1"
 MODULE_FORMAT = "pyro-dirichlet-prune-module/1"
@@ -200,8 +201,6 @@ def load_checkpoint(
     arbitrary code), and refused otherwise. Raises ``UserError`` for a missing, unreadable or
     foreign file, or one of another model.
     """
-    from . import build_model
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -241,3 +240,13 @@ def shipped_checkpoint(model: str, dataset: str) -> Path | None:
     """The pre-trained checkpoint shipped in the package for ``model`` on ``dataset``, if any."""
     path = Path(str(resources.files(__package__) / "checkpoints" / f"{model}-{dataset}.pt"))
     return path if path.is_file() else None
+
+
+def load_pretrained(name: str, dataset: str) -> nn.Module:
+    """The pre-trained network ``name`` for ``dataset`` that ships with the package (``lenet5``
+    for ``mnist`` and ``fashion-mnist``), in eval mode."""
+    path = shipped_checkpoint(name, dataset)
+    if path is None:
+        raise ValueError(f"no pre-trained {name} for {dataset} ships with the package")
+    net, _ = load_checkpoint(path, name)
+    return net.eval()
