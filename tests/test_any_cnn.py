@@ -21,7 +21,7 @@ from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import (VGG16, SwitchedNetwork, WideResNet, build_model, default_widths,
                                          discover_switch_points, switch_points)
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, save_checkpoint
-from pyro_dirichlet_prune.models.discovery import analyse_layers
+from pyro_dirichlet_prune.models.discovery import NOT_NAMED, analyse_layers, left_out_layers
 from pyro_dirichlet_prune.models.switch_points import SwitchPoint, rebind
 from pyro_dirichlet_prune.pruning.surgery import mask_scales, prune_units, verify_surgery
 
@@ -233,6 +233,18 @@ def test_discovery_leaves_out_what_cannot_be_zeroed_and_names_the_reason():
     points = discover_switch_points(net, shape)
     assert [(p.name, p.hooked) for p in points] == [("late", net.bn_late)]
     _check_surgery(net, shape, points)
+
+
+def test_left_out_layers_name_every_unswitched_layer_with_its_reason():
+    net = OddNet()
+    shape = (3, 6, 6)
+    left = left_out_layers(net, shape, discover_switch_points(net, shape))
+    assert list(left) == ["sig", "two", "out"]  # call order; "late" is switched
+    assert "SigmoidBackward" in left["sig"] and "two batch-norms" in left["two"] and "network output" in left["out"]
+    lenet = build_model("lenet5")
+    chosen = [p for p in switch_points(lenet) if p.name in ("conv2", "fc1")]
+    assert left_out_layers(lenet, (1, 28, 28), chosen) == {"conv1": NOT_NAMED, "fc2": NOT_NAMED,
+                                                           "fc3": "produces the network output"}
 
 
 def test_named_layers_are_checked():

@@ -245,3 +245,14 @@ def discover_switch_points(
         wanted = set(layers)
         chosen = [f for f in findings if f.name in wanted]
     return [SwitchPoint(f.name, f.module, f.hook_module) for f in chosen]
+
+
+NOT_NAMED = "prunable, but not among the layers named"
+
+
+def left_out_layers(net: nn.Module, input_shape: Sequence[int], points: Sequence[SwitchPoint]) -> dict[str, str]:
+    """Every conv/linear layer that ``forward`` uses and that has no switch among ``points``,
+    in call order, with the reason: why discovery cannot prune it on its own (module
+    docstring), or ``NOT_NAMED`` for a prunable layer left out by the choice of layers."""
+    switched = {p.module for p in points}
+    return {f.name: f.reason or NOT_NAMED for f in analyse_layers(net, input_shape) if f.module not in switched}
