@@ -6,8 +6,8 @@ import argparse
 
 from ..inference.svi import GUIDES
 from ..models import MODELS
-from .options import (add_data_args, add_out_args, add_switch_args, choice_list, nonneg_int, parse_seeds,
-                      positive_float, positive_int, rate, switch_config)
+from .options import (add_checkpoint_arg, add_data_args, add_out_args, add_switch_args, choice_list, nonneg_int,
+                      parse_seeds, positive_float, positive_int, rate, switch_config)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,8 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "(table.md, table.json, compare.png, kendall.png, report.json).")
     p.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
     add_data_args(p)
-    p.add_argument("--checkpoint", default=None,
-                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    add_checkpoint_arg(p)
     p.add_argument("--guides", type=choice_list(GUIDES), default=list(GUIDES),
                    help=f"comma-separated guides (default all: {','.join(GUIDES)})")
     p.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],

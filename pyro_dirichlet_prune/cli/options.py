@@ -158,6 +158,15 @@ def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mni
                    help="use only the first N training examples (quick runs and smoke tests)")
 
 
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+
+
+def add_seed_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+
+
 def add_out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder; written only when the run succeeds")
     p.add_argument("--overwrite", action="store_true",
@@ -202,47 +211,43 @@ def train_config(args: argparse.Namespace, model: str | None, stage: str, prefix
     return TrainConfig(**(d | {k: v for k, v in options.items() if v is not None}), seed=args.seed, device=args.device)
 
 
+def _option(p: argparse.ArgumentParser, flag: str, default, what: str, after: str = "", shown: str | None = None,
+            **kwargs) -> None:
+    """Add ``flag`` with help ``WHAT (default DEFAULT AFTER)`` (``shown`` in place of DEFAULT if given)."""
+    shown = default if shown is None else shown
+    p.add_argument(flag, default=default, help=f"{what} (default {shown}{after})", **kwargs)
+
+
 def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     """Options of switch learning (``SwitchConfig``)."""
     d = SwitchConfig()
     if guide:
-        p.add_argument("--guide", choices=GUIDES, default=d.guide,
-                       help="dirichlet: sampled switches; dirichlet-mean: likelihood at the Dirichlet mean plus "
-                            "closed-form KL; normal, delta, lowrank: Pyro's AutoNormal (logistic-normal switches), "
-                            f"AutoDelta (MAP), AutoLowRankMultivariateNormal, fitted with Trace_ELBO (default {d.guide})")
-    p.add_argument("--elbo", choices=ELBOS, default=d.elbo,
-                   help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL) "
-                        f"(default {d.elbo}; ignored by dirichlet-mean)")
-    p.add_argument("--particles", type=positive_int, default=d.particles,
-                   help=f"Monte-Carlo switch samples per step (default {d.particles})")
-    p.add_argument("--switch-scale", choices=SCALES, default=d.scale,
-                   help="simplex: a layer's output is multiplied by GAIN*s_l, as written in the paper (the "
-                        "likelihood then pushes the switch mass onto the units that matter); dim: multiplied by "
-                        f"D_l*s_l, so the prior mean is the pre-trained network (default {d.scale})")
-    p.add_argument("--switch-gain", type=positive_float, default=d.gain,
-                   help="with --switch-scale simplex, multiply a layer's output by GAIN*s_l: the units that carry "
-                        "the switch mass, and so the widths the uncertainty cut-off keeps, grow with it "
-                        f"(benchmarks/switch_gain.py) (default {d.gain:g}, the paper's)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="sequential: the layers learn one at a time, input first, the others carrying no switch "
-                        "(the pre-trained network), as in the paper; joint: all layers' switches at once "
-                        f"(default {d.schedule})")
-    p.add_argument("--alpha0", type=positive_float, default=d.alpha0,
-                   help=f"concentration of the symmetric Dirichlet prior (default {d.alpha0})")
-    p.add_argument("--init-concentration", type=positive_float, default=d.init_concentration,
-                   help=f"initial guide concentration of every unit (default {d.init_concentration})")
-    p.add_argument("--floor", type=positive_float, default=d.floor,
-                   help=f"lower bound of guide concentrations (default {d.floor})")
-    p.add_argument("--switch-lr", type=positive_float, default=d.lr,
-                   help=f"Adam learning rate of the concentrations (default {d.lr})")
-    p.add_argument("--switch-epochs", type=positive_int, default=d.epochs,
-                   help=f"epochs of switch learning, per stage (default {d.epochs}, as in the paper)")
-    p.add_argument("--switch-batch-size", type=positive_int, default=d.batch_size,
-                   help=f"minibatch size of switch learning (default {d.batch_size})")
-    p.add_argument("--switch-sampling", choices=SAMPLINGS, default=d.sampling,
-                   help="shared: one switch draw per layer for the whole minibatch; per-example: an independent "
-                        "draw for every example (same ELBO, lower-variance gradients; dirichlet guide only) "
-                        f"(default {d.sampling})")
+        _option(p, "--guide", d.guide, "dirichlet: sampled switches; dirichlet-mean: likelihood at the Dirichlet mean "
+                "plus closed-form KL; normal, delta, lowrank: Pyro's AutoNormal (logistic-normal switches), AutoDelta "
+                "(MAP), AutoLowRankMultivariateNormal, fitted with Trace_ELBO", choices=GUIDES)
+    _option(p, "--elbo", d.elbo, "trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL)",
+            "; ignored by dirichlet-mean", choices=ELBOS)
+    _option(p, "--particles", d.particles, "Monte-Carlo switch samples per step", type=positive_int)
+    _option(p, "--switch-scale", d.scale, "simplex: a layer's output is multiplied by GAIN*s_l, as written in the paper "
+            "(the likelihood then pushes the switch mass onto the units that matter); dim: multiplied by D_l*s_l, so "
+            "the prior mean is the pre-trained network", choices=SCALES)
+    _option(p, "--switch-gain", d.gain, "with --switch-scale simplex, multiply a layer's output by GAIN*s_l: the units "
+            "that carry the switch mass, and so the widths the uncertainty cut-off keeps, grow with it "
+            "(benchmarks/switch_gain.py)", ", the paper's", shown=f"{d.gain:g}", type=positive_float)
+    _option(p, "--schedule", d.schedule, "sequential: the layers learn one at a time, input first, the others carrying "
+            "no switch (the pre-trained network), as in the paper; joint: all layers' switches at once",
+            choices=SCHEDULES)
+    _option(p, "--alpha0", d.alpha0, "concentration of the symmetric Dirichlet prior", type=positive_float)
+    _option(p, "--init-concentration", d.init_concentration, "initial guide concentration of every unit",
+            type=positive_float)
+    _option(p, "--floor", d.floor, "lower bound of guide concentrations", type=positive_float)
+    _option(p, "--switch-lr", d.lr, "Adam learning rate of the concentrations", type=positive_float)
+    _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the paper",
+            type=positive_int)
+    _option(p, "--switch-batch-size", d.batch_size, "minibatch size of switch learning", type=positive_int)
+    _option(p, "--switch-sampling", d.sampling, "shared: one switch draw per layer for the whole minibatch; "
+            "per-example: an independent draw for every example (same ELBO, lower-variance gradients; dirichlet "
+            "guide only)", choices=SAMPLINGS)
 
 
 def switch_config(args: argparse.Namespace) -> SwitchConfig:

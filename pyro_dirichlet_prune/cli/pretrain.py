@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..models import MODEL_NAMES
-from .options import add_data_args, add_out_args, add_train_args, positive_float, positive_int, nonneg_int, train_config
+from .options import add_data_args, add_out_args, add_seed_arg, add_train_args, positive_float, positive_int, train_config
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="learning rate (default 2e-3 for the LeNets, 0.1 otherwise)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="minibatch size (default 128)")
     add_train_args(p, "", "training")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    add_seed_arg(p)
     add_out_args(p)
     return p
 

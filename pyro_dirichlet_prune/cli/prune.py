@@ -6,8 +6,9 @@ import sys
 
 from ..errors import UserError
 from ..models import MODEL_NAMES
-from .options import (PROG, add_data_args, add_out_args, add_switch_args, add_train_args, nonneg_int, number,
-                      positive_float, positive_int, rate, switch_config, train_config)
+from .options import (PROG, add_checkpoint_arg, add_data_args, add_out_args, add_seed_arg, add_switch_args,
+                      add_train_args, nonneg_int, number, positive_float, positive_int, rate, switch_config,
+                      train_config)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,8 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help=f"network: {', '.join(MODEL_NAMES)} (default lenet5, unless --model-file is given)")
     add_data_args(p)
-    p.add_argument("--checkpoint", default=None,
-                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    add_checkpoint_arg(p)
     p.add_argument("--model-file", default=None,
                    help="your own pre-trained network instead of --model: a whole nn.Module saved with "
                         "torch.save(model); the module that defines its class must be importable (on PYTHONPATH "
@@ -68,7 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="fine-tuning learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
     add_train_args(p, "finetune-", "fine-tuning")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    add_seed_arg(p)
     add_out_args(p)
     return p
 

@@ -7,10 +7,13 @@ import argparse
 import torch
 
 from ..data import DATASETS
+from ..inference.svi import SCHEDULES
+from ..models import MODELS
+from ..models.switched import SCALES
 from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
 from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
                       run_search)
-from .options import choice_list, nonneg_int, parse_seeds, positive_int
+from .options import add_checkpoint_arg, choice_list, nonneg_int, parse_seeds, positive_int
 
 parse_methods = choice_list(METHODS)
 """``"l1,random"`` → ``["l1", "random"]``; distinct names from ``search.METHODS``."""
@@ -18,10 +21,6 @@ parse_methods = choice_list(METHODS)
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``search`` sub-command to an argparse ``subparsers`` object; returns its parser."""
-    from ..inference.svi import SCHEDULES
-    from ..models import MODELS
-    from ..models.switched import SCALES
-
     p = subparsers.add_parser(
         "search", help="Fig. 3: rank units by every method, prune to every architecture of a pool, fine-tune",
         description="The sub-architecture search of Adamczewski & Park (2021), Fig. 3: for every seed each method "
@@ -33,8 +32,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="data set (default mnist)")
     p.add_argument("--data-dir", default=None, help="folder in torchvision's layout (default $DATA_DIR, else ./data)")
-    p.add_argument("--checkpoint", default=None,
-                   help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
+    add_checkpoint_arg(p)
     p.add_argument("--pool", default="lenet5-108",
                    help="architectures to search: lenet5-108 (c1,c2,f1,f2 in {4,5,6}x{6,7,8}x{35,40,45,50}x"
                         "{15,17,20}, 108 in all) or a text file with one architecture such as 6-8-40-20 per line "
