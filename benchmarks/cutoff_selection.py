@@ -32,15 +32,13 @@ import torch
 
 from pyro_dirichlet_prune.data import load_data
 from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
-from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import SwitchedNetwork
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
 from pyro_dirichlet_prune.pruning.budget import budget_keep, size_function
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, keep_top, rate_widths, removal_order, uncertainty_keep
-from pyro_dirichlet_prune.pruning.surgery import prune_units
-from pyro_dirichlet_prune.report import versions, write_json
 from pyro_dirichlet_prune.pipeline import PruneConfig
-from pyro_dirichlet_prune.training import evaluate, train
+from pyro_dirichlet_prune.report import versions, write_json
+from pyro_dirichlet_prune.prune_step import prune_and_finetune
 
 _G: dict = {}  # data, network and arguments, shared with the forked workers
 
@@ -82,22 +80,17 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
 
 
 def _finetune(job: tuple[int, dict]) -> dict:
-    """Prune to ``keep``, fine-tune, and measure."""
+    """Prune to ``keep``, fine-tune, and measure (``prune_and_finetune``)."""
     torch.set_num_threads(1)
     seed, keep = job
     args, data, net = _G["args"], _G["data"], _G["net"]
-    pruned = prune_units(net, keep, data.input_shape)
-    before = evaluate(pruned, data.val)["error"]
-    for p in pruned.parameters():
-        p.requires_grad_(True)
-    t = time.perf_counter()
     recipe = dataclasses.replace(PruneConfig().finetune, epochs=args.ft_epochs, seed=seed, device=args.device)
-    train(pruned, data, recipe)
-    out = {"seed": seed, "arch": arch_string(keep), "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned),
-           "val_error_pruned": before, "val_error": evaluate(pruned, data.val)["error"],
-           "ft_seconds": time.perf_counter() - t}
+    r = prune_and_finetune(net, keep, data, recipe, seed=seed, splits=("val", "test") if args.test else ("val",))
+    out = {"seed": seed, "arch": arch_string(keep), "macs": r.size["macs"], "params": r.size["params"],
+           "val_error_pruned": r.pruned["val"]["error"], "val_error": r.finetuned["val"]["error"],
+           "ft_seconds": r.seconds["finetune"]}
     if args.test:
-        out["test_error"] = evaluate(pruned, data.test)["error"]
+        out["test_error"] = r.finetuned["test"]["error"]
     return out
 
 

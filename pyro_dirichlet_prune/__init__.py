@@ -11,6 +11,11 @@ A session::
     keep = uncertainty_cutoff(post, tau=0.5, delta=0.05)
     small = prune(net, keep, input_shape=(1, 28, 28))    # physical surgery
     finetune(small, train_loader, val_loader, epochs=40)
+
+Every way to score units (posterior mean, P(D·s < tau), L1, L2, Fisher, random) is a ``Ranking``
+of one registry: ``scores = get_ranking("l1")(net)``, ``keep = arch_cutoff(scores, "6-8-40-20")``.
+``prune_and_finetune(net, keep, data, TrainConfig(...))`` is the prune → fine-tune → evaluate
+path of every command.
 """
 from .allocator import retain_freed_memory
 from .data import SplitLoader, normalisation
@@ -24,7 +29,9 @@ from .models.switch_points import SwitchPoint
 from .models.switched import SwitchModel
 from .pruning.budget import budget_cutoff
 from .pruning.cutoff import arch_cutoff, rate_cutoff, uncertainty_cutoff
+from .prune_step import PruneResult, prune_and_finetune
 from .pruning.importance import PosteriorImportance
+from .pruning.ranking import RANKINGS, FittedSwitches, Ranking, get_ranking
 from .pruning.surgery import prune
 from .training import TrainResult, evaluate, finetune
 

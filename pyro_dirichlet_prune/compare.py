@@ -11,8 +11,8 @@ For every (guide, seed) the switch posterior is fitted, then measured by
   for a joint fit every layer multiplied by its scale factor times E_q[s_l]; for a layer-by-layer
   fit the average over layers of the network with only that layer so switched (per layer in
   ``heldout_by_layer``);
-* the test error after pruning to one common architecture by posterior mean, before and after
-  fine-tuning;
+* the test error after pruning to one common architecture by posterior mean (the
+  ``posterior-mean`` ranking), before and after fine-tuning (``prune_step.prune_and_finetune``);
 * the rank agreement of the posterior means between guides: Kendall's tau per layer;
 * the wall time of fitting.
 
@@ -40,12 +40,13 @@ from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
 from .models.switched import switch_factors
 from .models.checkpoint import load_checkpoint
-from .pipeline import PruneConfig, _resolve_checkpoint, _subset, seed_everything
+from .pipeline import PruneConfig, resolve_checkpoint, seed_everything, subset_train
+from .prune_step import prune_and_finetune
 from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
-from .pruning.surgery import prune_units
+from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
 from .report import now, output_folder, versions, write_json
 from .runstate import RunState
-from .training import TrainConfig, evaluate, train
+from .training import TrainConfig, evaluate
 
 
 @dataclass
@@ -221,20 +222,17 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     else:
         elbo, elbo_se = post.elbo, post.elbo_se
     switched.remove_hooks()
-    keep = keep_top(means, kept_counts)
-    pruned = prune_units(net, keep, data.input_shape)
-    err_pruned = evaluate(pruned, data.test)["error"]
-    for p in pruned.parameters():
-        p.requires_grad_(True)
-    t = time.perf_counter()
-    train(pruned, data, dataclasses.replace(cfg.finetune, seed=seed), desc=f"fine-tune {guide} seed {seed}")
+    ranking = get_ranking(DEFAULT_RANKING, fitted=FittedSwitches(switch_cfg, means))
+    keep = keep_top(ranking(net, None, data.train, seed=seed), kept_counts)
+    r = prune_and_finetune(net, keep, data, dataclasses.replace(cfg.finetune, seed=seed), seed=seed,
+                           desc=f"fine-tune {guide} seed {seed}")
     return {
         "guide": guide, "seed": seed, "elbo": elbo, "elbo_standard_error": elbo_se,
         "elbo_whole_model": post.elbo, "stage_elbos": post.stage_elbos,
         "heldout_nll": heldout["nll"], "heldout_error": heldout["error"], "heldout_by_layer": heldout_by_layer,
-        "test_error_pruned": err_pruned, "test_error_finetuned": evaluate(pruned, data.test)["error"],
-        "val_error_finetuned": evaluate(pruned, data.val)["error"], "fit_seconds": fit_seconds,
-        "finetune_seconds": time.perf_counter() - t, "arch": arch_string(keep),
+        "test_error_pruned": r.pruned["test"]["error"], "test_error_finetuned": r.finetuned["test"]["error"],
+        "val_error_finetuned": r.finetuned["val"]["error"], "fit_seconds": fit_seconds,
+        "finetune_seconds": r.seconds["finetune"], "arch": arch_string(keep),
         "means": {k: v.tolist() for k, v in means.items()},
     }
 
@@ -260,14 +258,14 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     except ValueError as exc:
         raise UserError(str(exc)) from None
     build_model(cfg.model)
-    ckpt = _resolve_checkpoint(PruneConfig(model=cfg.model, dataset=cfg.dataset, checkpoint=cfg.checkpoint))
+    ckpt = resolve_checkpoint(PruneConfig(model=cfg.model, dataset=cfg.dataset, checkpoint=cfg.checkpoint))
     net, info = load_checkpoint(ckpt, cfg.model)
     widths = {p.name: p.width for p in net.switch_points()}
     if cfg.arch is not None:
         kept_counts = parse_arch(cfg.arch, widths)
     else:
         kept_counts = rate_widths(cfg.rate if cfg.rate is not None else 0.5, widths)
-    data = _subset(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
     if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(f"checkpoint {ckpt} does not take {cfg.dataset} inputs")
     title = f"{cfg.model} on {cfg.dataset}, switch guides compared (pruned to {arch_string(kept_counts)})"

@@ -11,11 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_dirichlet_prune.data import Split
-from pyro_dirichlet_prune.errors import UserError
 from pyro_dirichlet_prune.models import build_model
 from pyro_dirichlet_prune.models.switch_points import SwitchPoint
-from pyro_dirichlet_prune.pruning.baselines import BASELINES, fisher_scores, unit_scores
+from pyro_dirichlet_prune.pruning.baselines import BASELINES, fisher_scores
 from pyro_dirichlet_prune.pruning.cutoff import keep_top
+from pyro_dirichlet_prune.pruning.ranking import get_ranking
+
+
+def unit_scores(method: str, net: nn.Module, split: Split | None = None, seed: int = 0, **options) -> dict:
+    """A baseline's scores through the registry of rankings (``pruning.ranking``)."""
+    return get_ranking(method, **options)(net, None, split, seed=seed)
 
 
 class TinyNet(nn.Module):
@@ -147,7 +152,7 @@ def test_no_scorer_changes_the_network():
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(UserError, match="l1, l2, fisher, random"):
+    with pytest.raises(ValueError, match="l1, l2, fisher, random"):
         unit_scores("taylor", _tiny())
-    with pytest.raises(UserError, match="data split"):
+    with pytest.raises(ValueError, match="training split"):
         unit_scores("fisher", _tiny())

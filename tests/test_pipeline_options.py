@@ -8,6 +8,7 @@ import json
 import pytest
 
 import pyro_dirichlet_prune.pipeline as pipeline
+import pyro_dirichlet_prune.pretraining as pretraining
 from helpers import lenet5_params, tiny_data
 from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.models import build_model
@@ -41,7 +42,7 @@ def test_rate_cutoff_and_inference_options(ckpt, tmp_path, extra, stages):
 
 
 def test_pretrain_with_smaller_widths(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_data", tiny_data)
+    monkeypatch.setattr(pretraining, "load_data", tiny_data)
     out = tmp_path / "pre"
     assert cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "2-3-4-2", "--epochs", "1",
                      "--threads", "1", "--out", str(out)]) == 0
@@ -53,7 +54,7 @@ def test_pretrain_with_smaller_widths(tmp_path, monkeypatch):
 def test_pretrain_with_wider_widths(tmp_path, monkeypatch, capsys):
     """--widths sets the network's widths; a wider LeNet-5 than the default is a valid network
     (the widths are checked only for being positive by the model itself)."""
-    monkeypatch.setattr(pipeline, "load_data", tiny_data)
+    monkeypatch.setattr(pretraining, "load_data", tiny_data)
     out = tmp_path / "pre"
     rc = cli.main(["pretrain", "--dataset", "fake-mnist", "--widths", "12-24-120-30", "--epochs", "1",
                    "--threads", "1", "--out", str(out)])

@@ -12,7 +12,7 @@ import statistics
 import pytest
 import torch
 
-from pyro_dirichlet_prune import search
+from pyro_dirichlet_prune import prune_step, search
 from pyro_dirichlet_prune.cli import search as search_cli
 from pyro_dirichlet_prune.data import Split, load_data
 from pyro_dirichlet_prune.errors import UserError
@@ -175,19 +175,19 @@ def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
 
 def _count(monkeypatch, fail_at: int | None = None) -> dict[str, int]:
     calls = {"finetune": 0, "rank": 0}
-    finetune, rank = search.finetune, search.method_scores
+    finetune, rank = prune_step.train, search.method_scores
 
-    def counting_finetune(net, data, cfg):
+    def counting_finetune(net, data, cfg, **kwargs):
         calls["finetune"] += 1
         if calls["finetune"] == fail_at:
             raise RuntimeError("killed during fine-tuning")
-        return finetune(net, data, cfg)
+        return finetune(net, data, cfg, **kwargs)
 
     def counting_rank(*args, **kwargs):
         calls["rank"] += 1
         return rank(*args, **kwargs)
 
-    monkeypatch.setattr(search.runner, "finetune", counting_finetune)
+    monkeypatch.setattr(prune_step, "train", counting_finetune)  # the fine-tuning of prune_and_finetune
     monkeypatch.setattr(search.runner, "method_scores", counting_rank)
     return calls
 

@@ -1,4 +1,5 @@
-"""Baseline unit-importance scores, through the same interface as the switch posterior means.
+"""Baseline unit-importance scores, through the same interface as the switch posterior means
+(``pruning.ranking`` wraps each as a ``Ranking`` of its registry).
 
 Every scorer returns ``{layer name: 1-D float64 tensor of length D_l}`` for the layers a network
 declares in ``switch_points()``; a higher score means a more important unit, so ``keep_top``
@@ -11,7 +12,7 @@ ranks a baseline exactly as it ranks E_q[s_l].
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..data import Split, batches
 from ..errors import UserError
-from ..models.switch_points import switch_points
+from ..models.switch_points import SwitchPoint, switch_points
 from ..models.switched import SwitchedNetwork
 
 BASELINES = ("l1", "l2", "fisher", "random")
@@ -27,15 +28,16 @@ FISHER_BATCHES = 10
 FISHER_BATCH_SIZE = 100
 
 
-def weight_norm_scores(net: nn.Module, p: float) -> dict[str, torch.Tensor]:
+def weight_norm_scores(net: nn.Module, p: float, points: Sequence[SwitchPoint] | None = None) -> dict[str, torch.Tensor]:
     """score_j = || W_j ||_p, where W_j is unit j's row of ``point.module.weight`` flattened
     (all input channels × kernel taps of an output channel, or all inputs of a neuron).
 
     The bias is not included: it is not an incoming weight, and the filter-norm criterion of
-    Li et al. (2017) ranks filters by their kernel weights alone."""
+    Li et al. (2017) ranks filters by their kernel weights alone. ``points``: the switch points
+    of ``net`` (default: the ones it declares)."""
     return {
         point.name: point.module.weight.detach().flatten(1).double().norm(p=p, dim=1).cpu()
-        for point in switch_points(net)
+        for point in (switch_points(net) if points is None else points)
     }
 
 
@@ -49,20 +51,21 @@ def l2_scores(net: nn.Module) -> dict[str, torch.Tensor]:
     return weight_norm_scores(net, 2)
 
 
-def random_scores(net: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+def random_scores(net: nn.Module, seed: int, points: Sequence[SwitchPoint] | None = None) -> dict[str, torch.Tensor]:
     """score_j ~ Uniform[0, 1), independently per unit, from one generator seeded with ``seed``
-    and drawn layer by layer in the network's order."""
+    and drawn layer by layer in the order of ``points`` (default: the ones ``net`` declares)."""
     gen = torch.Generator().manual_seed(int(seed))
-    return {p.name: torch.rand(p.width, generator=gen, dtype=torch.float64) for p in switch_points(net)}
+    return {p.name: torch.rand(p.width, generator=gen, dtype=torch.float64)
+            for p in (switch_points(net) if points is None else points)}
 
 
 @contextlib.contextmanager
-def _probe(net: nn.Module) -> Iterator[SwitchedNetwork]:
+def _probe(net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> Iterator[SwitchedNetwork]:
     """A switched view of ``net`` in eval mode; the net's hooks, ``requires_grad`` flags and mode
     are restored on exit."""
     flags = [p.requires_grad for p in net.parameters()]
     was_training = net.training
-    switched = SwitchedNetwork(net)  # freezes the weights
+    switched = SwitchedNetwork(net, points)  # freezes the weights
     net.eval()
     try:
         yield switched
@@ -79,6 +82,7 @@ def fisher_scores(
     num_batches: int = FISHER_BATCHES,
     batch_size: int = FISHER_BATCH_SIZE,
     seed: int = 0,
+    points: Sequence[SwitchPoint] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fisher pruning (Theis et al. 2018):
 
@@ -91,13 +95,14 @@ def fisher_scores(
 
     The inner sum is the gradient of L_n with respect to a multiplicative mask m_nj = 1 on unit j:
     one backward pass of sum_n L_n through per-example masks of shape (B, D_l) gives every term
-    of a minibatch at once. The weights are neither changed nor given gradients."""
+    of a minibatch at once. The weights are neither changed nor given gradients. ``points``: the
+    switch points of ``net`` (default: the ones it declares)."""
     if num_batches < 1 or batch_size < 1:
         raise UserError(f"fisher needs at least one batch of one example, got {num_batches} x {batch_size}")
     if len(split) == 0:
         raise UserError("fisher needs training examples, the split is empty")
     gen = torch.Generator().manual_seed(int(seed))
-    with _probe(net) as switched:
+    with _probe(net, points) as switched:
         widths = switched.widths
         total = {name: torch.zeros(d, dtype=torch.float64) for name, d in widths.items()}
         count = 0
@@ -113,30 +118,6 @@ def fisher_scores(
                     total[name] += g.detach().double().pow(2).sum(0)
             count += x.shape[0]
     return {name: 0.5 * t / count for name, t in total.items()}
-
-
-def unit_scores(
-    method: str,
-    net: nn.Module,
-    data_split: Split | None = None,
-    seed: int = 0,
-    *,
-    fisher_batches: int = FISHER_BATCHES,
-    fisher_batch_size: int = FISHER_BATCH_SIZE,
-) -> dict[str, torch.Tensor]:
-    """Importance of every unit by baseline ``method`` (one of ``BASELINES``); ``data_split``
-    (the training split) is needed by ``fisher`` only, ``seed`` by ``fisher`` and ``random``."""
-    if method == "l1":
-        return l1_scores(net)
-    if method == "l2":
-        return l2_scores(net)
-    if method == "random":
-        return random_scores(net, seed)
-    if method == "fisher":
-        if data_split is None:
-            raise UserError("the fisher baseline needs a data split")
-        return fisher_scores(net, data_split, fisher_batches, fisher_batch_size, seed)
-    raise UserError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
 
 
 def check_scores(scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> None:

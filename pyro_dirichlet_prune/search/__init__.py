@@ -28,18 +28,18 @@ lives in ``cli``; nothing here parses arguments.
 from __future__ import annotations
 
 from .config import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, DIRICHLET_METHODS, FINETUNE_LR, METHODS, SearchConfig,
-                     switch_config)
+                     switch_config, switch_settings)
 from .pools import POOLS, lenet5_108, load_pool, parse_pool_text
 from .records import (differing_keys, is_unfinished_search, load_records, prepare_folder, read_json, record_key,
                       write_json_durable)
 from .render import describe, load_summary, summary_markdown, write_summary
-from .runner import finetune, method_scores, run_record, run_search
+from .runner import method_scores, run_record, run_search
 from .stats import TIE_TOL, paired_comparison, summarize, t_interval
 
 __all__ = [
     "AUGMENT_SHIFT", "DEFAULT_FINETUNE_EPOCHS", "DIRICHLET_METHODS", "FINETUNE_LR", "METHODS", "POOLS", "TIE_TOL",
-    "SearchConfig", "describe", "differing_keys", "finetune", "is_unfinished_search", "lenet5_108", "load_pool",
+    "SearchConfig", "describe", "differing_keys", "is_unfinished_search", "lenet5_108", "load_pool",
     "load_records", "load_summary", "method_scores", "paired_comparison", "parse_pool_text", "prepare_folder",
     "read_json", "record_key", "run_record", "run_search", "summarize", "summary_markdown", "switch_config",
-    "t_interval", "write_json_durable", "write_summary",
+    "switch_settings", "t_interval", "write_json_durable", "write_summary",
 ]

@@ -1,19 +1,21 @@
-"""The settings of a search (``SearchConfig``) and the switch settings of its Dirichlet methods."""
+"""The settings of a search (``SearchConfig``), the switch settings of its switch rankings, and
+the rankings themselves (``SearchConfig.ranking``: ``pruning.ranking.get_ranking``)."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ..errors import UserError
+from ..inference.svi import SwitchConfig
 from ..pruning.baselines import BASELINES, FISHER_BATCH_SIZE, FISHER_BATCHES
-
-if TYPE_CHECKING:
-    from ..inference.svi import SwitchConfig
+from ..pruning.ranking import RANKINGS, Ranking, get_ranking
 
 DIRICHLET_METHODS = ("dirichlet", "dirichlet-mean")
+"""The search's rankings that fit switches, each with the guide of its name."""
 METHODS = (*DIRICHLET_METHODS, *BASELINES)
+"""The rankings a search compares by default; any name of ``pruning.ranking.RANKINGS`` can be searched."""
 DEFAULT_FINETUNE_EPOCHS = 2
 FINETUNE_LR = 2e-3
 AUGMENT_SHIFT = 2
@@ -21,8 +23,9 @@ AUGMENT_SHIFT = 2
 
 @dataclass
 class SearchConfig:
-    """Settings of a search. ``switch`` holds extra ``SwitchConfig`` fields (e.g. ``scale``,
-    ``schedule``) for the Dirichlet methods; ``guide`` and ``seed`` are set by the search."""
+    """Settings of a search. ``methods`` are names of ``pruning.ranking.RANKINGS``. ``switch``
+    holds extra ``SwitchConfig`` fields (e.g. ``scale``, ``schedule``) for the rankings that fit
+    switches; ``guide`` and ``seed`` are set by the search (the method and the seed)."""
 
     model: str = "lenet5"
     dataset: str = "mnist"
@@ -44,9 +47,9 @@ class SearchConfig:
 
     def validate(self) -> None:
         """Raise ``UserError`` (a ``ValueError``) naming the field that is out of range."""
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in RANKINGS]
         if not self.methods or bad or len(set(self.methods)) != len(self.methods):
-            raise UserError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods}")
+            raise UserError(f"methods must be distinct names from {', '.join(RANKINGS)}, got {self.methods}")
         if not self.seeds or any(int(s) < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"seeds must be distinct non-negative integers, got {self.seeds}")
         if self.finetune_epochs < 0 or self.augment_shift < 0:
@@ -62,15 +65,25 @@ class SearchConfig:
                             f"(fine-tuning keeps the best validation epoch)")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise UserError(f"max_train_examples must be positive, got {self.max_train_examples}")
-        for method in DIRICHLET_METHODS:
-            switch_config(method, 0, self.switch)
+        for method in self.methods:
+            self.ranking(method)
+
+    def ranking(self, method: str) -> Ranking:
+        """The ranking registered as ``method`` with this search's switch settings
+        (``switch_settings``) and Fisher batches; ``UserError`` naming the method if they do not
+        suit it."""
+        try:
+            return get_ranking(method, switch=switch_settings(self.switch), fisher_batches=self.fisher_batches,
+                               fisher_batch_size=self.fisher_batch_size)
+        except UserError:
+            raise
+        except ValueError as exc:
+            raise UserError(f"{method}: {exc}") from None
 
 
-def switch_config(method: str, seed: int, overrides: Mapping[str, Any]) -> SwitchConfig:
-    """The ``SwitchConfig`` of a Dirichlet method: the defaults, ``overrides``, the method's
-    guide (``dirichlet`` or ``dirichlet-mean``) and the seed."""
-    from ..inference.svi import SwitchConfig
-
+def switch_settings(overrides: Mapping[str, Any]) -> SwitchConfig:
+    """The ``SwitchConfig`` defaults with ``overrides``, checked; the guide and the seed are not
+    among them (each switch ranking sets its guide, each record its seed)."""
     names = {f.name for f in dataclasses.fields(SwitchConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -78,7 +91,18 @@ def switch_config(method: str, seed: int, overrides: Mapping[str, Any]) -> Switc
     fixed = sorted(set(overrides) & {"guide", "seed"})
     if fixed:
         raise UserError(f"switch settings {', '.join(fixed)} are set by the search (method and seed)")
-    cfg = SwitchConfig(**{**dict(overrides), "guide": method, "seed": int(seed)})
+    cfg = SwitchConfig(**dict(overrides))
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UserError(f"switch: {exc}") from None
+    return cfg
+
+
+def switch_config(method: str, seed: int, overrides: Mapping[str, Any]) -> SwitchConfig:
+    """The ``SwitchConfig`` that the switch ranking ``method`` (``dirichlet`` or
+    ``dirichlet-mean``) fits for ``seed``: ``switch_settings(overrides)`` with the method's guide."""
+    cfg = dataclasses.replace(switch_settings(overrides), guide=method, seed=int(seed))
     try:
         cfg.validate()
     except ValueError as exc:

@@ -2,7 +2,6 @@
 architecture), in one process or in forked workers, and the report of the whole search."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import multiprocessing
 import os
@@ -18,15 +17,14 @@ from tqdm.auto import tqdm
 
 from ..data import DATASETS, DataBundle, Split, load_data
 from ..errors import NumericalError, UserError
-from ..metrics import count_macs, count_params
 from ..models.checkpoint import load_checkpoint, shipped_checkpoint
 from ..models.switch_points import switch_points
-from ..pruning.baselines import check_scores, unit_scores
+from ..pruning.baselines import check_scores
 from ..pruning.cutoff import keep_top, parse_arch
-from ..pruning.surgery import prune_units, verify_surgery
+from ..prune_step import prune_and_finetune
 from ..report import now, versions
-from ..training import TrainConfig, TrainResult, evaluate, train
-from .config import DIRICHLET_METHODS, SearchConfig, switch_config
+from ..training import TrainConfig
+from .config import SearchConfig
 from .pools import load_pool
 from .records import load_records, prepare_folder, read_json, record_key, sha256, write_json_durable
 from .render import write_summary
@@ -41,56 +39,31 @@ _NOT_COMPARED = ("data_dir", "checkpoint", "pool")  # paths; what they resolve t
 def method_scores(
     method: str, net: nn.Module, data: DataBundle, seed: int, cfg: SearchConfig
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """The ranking of ``method`` for ``seed``: E_q[s_l] of a switch fit for the Dirichlet methods,
-    else the baseline's score; with details of how it was obtained. ``net`` is not changed."""
-    work = copy.deepcopy(net)
-    if method in DIRICHLET_METHODS:
-        from ..inference.svi import fit_switches
-        from ..models.switched import SwitchedNetwork
-
-        scfg = switch_config(method, seed, cfg.switch)
-        switched = SwitchedNetwork(work)
-        fit = fit_switches(switched, data.train, scfg)
-        switched.remove_hooks()
-        scores = {k: v.detach().double().cpu() for k, v in fit.posterior_means().items()}
-        details = {"switch_config": dataclasses.asdict(scfg), "steps": len(fit.losses),
-                   "final_loss": float(np.mean(fit.losses[-20:])) if fit.losses else None}
-    else:
-        scores = unit_scores(method, work, data.train, seed, fisher_batches=cfg.fisher_batches,
-                             fisher_batch_size=cfg.fisher_batch_size)
-        details = {"fisher_examples": min(len(data.train), cfg.fisher_batches * cfg.fisher_batch_size)} \
-            if method == "fisher" else {}
-    return scores, details
-
-
-def finetune(net: nn.Module, data: DataBundle, cfg: TrainConfig) -> TrainResult:
-    """Fine-tune ``net`` in place (``training.train``: the best validation epoch is kept)."""
-    return train(net, data, cfg, desc="fine-tune")
+    """The ranking of ``method`` for ``seed`` (``SearchConfig.ranking``: the registry of
+    ``pruning.ranking``), with the ranking's details of how it was obtained. ``net`` is not changed."""
+    ranking = cfg.ranking(method)
+    scores = ranking(net, None, data.train, seed=seed)
+    return scores, ranking.details
 
 
 def run_record(
     net: nn.Module, data: DataBundle, scores: Mapping[str, torch.Tensor], arch: str, method: str, seed: int,
     cfg: SearchConfig,
 ) -> dict:
-    """One search record: keep the top-scored units of ``arch`` (``keep_top``), remove the others
-    physically, fine-tune a copy, and measure test/validation error before and after."""
+    """One search record: keep the top-scored units of ``arch`` (``keep_top``), then prune,
+    fine-tune and measure test/validation error before and after (``prune_and_finetune``)."""
     t0 = time.perf_counter()
     widths = {p.name: p.width for p in switch_points(net)}
     keep = keep_top(scores, parse_arch(arch, widths))
-    pruned = prune_units(net, keep, data.input_shape)
-    diff = verify_surgery(net, pruned, keep, data.input_shape, seed=seed)
-    before_test, before_val = evaluate(pruned, data.test), evaluate(pruned, data.val)
-    for p in pruned.parameters():
-        p.requires_grad_(True)
     tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, augment_shift=cfg.augment_shift, seed=seed)
-    result = finetune(pruned, data, tcfg)
-    test, val = evaluate(pruned, data.test), evaluate(pruned, data.val)
+    r = prune_and_finetune(net, keep, data, tcfg, seed=seed)
     return {
         "method": method, "seed": int(seed), "arch": arch,
-        "test_error": test["error"], "val_error": val["error"], "test_nll": test["nll"],
-        "test_error_pruned": before_test["error"], "val_error_pruned": before_val["error"],
-        "params": count_params(pruned), "macs": count_macs(pruned, data.input_shape),
-        "best_epoch": result.best_epoch, "kept": keep, "surgery_max_abs_diff": diff,
+        "test_error": r.finetuned["test"]["error"], "val_error": r.finetuned["val"]["error"],
+        "test_nll": r.finetuned["test"]["nll"],
+        "test_error_pruned": r.pruned["test"]["error"], "val_error_pruned": r.pruned["val"]["error"],
+        "params": r.size["params"], "macs": r.size["macs"],
+        "best_epoch": r.training.best_epoch, "kept": keep, "surgery_max_abs_diff": r.surgery_max_abs_diff,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -125,10 +98,12 @@ def _ranking(method: str, seed: int, net: nn.Module, data: DataBundle, cfg: Sear
     if isinstance(saved, dict) and "scores" in saved:
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["scores"].items()}, False
     t0 = time.perf_counter()
-    scores, details = method_scores(method, net, data, seed, cfg)
     try:
+        scores, details = method_scores(method, net, data, seed, cfg)
         check_scores(scores, widths)
-    except ValueError as exc:
+    except (NumericalError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
         raise NumericalError(f"{method} (seed {seed}): {exc}") from None
     write_json_durable(path, {"method": method, "seed": seed, "seconds": time.perf_counter() - t0, **details,
                               "scores": {k: v.tolist() for k, v in scores.items()}})

@@ -1,0 +1,135 @@
+"""``dirichlet-prune pretrain``'s pipeline (``run_pretrain``), the training defaults of the models
+(``train_defaults``) and the set-up that every run shares: seeding and the training subset."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from .data import DataBundle, Split, dataset_spec, load_data
+from .errors import UserError
+from .metrics import count_macs, count_params
+from .models import build_model, check_model_name, default_widths
+from .models.checkpoint import save_checkpoint
+from .models.common import scale_widths
+from .pruning.cutoff import parse_widths
+from .report import check_output, now, output_folder, versions, write_json
+from .runstate import RunState
+from .training import TrainConfig, check_device, evaluate, train
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Pyro, Python's and NumPy's generators."""
+    pyro.set_rng_seed(seed)
+    torch.manual_seed(seed)
+
+
+def subset_train(data: DataBundle, max_train: int | None) -> DataBundle:
+    """``data`` with its training split cut to the first ``max_train`` examples (None: all)."""
+    if not max_train or max_train >= len(data.train):
+        return data
+    if max_train < 1:
+        raise UserError(f"max_train_examples must be positive, got {max_train}")
+    return dataclasses.replace(data, train=Split(data.train.x[:max_train], data.train.y[:max_train]))
+
+
+def train_defaults(model: str | None, dataset: str, stage: str) -> dict:
+    """The training options a model gets unless told otherwise (``stage``: ``pretrain`` or
+    ``finetune``). The LeNets: Adam, lr 2e-3, no weight decay, 20 pre-training and 40
+    fine-tuning epochs. VGG-16, WRNs and user networks (``model`` None): SGD with Nesterov
+    momentum 0.9, weight decay 5e-4, lr 0.1 for 200 pre-training epochs and 0.01 for 40
+    fine-tuning epochs. Augmentation follows the data: random crop of the 4-pixel zero-padded
+    image and horizontal flip for 3-channel (CIFAR) images, a random shift by up to 2 pixels
+    otherwise. Always cosine decay of the learning rate to zero."""
+    if stage not in ("pretrain", "finetune"):
+        raise ValueError(f"unknown training stage {stage!r}")
+    cifar = dataset_spec(dataset)[0][0] == 3
+    augment = {"augment_shift": 0, "augment_crop": 4, "augment_flip": True} if cifar else \
+        {"augment_shift": 2, "augment_crop": 0, "augment_flip": False}
+    if model is not None and model.startswith("lenet5"):
+        optim = {"optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0, "epochs": 20 if stage == "pretrain" else 40}
+    else:
+        optim = {"optimizer": "sgd", "lr": 0.1 if stage == "pretrain" else 0.01, "weight_decay": 5e-4,
+                 "epochs": 200 if stage == "pretrain" else 40}
+    return optim | augment
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    widths: str | None = None
+    width_multiplier: float | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, augment_shift=2))
+    val_size: int = 5000
+    split_seed: int = 0
+    max_train_examples: int | None = None
+
+
+def run_pretrain(
+    cfg: PretrainConfig, out: str | Path, overwrite: bool = False, resume: bool = False, checkpoint_every: int = 100
+) -> dict:
+    """Train ``cfg.model`` from scratch; writes ``model.pt`` and ``report.json`` into ``out``.
+    Training saves its state every ``checkpoint_every`` steps; ``resume`` continues a killed run."""
+    check_model_name(cfg.model)
+    widths = None
+    if cfg.widths and cfg.width_multiplier is not None:
+        raise UserError("give widths or width_multiplier, not both")
+    if cfg.width_multiplier is not None:
+        try:
+            widths = list(scale_widths(default_widths(cfg.model), cfg.width_multiplier))
+        except ValueError as exc:
+            raise UserError(f"width_multiplier: {exc}") from None
+    if cfg.widths:
+        widths = parse_widths(cfg.widths)
+        try:
+            build_model(cfg.model, widths)
+        except ValueError as exc:
+            raise UserError(f"widths {cfg.widths}: {exc}") from None
+    try:
+        cfg.train.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_device(cfg.train.device)
+    check_output(out, overwrite, resume)
+    seed_everything(cfg.train.seed)
+    data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    with output_folder(out, overwrite, resume) as tmp:
+        state = RunState(tmp, checkpoint_every, config=dataclasses.asdict(cfg))
+        if resume:
+            state.load()
+        net = build_model(cfg.model, widths, data.num_classes, data.input_shape[0])
+        t0 = time.perf_counter()
+        result = train(net, data, cfg.train, desc=f"pretrain {cfg.model}", state=state, loop="pretrain")
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "val": evaluate(net, data.val),
+            "test": evaluate(net, data.test),
+            "params": count_params(net),
+            "macs": count_macs(net, data.input_shape),
+            "widths": list(net.widths),
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "seconds": seconds,
+        }
+        save_checkpoint(
+            tmp / "model.pt", net, cfg.model, cfg.dataset, data.num_classes, data.input_shape,
+            meta={"test_error": metrics["test"]["error"], "train_config": dataclasses.asdict(cfg.train)},
+        )
+        report = {
+            "command": "pretrain",
+            "created": now(),
+            "config": dataclasses.asdict(cfg),
+            "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "metrics": metrics,
+            "resumed": resume,
+            "resumed_from": state.resumed_from,
+            "versions": versions(),
+        }
+        write_json(tmp / "report.json", report)
+    return report
