@@ -42,5 +42,6 @@ __all__ = [
     "fit", "FitResult", "posterior_of", "SwitchPosterior", "estimate_elbo",
     "uncertainty_cutoff", "budget_cutoff", "PosteriorImportance", "arch_cutoff", "rate_cutoff", "prune", "finetune", "evaluate",
     "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "SwitchPoint", "normalisation",
-    "SplitLoader", "count_macs", "count_params", "retain_freed_memory", "__version__",
+    "SplitLoader", "count_macs", "count_params", "retain_freed_memory", "Ranking", "RANKINGS", "get_ranking",
+    "FittedSwitches", "prune_and_finetune", "PruneResult", "__version__",
 ]
