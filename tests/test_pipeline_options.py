@@ -120,3 +120,28 @@ def test_uncertainty_cutoff_that_removes_nothing_says_so(ckpt, tmp_path, capsys,
     err = capsys.readouterr().err
     assert "nothing was removed" in err and "a larger --tau or --delta" in err
     assert ("--switch-scale simplex" in err) == bool(model)
+
+
+def test_ranking_orders_the_units_of_the_arch_cutoff(ckpt, tmp_path, capsys):
+    """--ranking l1 keeps the units of largest incoming-weight L1 norm (a hand computation on the
+    checkpoint); the default keeps the highest posterior means; a ranking with the uncertainty
+    cut-off is refused in the command line's words."""
+    net, _ = load_checkpoint(ckpt)
+    want = {}
+    for p in net.switch_points():
+        norms = p.module.weight.detach().double().abs().flatten(1).sum(1).tolist()
+        want[p.name] = sorted(sorted(range(p.width), key=lambda j: -norms[j])[:{"conv1": 4, "conv2": 7,
+                                                                                   "fc1": 30, "fc2": 9}[p.name]])
+    base = ["prune", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--finetune-epochs", "0",
+            "--switch-batch-size", "40", "--threads", "1"]
+    assert cli.main([*base, "--arch", "4-7-30-9", "--ranking", "l1", "--out", str(tmp_path / "l1")]) == 0
+    rep = json.loads((tmp_path / "l1" / "report.json").read_text())
+    assert rep["kept"] == want and rep["cutoff"] == {"kind": "arch", "arch": "4-7-30-9", "ranking": "l1"}
+    assert cli.main([*base, "--arch", "4-7-30-9", "--out", str(tmp_path / "mean")]) == 0
+    post = json.loads((tmp_path / "mean" / "posterior.json").read_text())
+    for layer, v in post.items():
+        top = sorted(sorted(range(len(v["mean"])), key=lambda j: (-v["mean"][j], j))[:len(v["kept"])])
+        assert v["kept"] == top, layer
+    capsys.readouterr()
+    assert cli.main([*base, "--ranking", "l1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ranking l1 chooses the units of the arch and rate cut-offs" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from .options import (PROG, add_checkpoint_arg, add_data_args, add_out_args, add
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from ..pipeline import CUTOFFS, DELTA, TAU
+    from ..pruning.ranking import RANKINGS
 
     p = sub.add_parser(
         "prune", help="learn switches, prune physically, fine-tune",
@@ -62,6 +63,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                     "posterior means E[s_lj]")
     cut.add_argument("--rate", type=rate, help="fraction of every layer's units to remove, e.g. 0.5: the units "
                                                "with the lowest posterior means E[s_lj] go")
+    p.add_argument("--ranking", choices=list(RANKINGS), default=None,
+                   help="how --arch and --rate rank the units (default posterior-mean: the posterior means E[s_lj] "
+                        "of the fitted switches). dirichlet, dirichlet-mean: the posterior means under that guide "
+                        "(fitted again when --guide names another); prob-below: 1 - P(D_l*s_lj < TAU); l1, l2: the "
+                        "norm of a unit's incoming weights; fisher: the loss increase Fisher pruning predicts for "
+                        "removing the unit; random: seeded uniform scores")
     p.add_argument("--finetune-epochs", type=nonneg_int, default=40,
                    help="fine-tuning epochs with cosine decay, best validation epoch kept (default 40: "
                         "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
         finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
-        layers=args.layers, device=args.device,
+        layers=args.layers, device=args.device, ranking=args.ranking,
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
