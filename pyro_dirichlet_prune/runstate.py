@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from .data import resume_epoch
 from .errors import UserError
 from .models.checkpoint import atomic_torch_save
 
@@ -90,11 +91,47 @@ class RunState:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    """The global torch RNG and a data-order generator, to restore with ``set_rng_state``."""
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+def open_loop(state: RunState | None, checkpoint: str | os.PathLike | None, every: int,
+              loop: str) -> tuple[RunState | None, dict | None]:
+    """The run state a loop saves into and the saved state of ``loop`` in it: ``state`` if given,
+    else one kept in the folder ``checkpoint`` (read when a saved state is there), else none."""
+    if state is None and checkpoint is not None:
+        state = RunState(checkpoint, every)
+        if state.exists():
+            state.load()
+    return state, (state.get(loop) if state is not None else None)
 
 
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+class LoopPosition:
+    """Where a resumable loop stands in its data: the epoch, the minibatches of it done, torch's
+    global generator state at the epoch start (where a plain ``DataLoader``'s shuffle starts)
+    and the loader's own position (``load_state_dict``) where it was saved mid-epoch.
+
+    ``save(data)`` is its part of a loop's snapshot (with torch's global generator state);
+    ``restored(saved)`` puts that generator state back and continues from the position."""
+
+    def __init__(self, epoch: int = 0, batch: int = 0, epoch_rng: torch.Tensor | None = None,
+                 loader: dict | None = None) -> None:
+        self.epoch, self.batch, self.epoch_rng, self.loader = epoch, batch, epoch_rng, loader
+
+    @classmethod
+    def restored(cls, saved: dict) -> LoopPosition:
+        torch.set_rng_state(saved["rng"])
+        return cls(saved["epoch"], saved["batch"], saved["epoch_rng"], saved["loader"])
+
+    def save(self, data: Iterable) -> dict:
+        return {"rng": torch.get_rng_state(), "epoch_rng": self.epoch_rng,
+                "loader": data.state_dict() if hasattr(data, "state_dict") else None,
+                "epoch": self.epoch, "batch": self.batch}
+
+    def batches(self, data: Iterable) -> Iterator[tuple]:
+        """The rest of the current epoch of ``data`` as ``(x, y[, idx])``, each minibatch counted
+        in ``batch`` as it is handed out; ``next_epoch`` moves on once it is done."""
+        if self.batch == 0:
+            self.epoch_rng = torch.get_rng_state()
+        for item in resume_epoch(data, self.batch, self.loader, self.epoch_rng):
+            self.batch += 1
+            yield item
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch, self.loader, self.epoch_rng = self.epoch + 1, 0, None, None

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataBundle, Split, SplitLoader, batches, resume_epoch
+from .data import DataBundle, Split, SplitLoader, batches
 from .errors import UserError
-from .runstate import RunState
+from .runstate import LoopPosition, RunState, open_loop
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -153,11 +153,7 @@ def finetune(
     result = TrainResult()
     if epochs <= 0 or not params:
         return result
-    if state is None and checkpoint is not None:
-        state = RunState(checkpoint, checkpoint_every)
-        if state.exists():
-            state.load()
-    saved = state.get(loop) if state is not None else None
+    state, saved = open_loop(state, checkpoint, checkpoint_every, loop)
     if saved is not None and saved.get("done"):
         net.load_state_dict(saved["net"])
         net.eval()
@@ -169,14 +165,13 @@ def finetune(
     per_epoch = len(train_data)
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-    epoch, batch, total, count, epoch_rng, loader_state = 0, 0, 0.0, 0, None, None
+    at, total, count = LoopPosition(), 0.0, 0
     best_err, best_state = math.inf, None
     if saved is not None:
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
-        torch.set_rng_state(saved["rng"])
-        epoch, batch, epoch_rng, loader_state = saved["epoch"], saved["batch"], saved["epoch_rng"], saved["loader"]
+        at = LoopPosition.restored(saved)
         total, count = saved["total"], saved["count"]
         best_err, best_state = saved["best_err"], saved["best_state"]
         result = TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
@@ -184,20 +179,16 @@ def finetune(
     def snapshot(done: bool = False) -> dict:
         return {
             "done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-            "sched": sched.state_dict(), "rng": torch.get_rng_state(), "epoch_rng": epoch_rng,
-            "loader": train_data.state_dict() if hasattr(train_data, "state_dict") else None,
-            "epoch": epoch, "batch": batch, "total": total, "count": count, "best_err": best_err,
+            "sched": sched.state_dict(), **at.save(train_data), "total": total, "count": count, "best_err": best_err,
             "best_state": best_state, "history": list(result.history), "best_epoch": result.best_epoch,
             "global_step": global_step,
         }
 
-    global_step = epoch * per_epoch + batch
+    global_step = at.epoch * per_epoch + at.batch
     bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False, disable=None if progress else True)
-    while epoch < epochs:
+    while at.epoch < epochs:
         net.train()
-        if batch == 0:
-            epoch_rng = torch.get_rng_state()
-        for x, y, *_ in resume_epoch(train_data, batch, loader_state, epoch_rng):
+        for x, y, *_ in at.batches(train_data):
             x, y = x.to(dev), y.to(dev)
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
@@ -206,21 +197,21 @@ def finetune(
             sched.step()
             total += loss.item() * len(y)
             count += len(y)
-            batch += 1
             global_step += 1
             bar.update()
             if state is not None:
                 state.step(loop, global_step, snapshot)
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        at.next_epoch()
+        record = {"epoch": at.epoch, "train_loss": total / max(count, 1)}
         if val_data is not None:
             record["val_error"] = evaluate(net, val_data)["error"]
             bar.set_postfix(val_error=f"{record['val_error']:.4f}")
             if record["val_error"] < best_err:
-                best_err, best_state, result.best_epoch = record["val_error"], copy.deepcopy(net.state_dict()), epoch + 1
+                best_err, best_state, result.best_epoch = record["val_error"], copy.deepcopy(net.state_dict()), at.epoch
         else:
-            result.best_epoch = epoch + 1
+            result.best_epoch = at.epoch
         result.history.append(record)
-        epoch, batch, total, count, epoch_rng, loader_state = epoch + 1, 0, 0.0, 0, None, None
+        total, count = 0.0, 0
         if state is not None:
             state.save(loop, snapshot())
     bar.close()

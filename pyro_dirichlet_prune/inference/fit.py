@@ -24,10 +24,10 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item
 from tqdm.auto import tqdm
 
-from ..data import resume_epoch, split_batch
+from ..data import split_batch
 from ..errors import NumericalError
 from ..models.switched import SwitchModel
-from ..runstate import RunState
+from ..runstate import LoopPosition, RunState, open_loop
 from .guides import DirichletGuide, LayerwiseGuide, all_layers
 
 SCHEDULES = ("joint", "sequential")
@@ -169,29 +169,22 @@ def fit(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be positive, got {lr}")
-    if state is None and checkpoint is not None:
-        state = RunState(checkpoint, checkpoint_every)
-        if state.exists():
-            state.load()
+    state, saved = open_loop(state, checkpoint, checkpoint_every, loop)
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
     stages = [list(model.layers)] if schedule == "joint" else [[layer] for layer in model.layers]
-    saved = state.get(loop) if state is not None else None
     if seed is not None:
         pyro.set_rng_seed(seed)
     result = FitResult()
-    stage_index, epoch, batch, seconds_before = 0, 0, 0, 0.0
-    optim_state, epoch_rng, loader_state = None, None, None
+    stage_index, seconds_before, optim_state, at = 0, 0.0, None, LoopPosition()
     if saved is not None:
         _warm_up(model, guide, data)
         guide.load_state_dict(saved["guide"], strict=False)
         result = FitResult(list(saved["losses"]), list(saved["stages"]), saved["seconds"])
         if saved.get("done"):
             return result
-        torch.set_rng_state(saved["rng"])
-        stage_index, epoch, batch = saved["stage"], saved["epoch"], saved["batch"]
-        optim_state, epoch_rng, loader_state = saved["optim"], saved["epoch_rng"], saved["loader"]
-        seconds_before = saved["seconds"]
+        at = LoopPosition.restored(saved)
+        stage_index, optim_state, seconds_before = saved["stage"], saved["optim"], saved["seconds"]
     per_epoch = len(data) if hasattr(data, "__len__") else None
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
@@ -203,14 +196,12 @@ def fit(
             optim_state = None
         svi = _SVI(model, guide, optim, loss=loss)
         t0 = time.perf_counter()
-        step = epoch * per_epoch + batch if per_epoch is not None else 0
+        step = at.epoch * per_epoch + at.batch if per_epoch is not None else 0
 
         def snapshot(done: bool = False) -> dict:
             return {
                 "done": done, "guide": copy.deepcopy(guide.state_dict()), "optim": _optim_state(optim, guide),
-                "rng": torch.get_rng_state(), "epoch_rng": epoch_rng,
-                "loader": data.state_dict() if hasattr(data, "state_dict") else None,
-                "stage": stage_index, "epoch": epoch, "batch": batch, "losses": list(result.losses),
+                **at.save(data), "stage": stage_index, "losses": list(result.losses),
                 "stages": list(result.stages), "seconds": seconds_before + time.perf_counter() - start,
                 "global_step": len(result.losses),
             }
@@ -218,13 +209,10 @@ def fit(
         total = epochs * per_epoch if per_epoch is not None else None
         bar = tqdm(total=total, initial=step, desc=f"switches {label}", leave=False, disable=None if progress else True)
         with model.switching(layers):
-            while epoch < epochs:
-                if batch == 0:
-                    epoch_rng = torch.get_rng_state()  # where a plain DataLoader's shuffle starts
-                for x, y, *idx in resume_epoch(data, batch, loader_state, epoch_rng):
+            while at.epoch < epochs:
+                for x, y, *idx in at.batches(data):
                     loss_value = svi.step(x, y, *idx)
                     step += 1
-                    batch += 1
                     if not math.isfinite(loss_value):
                         bar.close()
                         raise NumericalError(
@@ -237,14 +225,14 @@ def fit(
                         bar.set_postfix(loss=f"{loss_value:.4g}")
                     if state is not None:
                         state.step(loop, len(result.losses), snapshot)
-                epoch, batch, loader_state, epoch_rng = epoch + 1, 0, None, None
+                at.next_epoch()
                 if isinstance(guide, DirichletGuide):
                     check_collapse(guide, layers, step, label)
-                if state is not None and epoch < epochs:
+                if state is not None and at.epoch < epochs:
                     state.save(loop, snapshot())
         bar.close()
         result.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
-        epoch = 0
+        at = LoopPosition()
         if state is not None:
             stage_index += 1
             state.save(loop, snapshot(done=stage_index == len(stages)))
