@@ -298,10 +298,6 @@ class SplitLoader:
         self.order: torch.Tensor | None = None
         self.position = 0
 
-    @property
-    def dataset(self) -> Split:
-        return self.split
-
     def __len__(self) -> int:
         return num_batches(self.split, self.batch_size)
 
