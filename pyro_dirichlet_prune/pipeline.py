@@ -33,6 +33,7 @@ from .inference.svi import SwitchConfig, SwitchFit, fit_switches, guide_paramete
 from .plots import plot_posterior
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, check_model_name, discover_switch_points
+from .models.discovery import left_out_layers
 from .models.checkpoint import load_checkpoint, load_model_file, save_checkpoint, save_module_checkpoint, shipped_checkpoint
 from .models.switch_points import SwitchPoint, point_widths
 from .models.user import check_model_io, parse_input_shape
@@ -302,6 +303,7 @@ def run_prune(
     cutoff = _check_options(cfg)
     device = check_device(cfg.device)
     cfg, net, info, points, ckpt, label = _load_network(cfg)
+    left_out = left_out_layers(net, info["input_shape"], points)
     widths = point_widths(points)
     if cutoff in ("arch", "rate"):  # a wrong arch or rate fails before any work
         _kept_counts(cfg, cutoff, widths)
@@ -345,6 +347,7 @@ def run_prune(
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff},
             "switch_points": _point_table(net, points),
+            "left_out_layers": [{"layer": name, "reason": why} for name, why in left_out.items()],
             "base": base,
             "pruned": result.metrics("pruned"),
             "finetuned": result.metrics("finetuned") | {"best_epoch": result.training.best_epoch,

@@ -20,6 +20,7 @@ from pyro_dirichlet_prune.data import load_data
 from pyro_dirichlet_prune.errors import UserError
 from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import build_model
+from pyro_dirichlet_prune.models.discovery import NOT_NAMED
 from pyro_dirichlet_prune.models.checkpoint import load_model_file, save_checkpoint
 from test_cli_errors import _no_output, _user_error
 
@@ -65,6 +66,8 @@ def test_prune_a_user_model_end_to_end(model_files, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["switch_points"]] == ["features.0", "features.4", "head.1"]
     assert [p["hooked"] for p in report["switch_points"]] == ["features.1", "features.4", "head.1"]
+    assert report["left_out_layers"] == [{"layer": "head.3", "reason": "produces the network output"}]
+    assert "left out of switching: head.3 (produces the network output)" in capsys.readouterr().out
     assert report["architecture"] == {"base": "6-8-16", "pruned": "3-4-8", "cutoff": "rate"}
     assert report["config"]["model"] is None and report["config"]["model_file"].endswith("tiny.pt")
     assert report["checks"]["surgery_max_abs_diff_vs_masked"] < 1e-4
@@ -101,6 +104,8 @@ def test_prune_named_layers_of_a_user_model(model_files, tmp_path):
     assert cli.main(_prune(model_files / "tiny.pt", out, "--layers", "head.1,features.4", "--arch", "5-9")) == 0
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["switch_points"]] == ["features.4", "head.1"]
+    assert report["left_out_layers"] == [{"layer": "features.0", "reason": NOT_NAMED},
+                                         {"layer": "head.3", "reason": "produces the network output"}]
     assert report["architecture"]["pruned"] == "5-9"
 
 

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{PROG}: note: the posterior is confident that no unit is unimportant (P(D*s < {cfg.tau}) < "
               f"{1 - cfg.delta:g} for every unit), so nothing was removed; {hint}a larger --tau or --delta, or a "
               f"budget (--target-macs/--target-params).", file=sys.stderr)
+    if r["left_out_layers"]:
+        print("left out of switching: " + "; ".join(f"{e['layer']} ({e['reason']})" for e in r["left_out_layers"]))
     print(
         f"{r['architecture']['base']} -> {r['architecture']['pruned']}: test error "
         f"{r['base']['test']['error']:.4f} (base), {r['pruned']['test']['error']:.4f} (pruned), "
