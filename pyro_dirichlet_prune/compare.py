@@ -249,9 +249,9 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     if any(s < 0 for s in cfg.seeds):
         raise UserError(f"seeds must be non-negative, got {cfg.seeds}")
     if cfg.arch is not None and cfg.rate is not None:
-        raise UserError("give --arch or --rate, not both")
+        raise UserError("give arch or rate, not both")
     if cfg.elbo_particles < 1 or cfg.elbo_batches < 1:
-        raise UserError("--elbo-particles and --elbo-batches must be positive")
+        raise UserError("elbo_particles and elbo_batches must be positive")
     try:
         dataclasses.replace(cfg.switch, guide=cfg.guides[0]).validate()
         cfg.finetune.validate()

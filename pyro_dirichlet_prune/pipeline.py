@@ -63,19 +63,19 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
     implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
                                         ("budget", cfg.target_macs is not None or cfg.target_params is not None)) if given]
     if len(implied) > 1:
-        raise UserError(f"give one cut-off, not {' and '.join(implied)} (--arch, --rate, --target-macs/--target-params)")
+        raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params)")
     if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
         raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
     kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
     if implied and implied[0] != kind:
-        raise UserError(f"--cutoff {kind} does not take the options of the {implied[0]} cut-off")
+        raise UserError(f"cutoff='{kind}' does not take the options of the {implied[0]} cut-off")
     if kind in ("arch", "rate", "budget") and not implied:
-        need = {"arch": "--arch", "rate": "--rate", "budget": "--target-macs and/or --target-params"}[kind]
-        raise UserError(f"--cutoff {kind} needs {need}")
+        need = {"arch": "arch=ARCH", "rate": "rate=RATE", "budget": "target_macs and/or target_params"}[kind]
+        raise UserError(f"cutoff='{kind}' needs {need}")
     if not (cfg.tau > 0 and cfg.tau < float("inf")):
-        raise UserError(f"--tau must be a positive number, got {cfg.tau}")
+        raise UserError(f"tau must be a positive number, got {cfg.tau}")
     if not 0 < cfg.delta < 1:
-        raise UserError(f"--delta must be in (0, 1), got {cfg.delta}")
+        raise UserError(f"delta must be in (0, 1), got {cfg.delta}")
     for key in ("target_macs", "target_params"):
         value = getattr(cfg, key)
         if value is not None and not (isinstance(value, int) and value > 0):
@@ -135,8 +135,7 @@ def resolve_checkpoint(cfg: PruneConfig) -> Path:
     if path is None:
         raise UserError(
             f"no pre-trained {cfg.model} for {cfg.dataset} ships with the package; "
-            f"run `dirichlet-prune pretrain --model {cfg.model} --dataset {cfg.dataset} --out DIR` "
-            f"and pass --checkpoint DIR/model.pt"
+            f"pre-train one (`dirichlet-prune pretrain`, or pretraining.run_pretrain) and give checkpoint=PATH"
         )
     return path
 
@@ -151,12 +150,12 @@ def _load_user_model(cfg: PruneConfig) -> tuple[torch.nn.Module, dict, list[Swit
     """The user's network of ``cfg.model_file``, checked against the data set, its facts and
     its switch points (discovered, or the ``cfg.layers`` named)."""
     if cfg.checkpoint:
-        raise UserError("give --model-file or --checkpoint, not both")
+        raise UserError("give model_file or checkpoint=PATH, not both")
     shape, classes = dataset_spec(cfg.dataset)
     if cfg.input_shape is not None:
         given = parse_input_shape(cfg.input_shape)
         if given != tuple(shape):
-            raise UserError(f"--input-shape {','.join(map(str, given))} does not match {cfg.dataset}, whose "
+            raise UserError(f"input_shape {','.join(map(str, given))} does not match {cfg.dataset}, whose "
                             f"inputs have shape {','.join(map(str, shape))}")
     net, _ = load_model_file(cfg.model_file)
     check_model_io(net, shape, classes, what=f"the model of {cfg.model_file}")
@@ -171,7 +170,7 @@ def _select_layers(points: list[SwitchPoint], layers: list[str] | None) -> list[
     names = [p.name for p in points]
     unknown = [n for n in layers if n not in names]
     if unknown or len(set(layers)) != len(layers) or not layers:
-        raise UserError(f"--layers {','.join(layers)}: choose distinct layers among {', '.join(names)}")
+        raise UserError(f"layers {','.join(layers)}: choose distinct layers among {', '.join(names)}")
     return [p for p in points if p.name in set(layers)]
 
 

@@ -168,13 +168,10 @@ def test_module_length():
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
-FLAGS_IN_MESSAGES = {
-    # Known debt: library modules whose error messages still speak of command-line flags. The
-    # library should name the argument (``rate must be in [0, 1), got 1.5``, ``resume=True``);
-    # ``cli.options.flag_words`` turns such names into flags for the command line. Remove an
-    # entry when its module is fixed.
-    "compare.py", "pipeline.py",
-}
+# Known debt: library modules whose error messages still speak of command-line flags (none now).
+# The library names the argument (``rate must be in [0, 1), got 1.5``, ``resume=True``);
+# ``cli.options.flag_words`` turns such names into flags for the command line.
+FLAGS_IN_MESSAGES: set[str] = set()
 
 
 def _raised_text(node: ast.Raise) -> list[str]:
