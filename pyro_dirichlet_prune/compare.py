@@ -40,7 +40,7 @@ from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
 from .models.switched import switch_factors
 from .models.checkpoint import load_checkpoint
-from .pipeline import PruneConfig, resolve_checkpoint, seed_everything, subset_train
+from .pipeline import PruneConfig, resolve_checkpoint, subset_train
 from .prune_step import prune_and_finetune
 from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
 from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
@@ -207,7 +207,6 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     switch_cfg = dataclasses.replace(cfg.switch, guide=guide, seed=seed,
                                      elbo="trace" if guide not in ("dirichlet", "dirichlet-mean") else cfg.switch.elbo,
                                      sampling="shared" if guide != "dirichlet" else cfg.switch.sampling)
-    seed_everything(seed)
     switched = SwitchedNetwork(net)
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, switch_cfg)

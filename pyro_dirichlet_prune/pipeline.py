@@ -314,7 +314,6 @@ def run_prune(
     t = time.perf_counter()
     data = _load_run_data(cfg, info, ckpt)
     timings["load"] = time.perf_counter() - t
-    seed_everything(cfg.seed)
     switch_cfg = dataclasses.replace(cfg.switch, seed=cfg.seed)
     finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed, device=cfg.device)
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
-import torch
 
 from .data import DataBundle, Split, dataset_spec, load_data
 from .errors import UserError
@@ -23,9 +22,8 @@ from .training import TrainConfig, check_device, evaluate, train
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch, Pyro, Python's and NumPy's generators."""
+    """Seed torch's, Python's and NumPy's global generators (``pyro.set_rng_seed``)."""
     pyro.set_rng_seed(seed)
-    torch.manual_seed(seed)
 
 
 def subset_train(data: DataBundle, max_train: int | None) -> DataBundle:
