@@ -14,7 +14,8 @@ report. Cut-offs (``CUTOFFS``):
 The network is a registered one (``model`` and a checkpoint) or a user's whole pickled
 ``nn.Module`` (``model_file``), whose prunable layers and switch placements are discovered
 (``models.discovery``) or named (``layers``). With ``device="cuda"``, switch learning and
-fine-tuning run on the GPU; surgery always runs on the CPU.
+fine-tuning run on the GPU; surgery always runs on the CPU. Last, the base and the pruned
+network's forward passes are timed (``latency``), on the CPU and on the run's GPU.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .errors import UserError
 from .inference.fit import collapsed_fraction
 from .inference.posterior import SwitchPosterior
 from .inference.svi import SwitchConfig, SwitchFit, fit_switches, guide_parameters, switch_posterior
+from .latency import latency_report
 from .plots import plot_posterior
 from .metrics import count_macs, count_params
 from .models import SwitchedNetwork, check_model_name, discover_switch_points
@@ -96,7 +98,9 @@ class PruneConfig:
     shape is ``input_shape`` (e.g. ``"3,32,32"``; default the data set's). ``layers`` names the
     layers to switch (default: all that the model declares, or that discovery finds).
     ``ranking`` names the ``pruning.ranking`` that orders the units for the ``arch`` and ``rate``
-    cut-offs (None: ``posterior-mean``, E_q[s_l] of the switch fit)."""
+    cut-offs (None: ``posterior-mean``, E_q[s_l] of the switch fit). ``latency``: measure the base
+    and the pruned network's forward passes (``latency.latency_report``: CPU, and the GPU too with
+    ``device="cuda"``) into the report's ``latency``."""
 
     model: str | None = "lenet5"
     dataset: str = "mnist"
@@ -120,6 +124,7 @@ class PruneConfig:
     layers: list[str] | None = None
     device: str = "cpu"
     ranking: str | None = None
+    latency: bool = True
 
 
 def _budget(cfg: PruneConfig) -> dict[str, int]:
@@ -336,6 +341,11 @@ def run_prune(
         timings["surgery"] = choose_seconds + result.seconds["surgery"]
         timings["finetune"] = result.seconds["finetune"]
         result.net.cpu()
+        t = time.perf_counter()
+        latency = latency_report(net, result.net, data.input_shape, base["macs"], result.size["macs"],
+                                 ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency else None
+        if latency is not None:
+            timings["latency"] = time.perf_counter() - t
         _save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, fitted.means, prob_below, result)
         report = {
             "command": "prune",
@@ -369,6 +379,7 @@ def run_prune(
             },
             "cutoff": cut,
             "kept": keep,
+            **({"latency": latency} if latency is not None else {}),
             "checks": {
                 "surgery_max_abs_diff_vs_masked": result.surgery_max_abs_diff,
                 "concentrations_at_floor": collapsed_fraction(fit.concentrations, switch_cfg.floor),

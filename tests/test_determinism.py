@@ -9,7 +9,7 @@ DATA = ["--dataset", "fake-mnist", "--val-size", "500"]
 
 
 def _numbers(report: dict) -> dict:
-    drop = {"created", "timings_seconds", "versions"}
+    drop = {"created", "timings_seconds", "versions", "latency"}  # latency: measured times
     out = {k: v for k, v in report.items() if k not in drop}
     out["switches"] = {k: v for k, v in report["switches"].items() if k != "stages"}
     return out

@@ -75,6 +75,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="fine-tuning learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
     add_train_args(p, "finetune-", "fine-tuning")
+    p.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="do not time the base and the pruned network's forward passes (by default report.json's "
+                        "latency holds their median times on the CPU at batch 1 and 256, one and all threads, and "
+                        "on the GPU with --device cuda, with the speed-up against the MAC reduction)")
     add_seed_arg(p)
     add_out_args(p)
     return p
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
-        layers=args.layers, device=args.device, ranking=args.ranking,
+        layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency,
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
@@ -115,4 +119,15 @@ def run(args: argparse.Namespace) -> dict:
         f"{r['finetuned']['params']}, MACs {r['base']['macs']} -> {r['finetuned']['macs']}; "
         f"{r['timings_seconds']['total']:.1f} s -> {args.out}"
     )
+    if "latency" in r:
+        print(latency_line(r["latency"]["cpu"]))
     return r
+
+
+def latency_line(cpu: dict) -> str:
+    """One line of a report's CPU latency: the speed-up at one thread per batch size."""
+    cells = [c for c in cpu["cells"] if c["threads"] == 1]
+    speedups = ", ".join(f"{c['speedup']:.2f}x at batch {c['batch']}" for c in cells)
+    reduction = cells[0]["mac_reduction"] if cells else float("nan")
+    return (f"measured CPU speed-up, one thread (median of interleaved repeats): {speedups}; "
+            f"MACs {reduction:.2f}x fewer")
