@@ -1,8 +1,8 @@
-"""Command line: ``dirichlet-prune pretrain|prune|compare-guides|search|evaluate``.
+"""Command line: ``dirichlet-prune pretrain|prune|compare-guides|search|evaluate|export``.
 
 The command line only parses options, calls the library and prints. Each sub-command is a
 module with ``add_parser(subparsers)`` and ``run(args)``: ``pretrain``, ``prune``,
-``compare_guides``, ``search``, ``evaluate``; ``options`` holds what they share. Every error is
+``compare_guides``, ``search``, ``evaluate``, ``export``; ``options`` holds what they share. Every error is
 one line on stderr: ``dirichlet-prune: error: <message>`` with exit status 2 for bad input (a
 bad option value included), ``dirichlet-prune: numerical error: <message>`` with status 3, and
 status 130 after Ctrl-C. The command line owns its process, so it keeps freed memory in it
@@ -17,13 +17,13 @@ from typing import Sequence
 from .. import __version__
 from ..allocator import retain_freed_memory
 from ..errors import NumericalError, UserError
-from . import compare_guides, evaluate, pretrain, prune, search
+from . import compare_guides, evaluate, export, pretrain, prune, search
 from .options import PROG, ArgumentParser, flag_words, parse_seeds, print_error, set_threads
 from .options import switch_config as _switch_config
 from .search import add_search_parser, parse_methods, run_search_cli, search_config_from_args
 
 COMMANDS = {"pretrain": pretrain, "prune": prune, "compare-guides": compare_guides, "search": search,
-            "evaluate": evaluate}
+            "evaluate": evaluate, "export": export}
 
 __all__ = ["COMMANDS", "PROG", "add_search_parser", "build_parser", "main", "parse_methods", "parse_seeds",
            "run_search_cli", "search_config_from_args"]

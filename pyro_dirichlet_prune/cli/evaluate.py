@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_data_args
+from .options import add_allow_pickle_arg, add_data_args
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -14,9 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "test error, parameters and MACs as JSON on stdout.")
     p.add_argument("checkpoint", help="a model.pt or pruned.pt written by pretrain or prune")
     add_data_args(p, dataset_default=None, split=False)
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="also load a pickled network (the pruned.pt of a --model-file run, or a torch.save(model) "
-                        "file); this UNPICKLES AND RUNS ARBITRARY CODE: only for files you trust")
+    add_allow_pickle_arg(p)
     return p
 
 

@@ -163,6 +163,12 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    help="pre-trained network (from `pretrain`); default: the one shipped for --model/--dataset")
 
 
+def add_allow_pickle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load a pickled network (the pruned.pt of a --model-file run, or a torch.save(model) "
+                        "file); this UNPICKLES AND RUNS ARBITRARY CODE: only for files you trust")
+
+
 def add_seed_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
 
