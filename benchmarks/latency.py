@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from pyro_dirichlet_prune.errors import UserError
 from pyro_dirichlet_prune.latency import BATCH_SIZES, CELL_SECONDS, REPEATS, WARMUP, latency_report
 from pyro_dirichlet_prune.metrics import count_macs
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint
@@ -49,8 +50,11 @@ def main() -> None:
     args = p.parse_args()
 
     base_path, pruned_path = _pair(args)
-    base, _ = load_checkpoint(base_path, allow_pickle=args.allow_pickle)
-    pruned, info = load_checkpoint(pruned_path, allow_pickle=args.allow_pickle)
+    try:
+        base, _ = load_checkpoint(base_path, allow_pickle=args.allow_pickle)
+        pruned, info = load_checkpoint(pruned_path, allow_pickle=args.allow_pickle)
+    except UserError as exc:
+        raise SystemExit(f"latency.py: {exc}") from None
     shape = tuple(info["input_shape"])
     macs = count_macs(base, shape), count_macs(pruned, shape)
     devices = ("cpu",) if args.device == "cpu" else ("cpu", args.device)

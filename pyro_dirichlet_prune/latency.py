@@ -4,14 +4,15 @@ Method (``measure_latency``). For every cell (batch size B, intra-op thread coun
 ``batch_sizes`` × ``threads``, torch's CPU threads are set to T and one input batch of shape
 ``(B, *input_shape)`` is drawn from a local ``torch.Generator`` seeded with ``seed`` (the global
 random generators are not touched). Every network is a copy on ``device`` in eval mode, run under
-``torch.inference_mode()``. After ``warmup`` rounds, rounds are timed: a round runs one forward pass
+``torch.inference_mode()``. After ``warmup`` untimed rounds (fewer, but at least one, when they
+pass a quarter of ``cell_seconds``), rounds are timed: a round runs one forward pass
 of every network, in an order rotated by one each round (round-robin interleaving, so that the
 machine's drifts and noise hit all networks alike), each pass timed alone with
 ``time.perf_counter`` (on CUDA the device is synchronised before and after it). A cell runs
 ``repeats`` rounds, or fewer when its timed rounds pass ``cell_seconds`` (never fewer than
-``min(MIN_REPEATS, repeats)``); the rounds measured are recorded in the cell. Per network and cell:
-the median, 10th and 90th percentile of its pass times, in milliseconds. Torch's thread count is
-restored afterwards.
+``min(MIN_REPEATS, repeats)``); the rounds of both kinds are recorded in the cell. Per network
+and cell: the median, 10th and 90th percentile of its pass times, in milliseconds. Torch's
+thread count is restored afterwards.
 
 ``speedup_table`` turns a measurement of a base and a pruned network into per-cell speed-ups
 (base median / pruned median), the MAC reduction (base MACs / pruned MACs) and their ratio
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -102,20 +104,23 @@ def _cell(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int
     """Time the interleaved forward passes of one cell (module docstring)."""
     names, sync = list(nets), x.device.type == "cuda"
     times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(warmup):
+    limit = float("inf") if cell_seconds is None else cell_seconds
+    start, warm = time.perf_counter(), 0
+    while warm < warmup and not (warm and time.perf_counter() - start > limit / 4):
         for n in names:
             _timed(nets[n], x, sync)
+        warm += 1
     start, rounds = time.perf_counter(), 0
     while rounds < repeats:
         for i in range(len(names)):  # round r starts with network r mod len(names)
             n = names[(rounds + i) % len(names)]
             times[n].append(_timed(nets[n], x, sync))
         rounds += 1
-        if cell_seconds is not None and rounds >= min(MIN_REPEATS, repeats) and time.perf_counter() - start > cell_seconds:
+        if rounds >= min(MIN_REPEATS, repeats) and time.perf_counter() - start > limit:
             break
     ms = {n: dict(zip(("p10", "median", "p90"), (float(v) for v in np.percentile(np.array(t) * 1e3, [10, 50, 90]))))
           for n, t in times.items()}
-    return {"repeats": rounds, "ms": ms}
+    return {"repeats": rounds, "warmup": warm, "ms": ms}
 
 
 def measure_latency(
@@ -136,7 +141,7 @@ def measure_latency(
     Returns ``{"method", "device", "input_shape", "seed", "warmup", "max_repeats", "cell_seconds",
     "all_threads", "networks", "cells"}``; ``cells`` holds, per (batch, threads) in the order
     given (``threads`` None: ``all_threads()``; a thread count that repeats is measured once),
-    ``{"batch", "threads", "repeats", "ms": {name: {"median", "p10", "p90"}}}``. Raises
+    ``{"batch", "threads", "repeats", "warmup", "ms": {name: {"median", "p10", "p90"}}}``. Raises
     ``TypeError`` naming ``nets`` and ``ValueError`` naming the argument that is wrong."""
     _check(nets, repeats, warmup, cell_seconds)
     shape = _positive_ints("input_shape", input_shape)
@@ -155,7 +160,7 @@ def measure_latency(
                     cells.append({"batch": b, "threads": t, **_cell(copies, x, repeats, warmup, cell_seconds)})
     finally:
         torch.set_num_threads(before)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (os.uname().machine if hasattr(os, "uname") else "")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
     return {"method": METHOD, "device": str(dev), "device_name": name, "input_shape": shape, "seed": seed,
             "warmup": warmup, "max_repeats": repeats, "cell_seconds": cell_seconds, "all_threads": all_threads(),
             "networks": list(nets), "cells": cells}
@@ -163,7 +168,7 @@ def measure_latency(
 
 def speedup_table(measurement: Mapping[str, Any], macs_base: int, macs_pruned: int, *,
                   base: str = "base", pruned: str = "pruned") -> list[dict[str, Any]]:
-    """Per cell of ``measurement`` (``measure_latency``'s result): batch, threads, repeats, the
+    """Per cell of ``measurement`` (``measure_latency``'s result): batch, threads, repeats, warmup, the
     median, p10 and p90 milliseconds of the networks named ``base`` and ``pruned``, the speed-up
     (base median / pruned median), the MAC reduction (``macs_base / macs_pruned``) and their ratio
     (speed-up / MAC reduction). Raises ``ValueError`` naming the argument that is wrong."""
@@ -180,7 +185,7 @@ def speedup_table(measurement: Mapping[str, Any], macs_base: int, macs_pruned: i
     table = []
     for c in cells:
         speedup = c["ms"][base]["median"] / c["ms"][pruned]["median"]
-        table.append({"batch": c["batch"], "threads": c["threads"], "repeats": c["repeats"],
+        table.append({"batch": c["batch"], "threads": c["threads"], "repeats": c["repeats"], "warmup": c.get("warmup"),
                       "base_ms": c["ms"][base], "pruned_ms": c["ms"][pruned], "speedup": speedup,
                       "mac_reduction": reduction, "ratio": speedup / reduction})
     return table

@@ -42,7 +42,7 @@ def test_cells_cover_batches_and_threads():
     assert [(c["batch"], c["threads"]) for c in m["cells"]] == [(1, 1), (1, 2), (3, 1), (3, 2)]
     assert m["networks"] == ["a", "b"] and m["input_shape"] == list(SHAPE) and m["max_repeats"] == 3
     for c in m["cells"]:
-        assert c["repeats"] == 3 and set(c["ms"]) == {"a", "b"}
+        assert c["repeats"] == 3 and c["warmup"] == 1 and set(c["ms"]) == {"a", "b"}
         for s in c["ms"].values():
             assert 0 < s["p10"] <= s["median"] <= s["p90"]
 
@@ -67,9 +67,10 @@ def test_rounds_are_interleaved_round_robin():
 
 
 def test_cell_budget_bounds_repeats_and_records_them():
-    m = measure_latency({"slow": Sleeper(0.02)}, SHAPE, batch_sizes=(1,), threads=(1,), repeats=1000, warmup=0,
+    m = measure_latency({"slow": Sleeper(0.02)}, SHAPE, batch_sizes=(1,), threads=(1,), repeats=1000, warmup=100,
                         cell_seconds=0.01)
-    assert m["cells"][0]["repeats"] == latency.MIN_REPEATS and m["cell_seconds"] == 0.01
+    cell = m["cells"][0]
+    assert cell["repeats"] == latency.MIN_REPEATS and cell["warmup"] == 1 and m["cell_seconds"] == 0.01
 
 
 def test_threads_random_state_and_networks_left_as_they_were():
@@ -174,7 +175,7 @@ def test_prune_report_has_latency_and_no_latency_removes_it(tmp_path, monkeypatc
     assert cells == {(b, t) for b in (1, 256) for t in dict.fromkeys((1, all_threads()))}
     macs = rep["base"]["macs"] / rep["finetuned"]["macs"]
     for c in cpu["cells"]:
-        assert c["repeats"] == 2 and c["mac_reduction"] == pytest.approx(macs)
+        assert c["repeats"] == 2 and c["warmup"] == 0 and c["mac_reduction"] == pytest.approx(macs)
         assert c["speedup"] == pytest.approx(c["base_ms"]["median"] / c["pruned_ms"]["median"])
         assert c["ratio"] == pytest.approx(c["speedup"] / macs)
     assert rep["timings_seconds"]["latency"] >= 0 and rep["config"]["latency"] is True
@@ -186,3 +187,11 @@ def test_prune_report_has_latency_and_no_latency_removes_it(tmp_path, monkeypatc
     drop = {"latency", "created", "timings_seconds", "versions", "config", "switches"}
     assert {k: v for k, v in rep.items() if k not in drop} == {k: v for k, v in rep_b.items() if k not in drop}
     assert rep["switches"]["losses"] == rep_b["switches"]["losses"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latency_report_on_the_gpu_too():
+    r = latency_report(_net(), _net(), SHAPE, 200, 100, devices=("cpu", "cuda"), batch_sizes=(1,), threads=(1,),
+                       **FAST)
+    assert list(r) == ["cpu", "cuda"] and r["cuda"]["device"].startswith("cuda")
+    assert [c["threads"] for c in r["cuda"]["cells"]] == [all_threads()]
