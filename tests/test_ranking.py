@@ -6,6 +6,7 @@ concentrations; a fitted posterior is used only by the rankings of its guide; un
 options are refused naming them."""
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 
@@ -117,3 +118,9 @@ def test_the_search_builds_its_rankings_from_the_registry():
     assert cfg.ranking("dirichlet-mean").switch.guide == "dirichlet-mean"
     with pytest.raises(UserError, match="dirichlet-mean: per-example"):
         search.SearchConfig(methods=["dirichlet-mean"], switch={"sampling": "per-example"}).validate()
+    # ... and so does its command line: any registered name, as a search method
+    from pyro_dirichlet_prune.cli import parse_methods
+
+    assert parse_methods("prob-below,l1,posterior-mean") == ["prob-below", "l1", "posterior-mean"]
+    with pytest.raises(argparse.ArgumentTypeError, match="taylor"):
+        parse_methods("l1,taylor")

@@ -11,12 +11,13 @@ from ..inference.svi import SCHEDULES
 from ..models import MODELS
 from ..models.switched import SCALES
 from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
+from ..pruning.ranking import RANKINGS
 from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
                       run_search)
 from .options import add_checkpoint_arg, choice_list, nonneg_int, parse_seeds, positive_int
 
-parse_methods = choice_list(METHODS)
-"""``"l1,random"`` → ``["l1", "random"]``; distinct names from ``search.METHODS``."""
+parse_methods = choice_list(tuple(RANKINGS))
+"""``"l1,random"`` → ``["l1", "random"]``; distinct names of registered rankings (``RANKINGS``)."""
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,7 +43,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", type=parse_methods, default=list(METHODS),
                    help=f"comma-separated ranking methods (default {','.join(METHODS)}): dirichlet (switch posterior "
                         f"means, sampled guide), dirichlet-mean (the mean-guide variant), l1/l2 (norm of each unit's "
-                        f"incoming weights), fisher (Theis et al. 2018), random")
+                        f"incoming weights), fisher (Theis et al. 2018), random; also posterior-mean (as dirichlet) "
+                        f"and prob-below (1 - P(D_l*s_lj < 0.5) under the Dirichlet guide)")
     p.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],
                    help="a count N (seeds 0..N-1) or comma-separated seeds such as 0,4,7 (a single seed s is "
                         "written 's,'); each seed re-ranks (switch fit, fisher batches, random) and re-fine-tunes "
