@@ -4,6 +4,7 @@ the saved networks and with independent evaluations."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def data(data_cfg):
     return load_data(data_cfg.dataset, val_size=data_cfg.val_size, **kw)
 
 
-def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg):
+def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg, data):
     assert sorted(p.name for p in pretrained.iterdir()) == ["model.pt", "report.json"]
     assert not [p for p in pretrained.parent.iterdir() if ".partial" in p.name]
     rep = json.loads((pretrained / "report.json").read_text())
@@ -73,8 +74,11 @@ def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg):
     assert rep["data"]["train"] == data_cfg.max_train and rep["data"]["val"] == data_cfg.val_size
     m = rep["metrics"]
     assert m["params"] == 40165 and m["macs"] == 498750
-    assert 0.0 <= m["test"]["error"] <= 1.0 and len(m["history"]) == 1
+    assert len(m["history"]) == 1
     net, info = load_checkpoint(pretrained / "model.pt", "lenet5")
+    for split in ("test", "val"):  # the report's numbers are the saved network's
+        again = evaluate(net, getattr(data, split))
+        assert again["error"] == m[split]["error"] and again["nll"] == pytest.approx(m[split]["nll"], rel=1e-6)
     assert info["widths"] == [10, 20, 100, 25] and info["dataset"] == data_cfg.dataset
     assert info["meta"]["test_error"] == m["test"]["error"]
     if data_cfg.dataset == "mnist":
@@ -95,10 +99,6 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert rep["architecture"] == {"base": "10-20-100-25", "pruned": ARCH, "cutoff": "arch"}
     assert rep["cutoff"] == {"kind": "arch", "arch": ARCH}
     assert rep["base"]["params"] == 40165 and rep["base"]["macs"] == 498750
-    for stage in ("base", "pruned", "finetuned"):
-        for split in ("test", "val"):
-            assert 0.0 <= rep[stage][split]["error"] <= 1.0
-            assert rep[stage][split]["nll"] >= 0.0
     widths = [int(w) for w in ARCH.split("-")]
     for stage in ("pruned", "finetuned"):
         assert rep[stage]["arch"] == ARCH
@@ -115,9 +115,9 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert len(rep["switches"]["stages"]) == 4 and rep["switches"]["steps"] == steps == len(rep["switches"]["losses"])
     assert [len(rep["kept"][l]) for l in ("conv1", "conv2", "fc1", "fc2")] == widths
     assert rep["checkpoint"] == str(pretrained / "model.pt")
-    stages = rep["posterior"]["stage_elbos"]  # one ELBO per layer-by-layer stage, each a finite bound
+    stages = rep["posterior"]["stage_elbos"]  # one ELBO per layer-by-layer stage, each a finite estimate
     assert list(stages) == ["conv1", "conv2", "fc1", "fc2"]
-    assert all(-float("inf") < v["elbo"] < 0 and v["standard_error"] >= 0 for v in stages.values())
+    assert all(math.isfinite(v["elbo"]) and v["standard_error"] > 0 for v in stages.values())
 
 
 def test_report_sizes_match_saved_pruned_model(pruned_run):

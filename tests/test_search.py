@@ -242,7 +242,7 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     assert resumed_summary["per_arch"] == ref_report["summary"]["per_arch"]
     assert resumed_summary["wins"] == ref_report["summary"]["wins"]
     rec = _records(ref)["l1__seed0__4-6-35-15"]
-    assert rec["params"] < rec["macs"] and 0 <= rec["test_error"] <= 1 and rec["surgery_max_abs_diff"] < 1e-4
+    assert rec["params"] < rec["macs"] and rec["surgery_max_abs_diff"] < 1e-4
     assert [len(v) for v in rec["kept"].values()] == [4, 6, 35, 15]
 
 
