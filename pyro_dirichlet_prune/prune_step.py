@@ -74,7 +74,8 @@ def prune_and_finetune(
     """Prune ``net`` to ``keep``, check the surgery, fine-tune with ``finetune`` and evaluate on
     ``splits`` before and after (module docstring). ``points``: the switch points of ``net``
     (default: the ones it declares, or discovery finds); ``seed``: the surgery check's batch;
-    ``state``: a ``RunState`` that fine-tuning saves to and resumes from. Raises
+    ``state``: a ``RunState`` that fine-tuning saves to and resumes from. With
+    ``finetune.distill`` the network before surgery is the teacher. Raises
     ``NumericalError`` when the surgery check fails, ``ValueError`` naming ``splits`` or
     ``finetune`` when they are wrong."""
     if not isinstance(finetune, TrainConfig):
@@ -94,7 +95,7 @@ def prune_and_finetune(
             "arch": "-".join(str(p.width) for p in pruned_points)}
     before = _evaluate(pruned, data, splits)
     t = time.perf_counter()
-    result = train(pruned, data, finetune, desc=desc, state=state)
+    result = train(pruned, data, finetune, desc=desc, state=state, teacher=net if finetune.distill else None)
     finetune_seconds = time.perf_counter() - t
     return PruneResult(net=pruned, keep={k: list(v) for k, v in keep.items()}, points=pruned_points,
                        surgery_max_abs_diff=diff, size=size, pruned=before, finetuned=_evaluate(pruned, data, splits),

@@ -18,6 +18,23 @@ from .runstate import LoopPosition, RunState, open_loop
 
 
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "onecycle")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temperature: float,
+                      weight: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015) from the teacher's logits:
+
+        (1 - weight) · CE(student, y) + weight · T² · KL(softmax(teacher / T) || softmax(student / T)),
+
+    averaged over the minibatch; the T² keeps the soft term's gradients on the scale of the
+    cross-entropy's as T grows. ``weight = 0`` is plain cross-entropy."""
+    hard = F.cross_entropy(student, y)
+    if weight == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1.0 - weight) * hard + weight * temperature ** 2 * soft
 
 
 def check_device(device: str) -> torch.device:
@@ -67,9 +84,12 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000) -> 
 @dataclass
 class TrainConfig:
     """Adam (``optimizer="adam"``) or SGD with Nesterov momentum 0.9 (``"sgd"``), with a cosine
-    learning-rate decay to zero over all steps; the epoch with the lowest validation error is
-    kept (early stopping on the validation split). Augmentation as in ``data.batches``;
-    ``device`` is where the network trains (the data stay on the CPU, minibatches are moved)."""
+    learning-rate decay to zero over all steps (``schedule="cosine"``) or a one-cycle schedule
+    (``"onecycle"``: up to ``lr`` over the first 30% of the steps, then down); the epoch with the
+    lowest validation error is kept (early stopping on the validation split). Augmentation as in
+    ``data.batches``; ``device`` is where the network trains (the data stay on the CPU,
+    minibatches are moved). With ``distill`` the loss is ``distillation_loss`` against a teacher
+    network's logits (``temperature``, ``distill_weight``)."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -81,6 +101,10 @@ class TrainConfig:
     optimizer: str = "adam"
     augment_crop: int = 0
     device: str = "cpu"
+    schedule: str = "cosine"
+    distill: bool = False
+    temperature: float = 4.0
+    distill_weight: float = 0.9
 
     def validate(self) -> None:
         if int(self.epochs) < 0 or int(self.batch_size) < 1 or int(self.augment_shift) < 0 or int(self.augment_crop) < 0:
@@ -89,6 +113,12 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr}, {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
 
 
 @dataclass
@@ -104,15 +134,21 @@ def train(
     desc: str = "train",
     state: RunState | None = None,
     loop: str = "finetune",
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """``finetune`` with the settings of ``cfg`` on the in-memory splits of ``data``: minibatches
     of ``cfg.batch_size`` in an order (and augmentation) drawn from a generator seeded with
-    ``cfg.seed``; the validation split chooses the epoch kept."""
+    ``cfg.seed``; the validation split chooses the epoch kept. ``cfg.distill`` needs the
+    ``teacher``."""
     cfg.validate()
+    if cfg.distill and teacher is None:
+        raise ValueError("teacher: distillation (distill=True) needs the teacher network")
     loader = SplitLoader(data.train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed),
                          cfg.augment_shift, cfg.augment_flip, cfg.augment_crop)
     return finetune(net, loader, data.val, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
-                    weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop)
+                    weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop,
+                    schedule=cfg.schedule, teacher=teacher if cfg.distill else None, temperature=cfg.temperature,
+                    distill_weight=cfg.distill_weight)
 
 
 def finetune(
@@ -131,20 +167,29 @@ def finetune(
     desc: str = "fine-tune",
     state: RunState | None = None,
     loop: str = "finetune",
+    schedule: str = "cosine",
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    distill_weight: float = 0.9,
 ) -> TrainResult:
     """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
     with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a
     ``DataLoader``) for ``epochs`` passes: Adam (``optimizer="adam"``) or SGD with Nesterov
-    momentum 0.9 (``"sgd"``), the learning rate decayed to zero on a cosine over all steps.
-    With ``val_data`` the epoch of lowest validation error is kept. ``net`` ends in that state,
-    in eval mode, on ``device``.
+    momentum 0.9 (``"sgd"``), the learning rate decayed to zero on a cosine over all steps
+    (``schedule="cosine"``) or on a one-cycle schedule (``"onecycle"``). With a ``teacher`` (e.g.
+    the network before pruning; used in eval mode, never trained) the loss is
+    ``distillation_loss`` with ``temperature`` and ``distill_weight``. With ``val_data`` the epoch
+    of lowest validation error is kept. ``net`` ends in that state, in eval mode, on ``device``.
 
     ``checkpoint`` (a folder) saves the loop's state every ``checkpoint_every`` steps and at every
     epoch end, and continues from a saved state (exactly, for data that restore their position
     or reshuffle from torch's global generator; see ``inference.fit.fit``)."""
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay).validate()
+    TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                temperature=temperature, distill_weight=distill_weight).validate()
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     dev = check_device(device)
     for p in net.parameters():
         p.requires_grad_(True)
@@ -164,7 +209,12 @@ def finetune(
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     per_epoch = len(train_data)
     steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.3,
+                                                    cycle_momentum=optimizer == "sgd")
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    teach = _teacher(teacher, dev)
     at, total, count = LoopPosition(), 0.0, 0
     best_err, best_state = math.inf, None
     if saved is not None:
@@ -190,7 +240,12 @@ def finetune(
         net.train()
         for x, y, *_ in at.batches(train_data):
             x, y = x.to(dev), y.to(dev)
-            loss = F.cross_entropy(net(x), y)
+            if teach is None:
+                loss = F.cross_entropy(net(x), y)
+            else:
+                with torch.no_grad():
+                    target = teach(x)
+                loss = distillation_loss(net(x), target, y, temperature, distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -221,3 +276,13 @@ def finetune(
     if state is not None:
         state.save(loop, snapshot(done=True))
     return result
+
+
+def _teacher(teacher: nn.Module | None, device: torch.device) -> nn.Module | None:
+    """The teacher in eval mode on ``device``, its parameters untouched by the fine-tuning (a
+    copy when it has to move, so that the caller's network stays where it is)."""
+    if teacher is None:
+        return None
+    if device_of(teacher) != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    return teacher.eval()
