@@ -114,7 +114,7 @@ class PruneConfig:
     delta: float = DELTA
     target_macs: int | None = None
     target_params: int | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, lr=2e-3, augment_shift=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(**train_defaults("lenet5", "mnist", "finetune")))
     seed: int = 0
     val_size: int = 5000
     split_seed: int = 0

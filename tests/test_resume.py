@@ -36,7 +36,8 @@ def base(tmp_path_factory):
 
 def _prune_args(ckpt, out, schedule="joint"):
     return ["prune", "--checkpoint", str(ckpt), "--arch", "6-8-40-20", "--switch-batch-size", "100",
-            "--schedule", schedule, "--finetune-epochs", "2", "--checkpoint-every", "4", "--threads", "1",
+            "--schedule", schedule, "--finetune-epochs", "2", "--finetune-batch-size", "128", "--checkpoint-every", "4",
+            "--threads", "1",
             "--seed", "5", *DATA, "--out", str(out)]
 
 

@@ -52,6 +52,7 @@ nonneg_int = number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
 nonneg_float = number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number")
 rate = number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+unit_interval = number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def choice_list(choices):

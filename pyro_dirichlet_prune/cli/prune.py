@@ -8,11 +8,12 @@ from ..errors import UserError
 from ..models import MODEL_NAMES
 from .options import (PROG, add_checkpoint_arg, add_data_args, add_out_args, add_seed_arg, add_switch_args,
                       add_train_args, nonneg_int, number, positive_float, positive_int, rate, switch_config,
-                      train_config)
+                      train_config, unit_interval)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from ..pipeline import CUTOFFS, DELTA, TAU
+    from ..training import SCHEDULES
     from ..pruning.ranking import RANKINGS
 
     p = sub.add_parser(
@@ -69,11 +70,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(fitted again when --guide names another); prob-below: 1 - P(D_l*s_lj < TAU); l1, l2: the "
                         "norm of a unit's incoming weights; fisher: the loss increase Fisher pruning predicts for "
                         "removing the unit; random: seeded uniform scores")
-    p.add_argument("--finetune-epochs", type=nonneg_int, default=40,
-                   help="fine-tuning epochs with cosine decay, best validation epoch kept (default 40: "
-                        "LeNet-5/MNIST 6-8-40-20 reached 1.08%% validation error, against 1.23%% with 20)")
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=None,
+                   help="fine-tuning epochs, best validation epoch kept (default: 20 for the LeNets, 40 otherwise)")
     p.add_argument("--finetune-lr", type=positive_float, default=None,
-                   help="fine-tuning learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
+                   help="fine-tuning (peak) learning rate (default: 1e-2 for the LeNets (Adam, the one-cycle peak), 0.01 otherwise (SGD))")
+    p.add_argument("--finetune-batch-size", type=positive_int, default=None,
+                   help="fine-tuning minibatch size (default: 256 for the LeNets, 128 otherwise)")
+    p.add_argument("--finetune-schedule", choices=SCHEDULES, default=None,
+                   help="learning-rate schedule of fine-tuning: cosine decay to zero, or onecycle (up over the first "
+                        "30%% of the steps, then down) (default: onecycle for the LeNets, cosine otherwise)")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="fine-tune by distillation from the network before pruning: loss (1-W)*CE + W*T^2*KL(teacher "
+                        "|| student) at temperature T (default: on for the LeNets, off otherwise)")
+    p.add_argument("--distill-temperature", type=positive_float, default=None, metavar="T",
+                   help="temperature T of distillation (default: 4)")
+    p.add_argument("--distill-weight", type=unit_interval, default=None, metavar="W",
+                   help="weight W of the distillation term, in [0, 1] (default: 0.9)")
     add_train_args(p, "finetune-", "fine-tuning")
     p.add_argument("--no-latency", dest="latency", action="store_false",
                    help="do not time the base and the pruned network's forward passes (by default report.json's "
@@ -97,7 +109,10 @@ def run(args: argparse.Namespace) -> dict:
         switch=switch_config(args),
         cutoff=args.cutoff, arch=args.arch, rate=args.rate, tau=args.tau, delta=args.delta,
         target_macs=args.target_macs, target_params=args.target_params,
-        finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr),
+        finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr,
+                              batch_size=args.finetune_batch_size, schedule=args.finetune_schedule,
+                              distill=args.distill, temperature=args.distill_temperature,
+                              distill_weight=args.distill_weight),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
         layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency,
