@@ -17,7 +17,11 @@ of one registry: ``scores = get_ranking("l1")(net)``, ``keep = arch_cutoff(score
 ``prune_and_finetune(net, keep, data, TrainConfig(...))`` is the prune → fine-tune → evaluate
 path of every command.
 """
-from .allocator import retain_freed_memory
+from ._openmp import set_wait_policy
+
+set_wait_policy()  # before torch is imported: the command line's OpenMP threads sleep when idle
+
+from .allocator import retain_freed_memory  # noqa: E402
 from .data import SplitLoader, normalisation
 from .inference.elbo import MeanSwitchELBO, dirichlet_kl
 from .inference.fit import FitResult, fit

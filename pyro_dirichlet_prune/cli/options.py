@@ -128,11 +128,17 @@ def flag_words(message: str, parser: ArgumentParser, command: str | None = None)
     return _ARGUMENT.sub(replace, message)
 
 
-def set_threads(n: int | None) -> None:
-    if n:
-        import torch
+def set_threads(n: int | None) -> int:
+    """torch's CPU threads: ``n``, else torch's own default (``OMP_NUM_THREADS`` when set, else the
+    machine's cores) capped at the cores this process may run on (its CPU affinity). Returns the
+    number set."""
+    import torch
 
-        torch.set_num_threads(n)
+    from ..latency import all_threads
+
+    n = n or min(torch.get_num_threads(), all_threads())
+    torch.set_num_threads(n)
+    return n
 
 
 def print_error(kind: str, message: str) -> None:
@@ -182,7 +188,7 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted run of the same --out from its last saved state (same options)")
     p.add_argument("--checkpoint-every", type=positive_int, default=100,
                    help="save the state of training loops every N steps, for --resume (default 100)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads sleep, so that runs side by side do not spin against each other)")
 
 
 def add_train_args(p: argparse.ArgumentParser, prefix: str, what: str) -> None:
