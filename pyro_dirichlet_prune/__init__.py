@@ -17,9 +17,9 @@ of one registry: ``scores = get_ranking("l1")(net)``, ``keep = arch_cutoff(score
 ``prune_and_finetune(net, keep, data, TrainConfig(...))`` is the prune → fine-tune → evaluate
 path of every command.
 """
-from ._openmp import set_wait_policy
+from ._openmp import set_spin_count
 
-set_wait_policy()  # before torch is imported: the command line's OpenMP threads sleep when idle
+set_spin_count()  # before torch is imported: the command line's idle OpenMP threads spin briefly
 
 from .allocator import retain_freed_memory  # noqa: E402
 from .data import SplitLoader, normalisation

@@ -188,7 +188,7 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted run of the same --out from its last saved state (same options)")
     p.add_argument("--checkpoint-every", type=positive_int, default=100,
                    help="save the state of training loops every N steps, for --resume (default 100)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads sleep, so that runs side by side do not spin against each other)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads spin only briefly, GOMP_SPINCOUNT=1000, so that runs side by side do not spin against each other)")
 
 
 def add_train_args(p: argparse.ArgumentParser, prefix: str, what: str) -> None:

@@ -72,7 +72,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search in --out (same options): finished records are kept, "
                         "never recomputed")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads sleep, so that runs side by side do not spin against each other)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads spin only briefly, GOMP_SPINCOUNT=1000, so that runs side by side do not spin against each other)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="processes that rank and fine-tune in parallel, one torch thread each (default 1); "
                         "the records do not depend on it")
