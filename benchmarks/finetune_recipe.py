@@ -17,7 +17,6 @@ Writes a JSON report (``--out``) with one row per (seed, recipe) and prints one 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import statistics
@@ -54,9 +53,7 @@ def _run(job: tuple[int, int, dict]) -> dict:
     seed, index, recipe = job
     args, net, data = _G["args"], _G["net"], _G["data"]
     torch.set_num_threads(args.threads)
-    base = {k: v for k, v in train_defaults("lenet5", args.dataset, "finetune").items()
-            if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    cfg = TrainConfig(**{**base, **recipe, "seed": seed})
+    cfg = TrainConfig(**{**train_defaults("lenet5", args.dataset, "finetune"), **recipe, "seed": seed})
     t = time.perf_counter()
     splits = ("val", "test") if args.test else ("val",)
     result = prune_and_finetune(net, _G["keep"][seed], data, cfg, seed=seed, splits=splits, desc=f"recipe {index}")
