@@ -40,3 +40,17 @@ def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
     net.train(was_training)
     flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in _MAC_OPS)
     return int(flops // 2)
+
+
+def max_weight_change(before: nn.Module, after: nn.Module) -> dict[str, float]:
+    """max |after - before| of every parameter tensor of two networks of the same shapes (e.g.
+    the pre-trained network and the one whose weights learned with the switches)."""
+    was = dict(before.named_parameters())
+    return {n: float((p.detach() - was[n].detach()).abs().max()) for n, p in after.named_parameters()}
+
+
+def network_size(net: nn.Module, input_shape: Sequence[int], points: Sequence) -> dict:
+    """``{"params", "macs", "arch"}`` of ``net``: ``arch`` the widths of its switch ``points``
+    (e.g. ``"6-8-40-20"``)."""
+    return {"params": count_params(net), "macs": count_macs(net, input_shape),
+            "arch": "-".join(str(p.width) for p in points)}

@@ -33,11 +33,11 @@ from .inference.posterior import SwitchPosterior
 from .inference.svi import SwitchConfig, SwitchFit, fit_switches, guide_parameters, switch_posterior
 from .latency import latency_report
 from .plots import plot_posterior
-from .metrics import count_macs, count_params
+from .metrics import max_weight_change, network_size
 from .models import SwitchedNetwork, check_model_name, discover_switch_points
 from .models.discovery import left_out_layers
 from .models.checkpoint import load_checkpoint, load_model_file, save_checkpoint, save_module_checkpoint, shipped_checkpoint
-from .models.switch_points import SwitchPoint, point_widths
+from .models.switch_points import SwitchPoint, point_widths, rebind
 from .models.user import check_model_io, parse_input_shape
 from .pretraining import PretrainConfig, run_pretrain, seed_everything, subset_train, train_defaults
 from .prune_step import PruneResult, prune_and_finetune
@@ -145,12 +145,6 @@ def resolve_checkpoint(cfg: PruneConfig) -> Path:
     return path
 
 
-def _size(net, shape, points: list[SwitchPoint]) -> dict:
-    """Parameters, MACs and the widths of the switched layers (``arch``) of ``net``."""
-    return {"params": count_params(net), "macs": count_macs(net, shape),
-            "arch": "-".join(str(p.width) for p in points)}
-
-
 def _load_user_model(cfg: PruneConfig) -> tuple[torch.nn.Module, dict, list[SwitchPoint]]:
     """The user's network of ``cfg.model_file``, checked against the data set, its facts and
     its switch points (discovered, or the ``cfg.layers`` named)."""
@@ -185,8 +179,6 @@ def _point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
     return [{"name": p.name, "layer": names.get(p.module), "hooked": names.get(p.hooked), "width": p.width}
             for p in points]
 
-
-_resolve_checkpoint = resolve_checkpoint
 
 
 def _check_options(cfg: PruneConfig) -> str:
@@ -332,8 +324,14 @@ def run_prune(
         if resume:
             state.load()
         net.to(device)  # the data and the switches stay on the CPU (SwitchedNetwork.forward)
-        base = {**_size(net, data.input_shape, points), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
+        base = {**network_size(net, data.input_shape, points), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
         fit, post = _learn_switches(net, points, data, switch_cfg, state, timings)
+        base_net, adapted = net, None
+        if fit.learns_weights:  # prune the network the posterior describes: W_hat, switch means folded in
+            net = fit.fitted_network()
+            points = rebind(points, base_net, net)
+            adapted = {"test": evaluate(net, data.test), "val": evaluate(net, data.val),
+                       "max_abs_weight_change": max_weight_change(base_net, net)}
 
         t = time.perf_counter()
         fitted = FittedSwitches.of(fit, switch_cfg, post)
@@ -345,7 +343,7 @@ def run_prune(
         timings["finetune"] = result.seconds["finetune"]
         result.net.cpu()
         t = time.perf_counter()
-        latency = latency_report(net, result.net, data.input_shape, base["macs"], result.size["macs"],
+        latency = latency_report(base_net, result.net, data.input_shape, base["macs"], result.size["macs"],
                                  ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency else None
         if latency is not None:
             timings["latency"] = time.perf_counter() - t
@@ -360,6 +358,7 @@ def run_prune(
             "switch_points": _point_table(net, points),
             "left_out_layers": [{"layer": name, "reason": why} for name, why in left_out.items()],
             "base": base,
+            **({"adapted": adapted} if adapted is not None else {}),
             "pruned": result.metrics("pruned"),
             "finetuned": result.metrics("finetuned") | {"best_epoch": result.training.best_epoch,
                                                         "history": result.training.history},

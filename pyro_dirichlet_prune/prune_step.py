@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 from torch import nn
 
 from .data import DataBundle
-from .metrics import count_macs, count_params
+from .metrics import network_size
 from .models.switch_points import SwitchPoint, rebind, switch_points
 from .pruning.surgery import prune_units, verify_surgery
 from .runstate import RunState
@@ -91,8 +91,7 @@ def prune_and_finetune(
     pruned_points = rebind(switch_points(net, shape) if points is None else points, net, pruned)
     surgery_seconds = time.perf_counter() - t
     pruned.to(finetune.device)
-    size = {"params": count_params(pruned), "macs": count_macs(pruned, shape),
-            "arch": "-".join(str(p.width) for p in pruned_points)}
+    size = network_size(pruned, shape, pruned_points)
     before = _evaluate(pruned, data, splits)
     t = time.perf_counter()
     result = train(pruned, data, finetune, desc=desc, state=state, teacher=net if finetune.distill else None)

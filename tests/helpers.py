@@ -74,3 +74,16 @@ def tiny_data(name, data_dir=None, val_size=5000, seed=0, download=True):
     from pyro_dirichlet_prune.data import load_data
 
     return load_data(name, data_dir, 40, seed, download, fake_sizes=(160, 40))
+
+
+def tiny_lenet(batch: int, seed: int = 0):
+    """A LeNet5 of widths 2-3-4-2 with weights scaled up 3x (so that switches matter), in eval
+    mode, and a random minibatch ``(x, y)`` of ``batch`` MNIST-shaped inputs."""
+    from pyro_dirichlet_prune.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("lenet5", widths=(2, 3, 4, 2))
+    for p in net.parameters():
+        p.data.mul_(3.0)
+    net.eval()
+    return net, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))

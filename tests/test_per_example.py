@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Dirichlet, constraints, kl_divergence
 
-from helpers import lenet5_forward
+from helpers import lenet5_forward, tiny_lenet
 from pyro_dirichlet_prune.inference.guides import DirichletGuide
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
@@ -28,12 +28,7 @@ ALPHA0, N, B = 0.5, 60, 6
 
 @pytest.fixture
 def setup():
-    torch.manual_seed(0)
-    net = build_model("lenet5", widths=(2, 3, 4, 2))
-    for p in net.parameters():
-        p.data.mul_(3.0)
-    net.eval()
-    x, y = torch.randn(B, 1, 28, 28), torch.randint(0, 10, (B,))
+    net, x, y = tiny_lenet(B)
     idx = torch.arange(B) * 7
     return net, SwitchedNetwork(net), x, y, idx
 

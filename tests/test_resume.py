@@ -35,8 +35,10 @@ def base(tmp_path_factory):
 
 
 def _prune_args(ckpt, out, schedule="joint"):
-    return ["prune", "--checkpoint", str(ckpt), "--arch", "6-8-40-20", "--switch-batch-size", "100",
-            "--schedule", schedule, "--finetune-epochs", "2", "--finetune-batch-size", "128", "--checkpoint-every", "4",
+    """``schedule``: joint, sequential, or learned (joint with the weights learning too)."""
+    learned = ["--learn-weights", "0.05", "--switch-scale", "dim"] if schedule == "learned" else []
+    return ["prune", "--checkpoint", str(ckpt), "--arch", "6-8-40-20", "--switch-batch-size", "100", *learned,
+            "--schedule", "joint" if schedule == "learned" else schedule, "--finetune-epochs", "2", "--finetune-batch-size", "128", "--checkpoint-every", "4",
             "--threads", "1",
             "--seed", "5", *DATA, "--out", str(out)]
 
@@ -53,7 +55,7 @@ def _same_result(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(base, tmp_path_factory):
     out = {}
-    for schedule in ("joint", "sequential"):
+    for schedule in ("joint", "sequential", "learned"):
         out[schedule] = tmp_path_factory.mktemp("ref") / f"ref-{schedule}"
         proc = _run(_prune_args(base, out[schedule], schedule))
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -68,6 +70,7 @@ def uninterrupted(base, tmp_path_factory):
         ("joint", "switches:7", {"switches": 4}),  # mid-epoch of switch learning
         ("sequential", "switches:22", {"switches": 20}),  # inside the second layer's stage
         ("joint", "finetune:18", {"switches": "done", "finetune": 16}),  # mid second epoch
+        ("learned", "switches:7", {"switches": 4}),  # the weights' point estimates and their Adam state too
     ],
 )
 def test_killed_prune_resumes_to_the_same_result(base, uninterrupted, tmp_path, schedule, fault, resumed_from):

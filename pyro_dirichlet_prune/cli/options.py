@@ -261,6 +261,12 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--switch-sampling", d.sampling, "shared: one switch draw per layer for the whole minibatch; "
             "per-example: an independent draw for every example (same ELBO, lower-variance gradients; dirichlet "
             "guide only)", choices=SAMPLINGS)
+    p.add_argument("--learn-weights", dest="weight_scale", metavar="SIGMA", type=positive_float, default=None,
+                   help="learn the network's weights with the switches, as MAP estimates under the prior "
+                        "Normal(pre-trained weights, SIGMA^2) (models/weight_prior.py); needs --schedule joint and a "
+                        "dirichlet guide (default: the weights stay frozen, the paper's model)")
+    _option(p, "--weight-lr", d.weight_lr, "Adam learning rate of the learned weights (--learn-weights)",
+            type=positive_float)
 
 
 def switch_config(args: argparse.Namespace) -> SwitchConfig:
@@ -270,4 +276,5 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
         epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
         scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
+        weight_scale=args.weight_scale, weight_lr=args.weight_lr,
     )

@@ -10,11 +10,15 @@ with the Dirichlet KL
     KL(Dir(a) || Dir(b)) = log Γ(a0) - sum_j log Γ(a_j) - log Γ(b0) + sum_j log Γ(b_j)
                            + sum_j (a_j - b_j)(ψ(a_j) - ψ(a0)),   a0 = sum_j a_j, b0 = sum_j b_j.
 
+Point-estimated sites of the guide (``Delta``, e.g. learned weights) contribute their prior
+log-density at the point, log p(W_hat), as in MAP.
+
 It is deterministic and not a lower bound in general (Jensen's inequality does not hold
 at the mean), but it is the paper's cheap variant.
 """
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
@@ -55,7 +59,10 @@ class MeanSwitchELBO(ELBO):
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            if name in latent:
+            if name in latent and isinstance(latent[name]["fn"], dist.Delta):
+                # a point estimate (learned weights): its term is the prior's log-density, MAP
+                elbo = elbo + (site["scale"] * site["fn"].log_prob(site["value"])).sum()
+            elif name in latent:
                 kl = kl_divergence(latent[name]["fn"], site["fn"]).sum()
                 elbo = elbo - site["scale"] * kl
             else:

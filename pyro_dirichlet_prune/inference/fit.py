@@ -104,6 +104,26 @@ class _SVI(SVI):
         return torch_item(loss)
 
 
+class _Adam(pyro.optim.PyroOptim):
+    """``pyro.optim.Adam(lr)`` whose parameters in ``rates`` (by identity) get their own learning
+    rate: the learned weights of a model (``PointWeights``) learn far more slowly than the
+    concentrations. Pyro's per-parameter callables look parameters up in the global param store,
+    which module-local guides never enter."""
+
+    def __init__(self, lr: float, rates: dict[int, float]) -> None:
+        super().__init__(torch.optim.Adam, {"lr": lr})
+        self._rates = rates
+
+    def _get_optim_args(self, param):
+        return {"lr": self._rates.get(id(param), self.pt_optim_args["lr"])}
+
+
+def _weight_rates(guide, weight_lr: float) -> dict[int, float]:
+    """``{id(parameter): weight_lr}`` for the learned weights a guide holds (none when frozen)."""
+    weights = getattr(guide, "point_weights", None)
+    return {id(p): weight_lr for p in weights.parameters()} if weights is not None else {}
+
+
 def _optim_state(optim: pyro.optim.PyroOptim, guide) -> dict:
     """The per-parameter optimiser states, keyed by the guide's parameter names."""
     names = {p: n for n, p in guide.named_parameters()}
@@ -134,6 +154,7 @@ def fit(
     checkpoint_every: int = 100,
     state: RunState | None = None,
     loop: str = "switches",
+    weight_lr: float = 1e-3,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
 
@@ -146,6 +167,8 @@ def fit(
             ``epochs`` passes each; needs a guide that samples the active layers only:
             ``DirichletGuide`` or ``LayerwiseGuide``).
         loss: the ELBO, default ``Trace_ELBO(num_particles)``; ``MeanSwitchELBO()`` for the mean variant.
+        lr: Adam's learning rate of the guide's parameters; ``weight_lr`` that of the learned
+            weights of a model with ``weight_scale`` (a ``DirichletGuide``'s ``point_weights``).
         seed: seeds Pyro's (and torch's) generators first, when given.
         checkpoint: a folder where the loop saves its state every ``checkpoint_every`` steps and
             at every epoch end; when a state is there, the loop continues from it, to the same
@@ -167,8 +190,12 @@ def fit(
     for name, value in (("epochs", epochs), ("num_particles", num_particles), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be positive, got {lr}")
+    for name, value in (("lr", lr), ("weight_lr", weight_lr)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be positive, got {value}")
+    if model.weight_prior is not None and not isinstance(guide, DirichletGuide):
+        raise ValueError("guide: a model with learned weights (weight_scale) needs a DirichletGuide, which holds "
+                         "their point estimate")
     state, saved = open_loop(state, checkpoint, checkpoint_every, loop)
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
@@ -190,7 +217,7 @@ def fit(
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
         label = "+".join(layers)
-        optim = pyro.optim.Adam({"lr": lr})
+        optim = _Adam(lr, _weight_rates(guide, weight_lr))
         if optim_state is not None:
             _load_optim_state(optim, guide, optim_state)
             optim_state = None

@@ -15,6 +15,10 @@ a = 0.03).
 factory on the model restricted to that layer (e.g. ``AutoNormal``); it is how an autoguide is
 fitted one layer at a time.
 
+For a model with learned weights (``SwitchModel(weight_scale=sigma)``) the ``DirichletGuide``
+also holds their point estimate, q(W) = Delta(W_hat) (``PointWeights``, initialised at the
+pre-trained weights), which makes the ELBO's weight term log p(W_hat): a MAP estimate.
+
 Both guides (and ``ModuleLocal``, which wraps any guide) keep their parameters module-local, as
 with ``pyro.settings.set(module_local_params=True)`` but whatever that global setting is: they
 never go under shared names in Pyro's global param store, so two guides fitted in one process
@@ -34,6 +38,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints, transform_to
 
 from ..models.switched import SWITCH_DTYPE, SwitchModel, switch_draws, switch_site
+from ..models.weight_prior import WeightPrior, weight_site
 
 DEFAULT_FLOOR = 0.05
 DEFAULT_INIT = 10.0
@@ -82,6 +87,36 @@ def _attribute_names(layers: list[str], prefix: str) -> dict[str, str]:
     return names
 
 
+class PointWeights(LocalPyroModule):
+    """q(W) = Delta(W_hat): the point estimate of the weights of a model with learned weights
+    (``models.weight_prior``), one parameter per tensor of the ``WeightPrior``, initialised at
+    the pre-trained weights W0."""
+
+    def __init__(self, prior: WeightPrior) -> None:
+        if not isinstance(prior, WeightPrior):
+            raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
+        super().__init__()
+        self.names = list(prior.names)
+        self._attr = prior.attribute_names()
+        for name, w0 in prior.initial.items():
+            setattr(self, self._attr[name], PyroParam(w0.clone()))
+
+    def value(self, name: str) -> torch.Tensor:
+        """W_hat of one tensor (differentiable inside a Pyro run)."""
+        return getattr(self, self._attr[name])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The current W_hat of every tensor, detached copies, by parameter name."""
+        return {name: self.value(name).detach().clone() for name in self.names}
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.names:
+            w = self.value(name)
+            out[name] = pyro.sample(weight_site(name), dist.Delta(w, event_dim=w.dim()))
+        return out
+
+
 class DirichletGuide(LocalPyroModule):
     """q(s) = prod_l Dirichlet(s_l | phi_l) over the switched layers of ``model`` (module docstring).
 
@@ -91,7 +126,9 @@ class DirichletGuide(LocalPyroModule):
         init_concentration: initial value of every phi_lj (the initial mean is uniform).
         floor: lower bound of every phi_lj.
 
-    The mean variant of the paper is this guide with ``MeanSwitchELBO`` as the loss.
+    The mean variant of the paper is this guide with ``MeanSwitchELBO`` as the loss. For a model
+    with learned weights the guide also holds their point estimate (``point_weights``, a
+    ``PointWeights``; ``weights()``).
     """
 
     def __init__(self, model: SwitchModel, init_concentration: float = DEFAULT_INIT,
@@ -112,6 +149,14 @@ class DirichletGuide(LocalPyroModule):
         for layer, d in self.widths.items():
             init = torch.full((d,), self.init_concentration, dtype=SWITCH_DTYPE)
             setattr(self, self._attr[layer], PyroParam(init, constraint=self._constraint))
+        self.point_weights = PointWeights(model.weight_prior) if model.weight_prior is not None else None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """W_hat, the point estimate of the weights of a model with learned weights (detached
+        copies by parameter name); a ``ValueError`` for a frozen-network model."""
+        if self.point_weights is None:
+            raise ValueError("model: its weights are frozen (weight_scale=None); the guide holds no weights")
+        return self.point_weights.weights()
 
     @property
     def sampling(self) -> str:
@@ -142,10 +187,13 @@ class DirichletGuide(LocalPyroModule):
         if self.sampling == "per-example" and x is None:
             raise ValueError("per-example switch sampling needs the minibatch x")
         with switch_draws(self.sampling, x.shape[0] if x is not None else 1):
-            return {
+            switches = {
                 layer: pyro.sample(switch_site(layer), dist.Dirichlet(self.concentration(layer), validate_args=False))
                 for layer in self.model.active_layers
             }
+        if self.point_weights is not None:
+            self.point_weights()
+        return switches
 
 
 class LayerwiseGuide(LocalPyroModule):

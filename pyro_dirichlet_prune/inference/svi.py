@@ -6,6 +6,7 @@ same objects itself (``SwitchModel``, ``DirichletGuide``, ``fit``, ``posterior_o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch.distributions import transform_to
 
 from ..data import Split, SplitLoader
 from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, switch_factors
+from ..pruning.surgery import fold_scales
 from ..runstate import RunState
 from .autoguides import AUTOGUIDES, make_autoguide
 from .elbo import MeanSwitchELBO
@@ -39,6 +41,11 @@ class SwitchConfig:
         paper's; ``dim``/``joint`` keeps the pre-trained network as the prior mean but ranks units
         about as well as chance and leaves the uncertainty cut-off nothing to remove
         (docs/experiments.md, benchmarks/results/ranking_proxy.json).
+    weight_scale: None (the paper's model): the network's weights are frozen. A number sigma:
+        the weights learn with the switches, W ~ Normal(W0, sigma^2) around the pre-trained W0
+        with a MAP point estimate (``models.weight_prior``); needs a Dirichlet guide and the
+        ``joint`` schedule (the weights learn under every switch at once). ``weight_lr`` is
+        Adam's learning rate of the weights.
     """
 
     guide: str = "dirichlet"
@@ -55,6 +62,8 @@ class SwitchConfig:
     sampling: str = "shared"
     seed: int = 0
     gain: float = 1.0
+    weight_scale: float | None = None
+    weight_lr: float = 1e-3
 
     def validate(self) -> None:
         if self.guide not in GUIDES:
@@ -81,6 +90,17 @@ class SwitchConfig:
         for key in ("alpha0", "init_concentration", "floor", "lr"):
             if not float(getattr(self, key)) > 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.weight_scale is not None:
+            if not (float(self.weight_scale) > 0 and math.isfinite(self.weight_scale)):
+                raise ValueError(f"weight_scale must be positive, got {self.weight_scale}")
+            if self.guide not in ("dirichlet", "dirichlet-mean"):
+                raise ValueError(f"learned weights (weight_scale) need guide 'dirichlet' or 'dirichlet-mean', "
+                                 f"not {self.guide!r}: the Dirichlet guide holds their point estimate")
+            if self.schedule != "joint":
+                raise ValueError("learned weights (weight_scale) need schedule='joint': layer by layer, the "
+                                 "weights would learn under one layer's switch and then lose it")
+        if not (self.weight_lr > 0 and math.isfinite(self.weight_lr)):
+            raise ValueError(f"weight_lr must be positive, got {self.weight_lr}")
         if not self.init_concentration > self.floor:
             raise ValueError(f"init_concentration {self.init_concentration} must exceed floor {self.floor}")
 
@@ -111,6 +131,21 @@ class SwitchFit:
         """phi_l of a Dirichlet guide; empty for an autoguide."""
         return self.guide.concentrations() if isinstance(self.guide, DirichletGuide) else {}
 
+    @property
+    def learns_weights(self) -> bool:
+        return self.model.weight_prior is not None
+
+    def fitted_network(self) -> torch.nn.Module:
+        """The network the posterior describes, as a plain module to prune: the frozen network
+        itself, or, when the weights learned too, a copy with the point estimate W_hat and every
+        switched layer's output multiplied by its posterior mean scale c_l · E_q[s_l] folded in
+        (``pruning.surgery.fold_scales``): the model's network at the switches' posterior mean."""
+        if not self.learns_weights:
+            return self.model.net
+        means = self.posterior_means()
+        scales = {k: (self.model.factors[k] * v).to(torch.get_default_dtype()) for k, v in means.items()}
+        return fold_scales(self.model.net, scales, self.model.points, weights=self.guide.weights())
+
     def posterior_means(self) -> dict[str, torch.Tensor]:
         """E_q[s_l]: phi_l / sum_j phi_lj for the Dirichlet guides, a Monte-Carlo average of 1,000
         draws of the guide for the autoguides."""
@@ -140,7 +175,7 @@ def make_guide(cfg: SwitchConfig, model: SwitchModel):
 def switch_model(cfg: SwitchConfig, network: SwitchedNetwork, num_data: int) -> SwitchModel:
     """The switch model a configuration describes, on ``network``."""
     return SwitchModel(network, num_data=num_data, alpha0=cfg.alpha0, scale=cfg.scale, gain=cfg.gain,
-                       sampling=cfg.sampling)
+                       sampling=cfg.sampling, weight_scale=cfg.weight_scale)
 
 
 def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, state: RunState | None = None,
@@ -154,7 +189,7 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     guide = make_guide(cfg, model)
     loader = SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed))
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
-                 seed=cfg.seed, state=state, loop=loop)
+                 seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr)
     return SwitchFit(model, guide, result)
 
 

@@ -18,7 +18,9 @@ ELBO is eq. 7 of Adamczewski & Park (2021):
     L(phi) = sum_n E_q[log p(y_n | x_n, s)] - sum_l KL(q(s_l) || Dir(alpha0 · 1)).
 
 The network's weights W are frozen: the network stays a plain ``nn.Module`` and never enters
-Pyro's param store (a ``PyroModule`` would turn them into trainable params).
+Pyro's param store (a ``PyroModule`` would turn them into trainable params). With
+``weight_scale=sigma`` they are latent as well, W ~ Normal(W0, sigma^2) around the pre-trained
+W0, with a point estimate in the guide, so the ELBO gains log p(W) (``models.weight_prior``).
 
 Per-example sampling (``sampling="per-example"``) draws an independent switch s^(i) ~ q for
 every example i of a minibatch of size B and scores the prior and guide densities of the B
@@ -43,6 +45,7 @@ from torch import nn
 
 from .discovery import discover_switch_points
 from .switch_points import SwitchPoint, switch_points
+from .weight_prior import WeightPrior
 
 SWITCH_DTYPE = torch.float64
 """Switches are sampled and scored in float64: in float32, Dirichlet samples of small
@@ -164,6 +167,11 @@ class SwitchModel:
         gain: the constant c of ``simplex``; it sets how many units carry the switch mass
             (docs/switch-gain.md). Must be 1 with ``scale="dim"``.
         sampling: ``"shared"`` (one switch draw per minibatch) or ``"per-example"``.
+        weight_scale: None (the default, the paper's model): the network's weights are frozen.
+            A number sigma: the weights are latent too, W ~ Normal(W0, sigma^2) around the
+            pre-trained W0 (``models.weight_prior``), and the guide holds their point estimate;
+            the network is run on the sampled weights with ``torch.func.functional_call`` and is
+            itself never changed.
 
     ``model.switching(["conv1"])`` switches only the layers named, the others staying the
     pre-trained network: this is how layers are learned one at a time (``fit(schedule=
@@ -182,6 +190,7 @@ class SwitchModel:
         scale: str = "simplex",
         gain: float = 1.0,
         sampling: str = "shared",
+        weight_scale: float | None = None,
     ) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -216,6 +225,8 @@ class SwitchModel:
         self.factors = switch_factors(self.widths, scale, gain)
         self.active_layers = list(names)
         self._prior = {n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()}
+        self.weight_scale = None if weight_scale is None else float(weight_scale)
+        self.weight_prior = None if weight_scale is None else WeightPrior(network.net, weight_scale)
 
     @property
     def points(self) -> list[SwitchPoint]:
@@ -248,7 +259,7 @@ class SwitchModel:
     def restricted(self, layers: Sequence[str]) -> "SwitchModel":
         """The same model with only ``layers`` switched, sharing this model's network."""
         return SwitchModel(self.network, self.input_shape, self.num_data, layers=layers, alpha0=self.alpha0,
-                           scale=self.scale, gain=self.gain, sampling=self.sampling)
+                           scale=self.scale, gain=self.gain, sampling=self.sampling, weight_scale=self.weight_scale)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None
@@ -258,8 +269,12 @@ class SwitchModel:
             for name in self.active_layers:
                 s = pyro.sample(switch_site(name), self.prior(name))
                 scales[name] = (self.factors[name] * s).to(torch.get_default_dtype())
+        weights = self.weight_prior.sample() if self.weight_prior is not None else None
         with self.network.scaled(scales):
-            logits = self.network(x)
+            if weights is None:
+                logits = self.network(x)
+            else:
+                logits = torch.func.functional_call(self.network, {f"net.{k}": v for k, v in weights.items()}, (x,))
         if idx is None:
             idx = torch.arange(x.shape[0])
         with pyro.plate("data", self.num_data, subsample=idx):

@@ -150,3 +150,51 @@ def prune(net: nn.Module, keep: Mapping[str, Sequence[int]], input_shape: Sequen
     if verify:
         verify_surgery(net, small, keep, tuple(input_shape), points=points)
     return small
+
+
+@torch.no_grad()
+def fold_scales(
+    net: nn.Module,
+    scales: Mapping[str, torch.Tensor],
+    points: Sequence[SwitchPoint] | None = None,
+    input_shape: Sequence[int] | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """A copy of ``net`` that computes what ``net`` computes with the output of switch point l
+    multiplied channel-wise by ``scales[l]`` (a ``(D_l,)`` tensor): the scale is folded into the
+    weight rows and bias of the hooked ``Conv2d``/``Linear``, or into the affine weight and bias
+    of a hooked batch-norm (exact: an affine map's output times c is the map with its weights and
+    bias times c). ``weights`` (by parameter name) replace the copy's parameters first, e.g. the
+    point estimate of a model with learned weights. ``points``: the switch points of ``net``
+    (default: declared, or discovered on ``input_shape``). ``net`` is not changed."""
+    folded = copy.deepcopy(net)
+    if weights is not None:
+        params = dict(folded.named_parameters())
+        unknown = [n for n in weights if n not in params]
+        if unknown:
+            raise ValueError(f"weights: no parameter named {unknown}")
+        for name, value in weights.items():
+            if value.shape != params[name].shape:
+                raise ValueError(f"weights[{name!r}] has shape {tuple(value.shape)}, the network's is "
+                                 f"{tuple(params[name].shape)}")
+            params[name].copy_(value)
+    found = {p.name: p for p in _points_of(folded, net, points, input_shape)}
+    for name, scale in scales.items():
+        if name not in found:
+            raise ValueError(f"scales: no switch point named {name!r}")
+        module = found[name].hooked
+        scale = torch.as_tensor(scale).detach()
+        if scale.shape != (found[name].width,):
+            raise ValueError(f"scales[{name!r}] must have {found[name].width} entries, got shape {tuple(scale.shape)}")
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            target = module.weight
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            target = module.weight
+        else:
+            raise TypeError(f"switch point {name}: cannot fold a scale into {type(module).__name__} "
+                            f"(a Conv2d, a Linear or an affine batch-norm)")
+        scale = scale.to(device=target.device, dtype=target.dtype)
+        target.mul_(scale.view(-1, *([1] * (target.dim() - 1))))
+        if module.bias is not None:
+            module.bias.mul_(scale)
+    return folded
