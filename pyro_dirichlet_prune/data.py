@@ -7,6 +7,8 @@ built from ``torchvision.datasets.FakeData`` for runs that need no data at all.
 """
 from __future__ import annotations
 
+import functools
+
 import gzip
 import os
 from dataclasses import dataclass
@@ -100,7 +102,9 @@ def _torchvision_raw(name: str, root: Path, download: bool) -> tuple[np.ndarray,
     return (*arrays(train), *arrays(test))
 
 
+@functools.lru_cache(maxsize=4)
 def _fake_raw(name: str, num_train: int, num_test: int) -> tuple[np.ndarray, ...]:
+    """FakeData's images and labels (generated once per process: the callers copy them)."""
     import torchvision
 
     shape = _SPECS[name][3]
@@ -111,8 +115,9 @@ def _fake_raw(name: str, num_train: int, num_test: int) -> tuple[np.ndarray, ...
         ds = torchvision.datasets.FakeData(
             size=size, image_size=shape, num_classes=_SPECS[name][4], random_offset=offset
         )
-        imgs = np.stack([np.asarray(ds[i][0]) for i in range(size)])
-        labels = np.asarray([int(ds[i][1]) for i in range(size)])
+        items = [ds[i] for i in range(size)]
+        imgs = np.stack([np.asarray(img) for img, _ in items])
+        labels = np.asarray([int(label) for _, label in items])
         out += [imgs, labels]
     return tuple(out)
 

@@ -41,9 +41,11 @@ from .models.switch_points import SwitchPoint, point_widths, rebind
 from .models.user import check_model_io, parse_input_shape
 from .pretraining import PretrainConfig, run_pretrain, seed_everything, subset_train, train_defaults
 from .prune_step import PruneResult, prune_and_finetune
-from .pruning.budget import budget_keep, check_reachable, size_function
-from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
-from .pruning.ranking import DEFAULT_RANKING, RANKINGS, FittedSwitches, get_ranking
+from .pruning.budget import check_reachable, size_function
+from .pruning.cutoff import arch_string
+from .pruning.decision import DEFAULT_EXAMPLES, MEASURES
+from .pruning.ranking import RANKINGS, FittedSwitches
+from .unit_choice import budget_targets, choose_units, kept_counts
 from .report import check_output, now, output_folder, versions, write_json
 from .runstate import RunState
 from .training import TrainConfig, check_device, evaluate
@@ -54,7 +56,7 @@ __all__ = ["CUTOFFS", "DELTA", "TAU", "PretrainConfig", "PruneConfig", "resolve_
 _subset = subset_train  # the former private names, for callers that still use them
 
 
-CUTOFFS = ("uncertainty", "budget", "arch", "rate")
+CUTOFFS = ("uncertainty", "budget", "arch", "rate", "decision")
 TAU = 0.5
 DELTA = 0.05
 
@@ -63,9 +65,12 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
     """The cut-off a configuration asks for: the one named, or the one its options imply
     (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors."""
     implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
-                                        ("budget", cfg.target_macs is not None or cfg.target_params is not None)) if given]
+                                        ("budget", cfg.target_macs is not None or cfg.target_params is not None),
+                                        ("decision", cfg.lam is not None)) if given]
+    if cfg.cutoff == "decision" and implied == ["budget"]:  # the decision cut-off under a budget
+        implied = ["decision"]
     if len(implied) > 1:
-        raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params)")
+        raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params, lam)")
     if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
         raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
     kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
@@ -76,12 +81,19 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
         raise UserError(f"cutoff='{kind}' needs {need}")
     if not (cfg.tau > 0 and cfg.tau < float("inf")):
         raise UserError(f"tau must be a positive number, got {cfg.tau}")
+    if cfg.lam is not None and not (cfg.lam >= 0 and cfg.lam < float("inf")):
+        raise UserError(f"lam must be a non-negative number, got {cfg.lam}")
+    if cfg.decision_measure not in MEASURES:
+        raise UserError(f"decision_measure must be one of {', '.join(MEASURES)}, got {cfg.decision_measure!r}")
+    if cfg.decision_examples < 1 or cfg.decision_draws < 0:
+        raise UserError(f"decision_examples must be positive and decision_draws non-negative, got "
+                        f"{cfg.decision_examples} and {cfg.decision_draws}")
     if not 0 < cfg.delta < 1:
         raise UserError(f"delta must be in (0, 1), got {cfg.delta}")
     for key in ("target_macs", "target_params"):
         value = getattr(cfg, key)
         if value is not None and not (isinstance(value, int) and value > 0):
-            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+            raise UserError(f"{key} must be a positive integer, got {value!r}")
     if cfg.ranking is not None:
         if cfg.ranking not in RANKINGS:
             raise UserError(f"unknown ranking {cfg.ranking!r}; choose one of {', '.join(RANKINGS)}")
@@ -125,11 +137,10 @@ class PruneConfig:
     device: str = "cpu"
     ranking: str | None = None
     latency: bool = True
-
-
-def _budget(cfg: PruneConfig) -> dict[str, int]:
-    """The budget cut-off's targets that were given: ``{"macs": M, "params": P}``."""
-    return {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
+    lam: float | None = None
+    decision_measure: str = "macs+params"
+    decision_examples: int = DEFAULT_EXAMPLES
+    decision_draws: int = 0
 
 
 def resolve_checkpoint(cfg: PruneConfig) -> Path:
@@ -236,32 +247,6 @@ def _learn_switches(net: torch.nn.Module, points: list[SwitchPoint], data: DataB
     return fit, post
 
 
-def _kept_counts(cfg: PruneConfig, cutoff: str, widths: dict[str, int]) -> dict[str, int]:
-    """How many units every layer keeps under the ``arch`` or ``rate`` cut-off."""
-    return parse_arch(cfg.arch, widths) if cutoff == "arch" else rate_widths(cfg.rate, widths)
-
-
-def _choose_units(cfg: PruneConfig, cutoff: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
-                  fitted: FittedSwitches, prob_below: dict) -> tuple[dict[str, list[int]], dict]:
-    """The units the cut-off keeps, and the report's description of the cut-off."""
-    widths = point_widths(points)
-    cut: dict = {"kind": cutoff}
-    if cutoff == "uncertainty":
-        keep, guarded = uncertainty_keep(prob_below, fitted.means, cfg.delta)
-        cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
-    elif cutoff == "budget":
-        keep, _ = budget_keep(removal_order(prob_below, fitted.means), widths,
-                              size_function(net, data.input_shape, points), _budget(cfg))
-        cut.update(tau=cfg.tau, target=_budget(cfg))
-    else:
-        ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)
-        keep = keep_top(ranking(net, points, data.train, seed=cfg.seed), _kept_counts(cfg, cutoff, widths))
-        cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})
-        if cfg.ranking is not None:
-            cut["ranking"] = cfg.ranking
-    return keep, cut
-
-
 def _save_outputs(tmp: Path, cfg: PruneConfig, ckpt: Path, label: str, data: DataBundle, points: list[SwitchPoint],
                   fit: SwitchFit, post: SwitchPosterior, means: dict, prob_below: dict, result: PruneResult) -> None:
     """The pruned network, the posterior (JSON and figure) and an autoguide's parameters."""
@@ -307,9 +292,9 @@ def run_prune(
     left_out = left_out_layers(net, info["input_shape"], points)
     widths = point_widths(points)
     if cutoff in ("arch", "rate"):  # a wrong arch or rate fails before any work
-        _kept_counts(cfg, cutoff, widths)
-    if cutoff == "budget":  # refuse an unreachable budget before any work
-        check_reachable(size_function(net, info["input_shape"], points), widths, _budget(cfg))
+        kept_counts(cfg, cutoff, widths)
+    if cutoff in ("budget", "decision") and budget_targets(cfg):  # refuse an unreachable budget before any work
+        check_reachable(size_function(net, info["input_shape"], points), widths, budget_targets(cfg))
     check_output(out, overwrite, resume)
 
     timings: dict[str, float] = {}
@@ -336,10 +321,10 @@ def run_prune(
         t = time.perf_counter()
         fitted = FittedSwitches.of(fit, switch_cfg, post)
         prob_below = post.prob_below(cfg.tau)
-        keep, cut = _choose_units(cfg, cutoff, net, points, data, fitted, prob_below)
+        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, prob_below, fit)
         choose_seconds = time.perf_counter() - t
         result = prune_and_finetune(net, keep, data, finetune_cfg, points, seed=cfg.seed, state=state)
-        timings["surgery"] = choose_seconds + result.seconds["surgery"]
+        timings["cutoff"], timings["surgery"] = choose_seconds, result.seconds["surgery"]
         timings["finetune"] = result.seconds["finetune"]
         result.net.cpu()
         t = time.perf_counter()

@@ -13,6 +13,7 @@ from .options import (PROG, add_checkpoint_arg, add_data_args, add_out_args, add
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from ..pipeline import CUTOFFS, DELTA, TAU
+    from ..pruning.decision import DEFAULT_EXAMPLES, DEFAULT_LAM, MEASURES
     from ..training import SCHEDULES
     from ..pruning.ranking import RANKINGS
 
@@ -49,7 +50,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "unit j of layer l is removed when the posterior is confident it is unimportant, "
                         "P(D_l*s_lj < TAU) >= 1 - DELTA; a layer always keeps its unit of highest posterior mean. "
                         "budget: remove units across all layers in order of that probability until "
-                        "--target-macs/--target-params are met. arch, rate: see --arch, --rate")
+                        "--target-macs/--target-params are met. decision: the units that maximise the expected "
+                        "log-likelihood minus LAM times the network's share of its size (--lam), or that lose the least "
+                        "log-likelihood per size saved until --target-macs/--target-params are met "
+                        "(pruning/decision.py). arch, rate: see --arch, --rate")
     p.add_argument("--tau", type=positive_float, default=TAU,
                    help=f"a unit whose switch D_l*s_lj is below TAU counts as unimportant (1 = its uniform share "
                         f"of the layer; default {TAU}, chosen on the validation split: see README)")
@@ -59,6 +63,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="budget cut-off: largest multiply-accumulates per input of the pruned network")
     p.add_argument("--target-params", type=positive_int, default=None,
                    help="budget cut-off: largest number of conv/linear weights and biases of the pruned network")
+    p.add_argument("--lam", type=number(float, lambda v: v >= 0, "a non-negative number"), default=None,
+                   help=f"decision cut-off: the price of the network's whole size in nats per example of expected "
+                        f"log-likelihood (default {DEFAULT_LAM} with --cutoff decision)")
+    p.add_argument("--decision-measure", choices=MEASURES, default="macs+params",
+                   help="decision cut-off: the size that --lam prices: the share of the MACs, of the params, or the "
+                        "mean of the two (default macs+params)")
+    p.add_argument("--decision-examples", type=positive_int, default=DEFAULT_EXAMPLES,
+                   help=f"decision cut-off: training examples of the expected log-likelihood (default {DEFAULT_EXAMPLES})")
+    p.add_argument("--decision-draws", type=nonneg_int, default=0,
+                   help="decision cut-off with --learn-weights: posterior switch draws the log-likelihood is averaged "
+                        "over (default 0: the network at the posterior mean)")
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--arch", help="units to keep per prunable layer, e.g. 6-8-40-20: those with the highest "
                                     "posterior means E[s_lj]")
@@ -115,7 +130,9 @@ def run(args: argparse.Namespace) -> dict:
                               distill_weight=args.distill_weight),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
-        layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency,
+        layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency, lam=args.lam,
+        decision_measure=args.decision_measure, decision_examples=args.decision_examples,
+        decision_draws=args.decision_draws,
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":

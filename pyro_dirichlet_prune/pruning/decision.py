@@ -1,0 +1,201 @@
+"""The decision cut-off: the keep-set that maximises expected utility under the posterior.
+
+Removing the units outside a keep-set K costs expected log-likelihood and saves size. With
+``lam`` (lambda) the price of the whole network's size in nats per example, the utility is
+
+    U(K) = (1/M) sum_m E_q[ log p(y_m | x_m, s, K) ] - lambda · size(K) / size(all units),
+
+on M training examples, where ``p(y | x, s, K)`` is the network to prune with the outputs of the
+units outside K set to zero and, for a model whose weights learned with the switches, every unit's
+output multiplied by its switch draw relative to the posterior mean (``draws``; without draws,
+the network at the posterior mean: a plug-in estimate). ``size(K) / size(all units)`` is the share
+of the MACs, of the parameters, or the mean of the two shares (``measure="macs+params"``). So
+lambda = 0.05 says that halving the MACs is worth 0.025 nats per example of expected
+log-likelihood. For a frozen network the posterior describes switches that the pruned network
+does not have, so the utility is that of the network itself (no draws). With a ``target`` budget instead of lambda, units are removed at the least
+log-likelihood lost per size saved until the budget is met.
+
+The maximisation is greedy backward elimination, lazily evaluated: the removal of every unit is
+scored once by its exact change of utility (a forward pass per unit: the change of mean
+log-likelihood plus lambda times the share of the size it saves); then the unit of best score is
+scored again against the current keep-set and removed if it still beats every other unit's
+(older) score, else put back with its new score. It stops when the best fresh score is not
+positive: no single removal raises the utility. Every layer keeps at least one unit. The scores
+of the remaining units change little with each removal, so this needs a few evaluations per unit
+removed instead of one per remaining unit.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.switch_points import SwitchPoint
+from ..models.switched import SwitchedNetwork
+from .budget import SizeFn, size_function
+
+SIZES = ("macs", "params")
+MEASURES = ("macs", "params", "macs+params")
+DEFAULT_EXAMPLES = 1000
+DEFAULT_LAM = 1.0
+"""lambda of ``prune``'s decision cut-off when none is given (nats per example for the whole size)."""
+
+
+@dataclass
+class Decision:
+    """The keep-set chosen and how: ``steps`` lists every removal, in order, with the utility and
+    mean log-likelihood after it; ``evaluations`` counts the forward passes over the M examples."""
+
+    keep: dict[str, list[int]]
+    utility: float
+    loglik: float
+    size: dict[str, int]
+    steps: list[dict] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def _check(lam: float | None, target: Mapping[str, int] | None, measure: str) -> None:
+    if (lam is None) == (not target):
+        raise ValueError("give lam (the price of the network's size in nats per example) or a target budget, not both")
+    if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam >= 0
+                                and math.isfinite(lam)):
+        raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+    for key, value in (target or {}).items():
+        if key not in SIZES or not (isinstance(value, int) and value > 0):
+            raise ValueError(f"target must map macs/params to positive integers, got {dict(target)}")
+
+
+def loglik_function(network, points: Sequence[SwitchPoint], x: torch.Tensor, y: torch.Tensor,
+                    draws: Sequence[Mapping[str, torch.Tensor]] = ()) -> Callable[[Mapping[str, Sequence[int]]], float]:
+    """``loglik(keep)``: mean log p(y | x) of ``network`` (a ``SwitchedNetwork`` on ``points``)
+    with the units outside ``keep`` zeroed, averaged over ``draws`` (relative switch scales per
+    layer, one dict per draw; none: the network as it is)."""
+    widths = {p.name: p.width for p in points}
+
+    @torch.no_grad()
+    def loglik(keep: Mapping[str, Sequence[int]]) -> float:
+        masks = {}
+        for layer, kept in keep.items():
+            m = torch.zeros(widths[layer])
+            m[list(kept)] = 1.0
+            masks[layer] = m
+        total = 0.0
+        for draw in (list(draws) or [{}]):
+            scales = {k: masks[k] * draw[k].to(masks[k].dtype) if k in draw else masks[k] for k in masks}
+            with network.scaled(scales):
+                total += float(F.log_softmax(network(x), 1).gather(1, y[:, None]).mean())
+        return total / max(len(draws), 1)
+
+    return loglik
+
+
+def decision_keep(
+    loglik: Callable[[Mapping[str, Sequence[int]]], float],
+    widths: Mapping[str, int],
+    size: SizeFn,
+    *,
+    lam: float | None = None,
+    target: Mapping[str, int] | None = None,
+    measure: str = "macs",
+) -> Decision:
+    """The greedy maximiser of the utility of the module docstring. ``loglik(keep)`` is the mean
+    log-likelihood of a keep-set (``loglik_function``), ``size(counts)`` the size of a network
+    keeping ``counts[l]`` units per layer (``budget.size_function``). Give ``lam`` (nats per
+    example for the whole size ``measure``) or a ``target`` budget (``{"macs": M}`` and/or
+    ``{"params": P}``)."""
+    _check(lam, target, measure)
+    keep = {layer: list(range(d)) for layer, d in widths.items()}
+    full = size(dict(widths))
+    keys = measure.split("+")
+
+    def counts(k: Mapping[str, Sequence[int]]) -> dict[str, int]:
+        return {layer: len(v) for layer, v in k.items()}
+
+    def fits(k) -> bool:
+        s = size(counts(k))
+        return all(s[key] <= v for key, v in target.items())
+
+    def share(k) -> float:
+        """size(K) / size(all units) in the ``measure``."""
+        s = size(counts(k))
+        return sum(s[key] / full[key] for key in keys) / len(keys)
+
+    def utility(value: float, k) -> float:
+        return value - (lam or 0.0) * share(k)
+
+    def without(layer: str, j: int) -> dict[str, list[int]]:
+        return {**keep, layer: [i for i in keep[layer] if i != j]}
+
+    def score(layer: str, j: int) -> tuple[float, float]:
+        """(score, log-likelihood) of removing unit j of layer from the current keep-set:
+        the utility gained, or with a budget the log-likelihood lost per size saved (negated)."""
+        trial = without(layer, j)
+        value = loglik(trial)
+        saved = share(keep) - share(trial)
+        gain = value - ll
+        return (gain / max(saved, 1e-12) if target else gain + lam * saved), value
+
+    ll = loglik(keep)
+    decision = Decision(keep=keep, utility=utility(ll, keep), loglik=ll, size=size(counts(keep)), evaluations=1)
+    # Lazy greedy: scores computed once, then only the best stale score is refreshed; it is taken
+    # when it stays ahead of every other (stale) score.
+    heap = []
+    for layer, d in widths.items():
+        for j in range(d):
+            heap.append((-score(layer, j)[0], layer, j))
+    decision.evaluations += len(heap)
+    heapq.heapify(heap)
+    while heap and not (target and fits(keep)):
+        _, layer, j = heapq.heappop(heap)
+        if len(keep[layer]) <= 1:
+            continue
+        fresh, value = score(layer, j)
+        decision.evaluations += 1
+        if heap and fresh < -heap[0][0]:
+            heapq.heappush(heap, (-fresh, layer, j))
+            continue
+        if not target and fresh <= 0:
+            break
+        keep, ll = without(layer, j), value
+        decision.steps.append({"removed": [layer, j], "loglik": ll, "utility": utility(ll, keep),
+                               **size(counts(keep))})
+    decision.keep, decision.loglik, decision.utility = keep, ll, utility(ll, keep)
+    decision.size = size(counts(keep))
+    if target and not fits(keep):
+        raise ValueError(f"target {dict(target)} cannot be met: one unit per layer still needs {decision.size}")
+    return decision
+
+
+def decision_cutoff(
+    network: nn.Module,
+    points: Sequence[SwitchPoint],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    input_shape: Sequence[int],
+    *,
+    lam: float | None = None,
+    target: Mapping[str, int] | None = None,
+    measure: str = "macs",
+    draws: Sequence[Mapping[str, torch.Tensor]] = (),
+) -> Decision:
+    """``decision_keep`` on ``network`` (the network to prune, e.g. ``SwitchFit.fitted_network()``)
+    and its switch ``points``, with the log-likelihood of the examples ``(x, y)`` and the size
+    measured on physically pruned copies. ``network`` is not changed."""
+    flags = [p.requires_grad for p in network.parameters()]
+    was_training = network.training
+    switched = SwitchedNetwork(network.eval(), points)
+    try:
+        return decision_keep(loglik_function(switched, points, x, y, draws), {p.name: p.width for p in points},
+                             size_function(network, input_shape, points), lam=lam, target=target, measure=measure)
+    finally:
+        switched.remove_hooks()
+        network.train(was_training)
+        for p, flag in zip(network.parameters(), flags):
+            p.requires_grad_(flag)

@@ -1,0 +1,78 @@
+"""The cut-off step of a ``prune`` run: which units of every layer stay (``choose_units``), by
+the cut-off that ``pipeline.resolve_cutoff`` named, with the report's description of it."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .data import DataBundle
+from .inference.svi import SwitchFit
+from .models.switch_points import SwitchPoint, point_widths
+from .pruning.budget import budget_keep, size_function
+from .pruning.cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
+from .pruning.decision import DEFAULT_LAM, decision_cutoff
+from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import PruneConfig
+
+
+def budget_targets(cfg: "PruneConfig") -> dict[str, int]:
+    """The size targets that were given: ``{"macs": M, "params": P}``."""
+    return {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
+
+
+def kept_counts(cfg: "PruneConfig", cutoff: str, widths: dict[str, int]) -> dict[str, int]:
+    """How many units every layer keeps under the ``arch`` or ``rate`` cut-off."""
+    return parse_arch(cfg.arch, widths) if cutoff == "arch" else rate_widths(cfg.rate, widths)
+
+
+def relative_draws(fit: SwitchFit, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` draws s ~ q of every layer's switch divided by its posterior mean: the
+    multipliers that turn the network at the posterior mean (``fitted_network``) into the network
+    at a draw; none for a fit without learned weights or without Dirichlet concentrations."""
+    phis = fit.concentrations
+    if count == 0 or not fit.learns_weights or not phis:
+        return []
+    out = []
+    with torch.random.fork_rng():  # seeded, and the caller's generator left as it was
+        torch.manual_seed(seed)
+        for _ in range(count):
+            out.append({layer: torch.distributions.Dirichlet(phi).sample() / (phi / phi.sum())
+                        for layer, phi in phis.items()})
+    return out
+
+
+def choose_units(cfg: "PruneConfig", cutoff: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
+                 fitted: FittedSwitches, prob_below: dict, fit: SwitchFit) -> tuple[dict[str, list[int]], dict]:
+    """The units the cut-off keeps in ``net`` (the network to prune), and the report's
+    description of the cut-off."""
+    widths = point_widths(points)
+    cut: dict = {"kind": cutoff}
+    if cutoff == "uncertainty":
+        keep, guarded = uncertainty_keep(prob_below, fitted.means, cfg.delta)
+        cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
+    elif cutoff == "budget":
+        keep, _ = budget_keep(removal_order(prob_below, fitted.means), widths,
+                              size_function(net, data.input_shape, points), budget_targets(cfg))
+        cut.update(tau=cfg.tau, target=budget_targets(cfg))
+    elif cutoff == "decision":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        rows = torch.randperm(len(data.train), generator=gen)[: cfg.decision_examples]
+        draws = relative_draws(fit, cfg.decision_draws, cfg.seed)
+        target = budget_targets(cfg) or None
+        lam = None if target else (cfg.lam if cfg.lam is not None else DEFAULT_LAM)
+        decision = decision_cutoff(net, points, data.train.x[rows], data.train.y[rows], data.input_shape, lam=lam,
+                                   target=target, measure=cfg.decision_measure, draws=draws)
+        keep = decision.keep
+        cut.update(lam=lam, target=target, measure=cfg.decision_measure, examples=len(rows), draws=len(draws),
+                   utility=decision.utility, loglik=decision.loglik, removals=len(decision.steps),
+                   evaluations=decision.evaluations, path=decision.steps)
+    else:
+        ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)
+        keep = keep_top(ranking(net, points, data.train, seed=cfg.seed), kept_counts(cfg, cutoff, widths))
+        cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})
+        if cfg.ranking is not None:
+            cut["ranking"] = cfg.ranking
+    return keep, cut

@@ -1,0 +1,178 @@
+"""The decision cut-off (``pruning.decision``): on problems whose optimum is known in closed form
+it finds it; on a network its log-likelihood is that of the pruned network, and the network is
+left as it was; the command line's options select it and refuse conflicts."""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import tiny_lenet
+from pyro_dirichlet_prune import cli
+from pyro_dirichlet_prune.data import Split
+from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches
+from pyro_dirichlet_prune.models import SwitchedNetwork, build_model, switch_points
+from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
+from pyro_dirichlet_prune.pruning.decision import decision_cutoff, decision_keep
+from pyro_dirichlet_prune.pruning.surgery import prune
+from pyro_dirichlet_prune.unit_choice import relative_draws
+
+WIDTHS = {"a": 4, "b": 5, "c": 3}
+PER_UNIT = {"a": 30, "b": 10, "c": 2}  # MACs a unit of each layer costs
+
+
+def _additive(costs: dict[tuple[str, int], float]):
+    """A log-likelihood that loses ``costs[u]`` for every removed unit u, and a size linear in the
+    counts: the utility is separable, so the best keep-set is known exactly."""
+    def loglik(keep):
+        return -sum(c for (layer, j), c in costs.items() if j not in keep[layer])
+
+    def size(counts):
+        macs = sum(PER_UNIT[layer] * k for layer, k in counts.items())
+        return {"macs": macs, "params": 2 * macs}
+
+    return loglik, size
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, 3.0])
+def test_separable_utility_is_maximised_exactly(lam):
+    g = torch.Generator().manual_seed(1)
+    costs = {(layer, j): float(torch.rand((), generator=g)) * 0.2 for layer, d in WIDTHS.items() for j in range(d)}
+    loglik, size = _additive(costs)
+    full = size(WIDTHS)["macs"]
+    decision = decision_keep(loglik, WIDTHS, size, lam=lam, measure="macs")
+    # remove u exactly when its cost is below the utility of the size it saves, a layer keeping one
+    expected = {}
+    for layer, d in WIDTHS.items():
+        kept = [j for j in range(d) if costs[(layer, j)] >= lam * PER_UNIT[layer] / full]
+        expected[layer] = kept or [max(range(d), key=lambda j: costs[(layer, j)])]
+    assert decision.keep == expected
+    assert decision.utility == pytest.approx(loglik(expected) - lam * size({k: len(v) for k, v in expected.items()})["macs"] / full)
+
+
+def test_budget_removes_the_cheapest_loss_per_mac_until_it_fits():
+    g = torch.Generator().manual_seed(2)
+    costs = {(layer, j): float(torch.rand((), generator=g)) for layer, d in WIDTHS.items() for j in range(d)}
+    loglik, size = _additive(costs)
+    target = {"macs": 120}
+    decision = decision_keep(loglik, WIDTHS, size, target=target, measure="macs")
+    counts = {k: len(v) for k, v in decision.keep.items()}
+    assert size(counts)["macs"] <= 120
+    # the order of removal is by cost per MAC saved, ascending (each unit's score is fixed here)
+    ratios = [costs[tuple(step["removed"])] / PER_UNIT[step["removed"][0]] for step in decision.steps]
+    assert ratios == sorted(ratios)
+    # and it stops as soon as the budget is met
+    before = dict(counts)
+    before[decision.steps[-1]["removed"][0]] += 1
+    assert size(before)["macs"] > 120
+
+
+def test_budget_that_cannot_be_met_is_refused():
+    loglik, size = _additive({(layer, j): 0.1 for layer, d in WIDTHS.items() for j in range(d)})
+    with pytest.raises(ValueError, match="cannot be met"):
+        decision_keep(loglik, WIDTHS, size, target={"macs": 10})
+
+
+@pytest.mark.parametrize("kw,match", [({}, "lam"), ({"lam": 1.0, "target": {"macs": 5}}, "lam"),
+                                      ({"lam": -1.0}, "lam"), ({"lam": 1.0, "measure": "flops"}, "measure")])
+def test_bad_arguments_are_named(kw, match):
+    loglik, size = _additive({})
+    with pytest.raises(ValueError, match=match):
+        decision_keep(loglik, WIDTHS, size, **kw)
+
+
+def test_small_problem_matches_brute_force_on_a_network():
+    """On a network of 2-3-4-2 units (2^11 keep-sets with a unit per layer) the greedy's keep-set
+    scores within the best exhaustive utility's reach, and its log-likelihood is the pruned
+    network's own."""
+    net, x, y = tiny_lenet(64)
+    pts = switch_points(net)
+    shape = (1, 28, 28)
+    before = copy.deepcopy(net.state_dict())
+    lam = 0.5
+    decision = decision_cutoff(net, pts, x, y, shape, lam=lam, measure="macs")
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in before)
+    small = prune(net, decision.keep, shape)
+    with torch.no_grad():
+        own = float(F.log_softmax(small(x), 1).gather(1, y[:, None]).mean())
+    assert decision.loglik == pytest.approx(own, abs=1e-5)
+
+    from pyro_dirichlet_prune.metrics import count_macs
+    full = count_macs(net, shape)
+    best = -float("inf")
+    widths = {p.name: p.width for p in pts}
+    subsets = {layer: [c for r in range(1, d + 1) for c in itertools.combinations(range(d), r)]
+               for layer, d in widths.items()}
+    sw = SwitchedNetwork(copy.deepcopy(net))
+    macs_of = {}
+    for combo in itertools.product(*subsets.values()):
+        keep = dict(zip(widths, combo))
+        counts = tuple(len(v) for v in combo)
+        if counts not in macs_of:
+            macs_of[counts] = count_macs(prune(net, {k: range(len(v)) for k, v in keep.items()}, shape, verify=False), shape)
+        masks = {k: torch.zeros(widths[k]).index_fill_(0, torch.tensor(v), 1.0) for k, v in keep.items()}
+        with torch.no_grad(), sw.scaled(masks):
+            ll = float(F.log_softmax(sw(x), 1).gather(1, y[:, None]).mean())
+        best = max(best, ll - lam * macs_of[counts] / full)
+    assert decision.utility <= best + 1e-9
+    assert decision.utility >= best - 0.05, (decision.utility, best)
+
+
+def test_relative_draws_average_to_one_and_are_none_for_a_frozen_fit():
+    net, x, y = tiny_lenet(8)
+    train = Split(x.repeat(4, 1, 1, 1), y.repeat(4))
+    learned = fit_switches(SwitchedNetwork(copy.deepcopy(net)), train,
+                           SwitchConfig(scale="dim", schedule="joint", weight_scale=0.05, batch_size=8, seed=0))
+    draws = relative_draws(learned, 4000, seed=0)
+    mean = {k: torch.stack([d[k] for d in draws]).mean(0) for k in draws[0]}
+    for layer, m in mean.items():
+        phi = learned.concentrations[layer]
+        var = (phi.sum() - phi) / (phi * (phi.sum() + 1))  # Var[s_j / E s_j] of a Dirichlet
+        assert torch.all((m - 1).abs() < 5 * (var / 4000).sqrt()), layer
+    assert relative_draws(learned, 2, seed=0)[0]["conv1"].tolist() == relative_draws(learned, 2, seed=0)[0]["conv1"].tolist()
+    frozen = fit_switches(SwitchedNetwork(copy.deepcopy(net)), train, SwitchConfig(batch_size=8, seed=0))
+    assert relative_draws(frozen, 3, seed=0) == []
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dec")
+    torch.manual_seed(0)
+    save_checkpoint(d / "base.pt", build_model("lenet5"), "lenet5", "mnist", 10, (1, 28, 28))
+    return d / "base.pt"
+
+
+def _args(base, out, *extra):
+    return ["prune", "--checkpoint", str(base), "--dataset", "fake-mnist", "--val-size", "500", "--finetune-epochs",
+            "0", "--no-latency", "--threads", "1", "--decision-examples", "200", "--max-train-examples", "600", *extra, "--out", str(out)]
+
+
+def test_cli_lam_selects_the_decision_cutoff(base, tmp_path):
+    assert cli.main(_args(base, tmp_path / "run", "--lam", "2")) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    cut = report["cutoff"]
+    assert cut["kind"] == "decision" and cut["lam"] == 2 and cut["examples"] == 200
+    assert report["architecture"]["pruned"] != report["architecture"]["base"]
+    assert cut["removals"] == len(cut["path"]) > 0
+    assert cut["path"][-1]["utility"] == pytest.approx(cut["utility"])
+
+
+def test_cli_decision_under_a_budget(base, tmp_path):
+    assert cli.main(_args(base, tmp_path / "run", "--cutoff", "decision", "--target-macs", "200000")) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["cutoff"]["kind"] == "decision" and report["cutoff"]["target"] == {"macs": 200000}
+    assert report["pruned"]["macs"] <= 200000
+
+
+@pytest.mark.parametrize("extra,match", [(["--lam", "1", "--arch", "6-8-40-20"], "one cut-off"),
+                                         (["--lam", "1", "--target-macs", "100000"], "one cut-off"),
+                                         (["--cutoff", "decision", "--target-macs", "10"], "cannot be met")])
+def test_cli_refuses_conflicts(base, tmp_path, capsys, extra, match):
+    assert cli.main(_args(base, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "run").exists()
