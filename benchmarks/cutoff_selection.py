@@ -1,9 +1,11 @@
 """Choosing tau and delta of the uncertainty cut-off on the validation split, next to the
 ``--rate`` sweep and the budget cut-off, from the same switch posterior.
 
-For every seed: fit the switch posterior of the shipped LeNet-5 once; for every (tau, delta) of a
-grid apply the uncertainty cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate``
-cut-off; for every budget the budget cut-off; prune, fine-tune ``--ft-epochs`` epochs (the
+For every seed: fit the switch posterior of the shipped LeNet-5 once (``--config``: any
+``SwitchConfig``, e.g. learned weights); for every (tau, delta) of a grid apply the uncertainty
+cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate`` cut-off; for every budget the
+budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); prune
+the fitted network (with its learned weights, when they learned), fine-tune ``--ft-epochs`` epochs (the
 pipeline's recipe, ``PruneConfig().finetune``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
 validation epoch kept) and
 record MACs, params and the validation error. Selection uses the validation error only; with
@@ -19,6 +21,7 @@ Writes a JSON report (``--out``) with one row per (seed, cut-off) and a summary 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import json
@@ -32,9 +35,10 @@ import torch
 
 from pyro_dirichlet_prune.data import load_data
 from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
-from pyro_dirichlet_prune.models import SwitchedNetwork
+from pyro_dirichlet_prune.models import SwitchedNetwork, switch_points
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
 from pyro_dirichlet_prune.pruning.budget import budget_keep, size_function
+from pyro_dirichlet_prune.pruning.decision import decision_cutoff
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, keep_top, rate_widths, removal_order, uncertainty_keep
 from pyro_dirichlet_prune.pipeline import PruneConfig
 from pyro_dirichlet_prune.report import versions, write_json
@@ -63,7 +67,19 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     switched.remove_hooks()
     fit_seconds = time.perf_counter() - t
     means = fit.posterior_means()
+    pruned_from = fit.fitted_network()  # the network itself, or with its learned weights
+    state = pruned_from.state_dict() if fit.learns_weights else None
     cuts = []
+    rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[: args.decision_examples]
+    x, y, points = data.train.x[rows], data.train.y[rows], switch_points(pruned_from)
+    for lam in args.lams:
+        keep = decision_cutoff(pruned_from, points, x, y, data.input_shape, lam=lam, measure=args.decision_measure).keep
+        cuts.append(({"cutoff": "decision", "lam": lam, "measure": args.decision_measure}, keep))
+    if args.decision_budget:
+        macs, params = parse_budget(args.decision_budget)
+        keep = decision_cutoff(pruned_from, points, x, y, data.input_shape, target={"macs": macs, "params": params},
+                               measure=args.decision_measure).keep
+        cuts.append(({"cutoff": "decision", "macs": macs, "params": params, "measure": args.decision_measure}, keep))
     for tau, delta in itertools.product(args.taus, args.deltas):
         cuts.append(({"cutoff": "uncertainty", "tau": tau, "delta": delta},
                      uncertainty_keep(post.prob_below(tau), means, delta)[0]))
@@ -76,14 +92,18 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
             keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size,
                                   {"macs": macs, "params": params})
             cuts.append(({"cutoff": "budget", "tau": tau, "macs": macs, "params": params}, keep))
-    return cuts, fit_seconds
+    return cuts, fit_seconds, state
 
 
-def _finetune(job: tuple[int, dict]) -> dict:
-    """Prune to ``keep``, fine-tune, and measure (``prune_and_finetune``)."""
+def _finetune(job: tuple[int, dict, dict | None]) -> dict:
+    """Prune to ``keep``, fine-tune, and measure (``prune_and_finetune``); ``state``: the learned
+    weights (switch means folded in) of a fit with learned weights, else None."""
     torch.set_num_threads(1)
-    seed, keep = job
+    seed, keep, state = job
     args, data, net = _G["args"], _G["data"], _G["net"]
+    if state is not None:
+        net = copy.deepcopy(net)
+        net.load_state_dict(state)
     recipe = dataclasses.replace(PruneConfig().finetune, epochs=args.ft_epochs, seed=seed, device=args.device)
     r = prune_and_finetune(net, keep, data, recipe, seed=seed, splits=("val", "test") if args.test else ("val",))
     out = {"seed": seed, "arch": arch_string(keep), "macs": r.size["macs"], "params": r.size["params"],
@@ -126,6 +146,12 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
     ap.add_argument("--budget", default="169320,7554",
                     help="MACs,params of the budget cut-off (default: 6-8-40-20's); '' for none")
+    ap.add_argument("--lams", type=float, nargs="*", default=[],
+                    help="lambdas of the decision cut-off (pruning/decision.py)")
+    ap.add_argument("--decision-budget", default="",
+                    help="MACs,params of the decision cut-off under a budget; '' for none")
+    ap.add_argument("--decision-measure", default="macs+params")
+    ap.add_argument("--decision-examples", type=int, default=1000)
     ap.add_argument("--ft-epochs", type=int, default=5)
     ap.add_argument("--test", action="store_true", help="also record every pruned network's test error")
     ap.add_argument("--jobs", type=int, default=1, help="processes (one thread each)")
@@ -139,9 +165,9 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         fitted = dict(zip(args.seeds, pool.map(_cutoffs, args.seeds)))
         jobs = {}
-        for seed, (cuts, _) in fitted.items():
+        for seed, (cuts, _, state) in fitted.items():
             for _, keep in cuts:
-                jobs.setdefault((seed, json.dumps(keep, sort_keys=True)), (seed, keep))
+                jobs.setdefault((seed, json.dumps(keep, sort_keys=True)), (seed, keep, state))
         futures = {pool.submit(_finetune, job): key for key, job in jobs.items()}
         results = {}
         partial = Path(args.out).with_suffix(".partial.jsonl")  # each network as it finishes
@@ -152,7 +178,7 @@ def main() -> None:
                 log.write(json.dumps(results[futures[done]]) + "\n")
                 log.flush()
     rows = []
-    for seed, (cuts, fit_seconds) in fitted.items():
+    for seed, (cuts, fit_seconds, _) in fitted.items():
         for desc, keep in cuts:
             row = {"seed": seed, "label": _label(desc), **desc,
                    **results[(seed, json.dumps(keep, sort_keys=True))], "fit_seconds": fit_seconds}

@@ -203,10 +203,15 @@ def plot_comparison(summary: dict, guides: Sequence[str], path: Path, title: str
     plt.close(fig)
 
 
+def _switch_config(cfg: CompareConfig, guide: str, seed: int) -> SwitchConfig:
+    """The switch settings of one (guide, seed): the comparison's, with what the guide needs."""
+    return dataclasses.replace(cfg.switch, guide=guide, seed=seed,
+                               elbo="trace" if guide not in ("dirichlet", "dirichlet-mean") else cfg.switch.elbo,
+                               sampling="shared" if guide != "dirichlet" else cfg.switch.sampling)
+
+
 def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict[str, int]) -> dict:
-    switch_cfg = dataclasses.replace(cfg.switch, guide=guide, seed=seed,
-                                     elbo="trace" if guide not in ("dirichlet", "dirichlet-mean") else cfg.switch.elbo,
-                                     sampling="shared" if guide != "dirichlet" else cfg.switch.sampling)
+    switch_cfg = _switch_config(cfg, guide, seed)
     switched = SwitchedNetwork(net)
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, switch_cfg)
@@ -214,13 +219,17 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     post = switch_posterior(fit, switch_cfg, data.train, cfg.elbo_particles, cfg.elbo_batches)
     means = fit.posterior_means()
     factor = switch_factors({k: v.numel() for k, v in means.items()}, switch_cfg.scale, switch_cfg.gain)
-    heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)
+    if fit.learns_weights:  # the network at the posterior mean is the fitted one (W_hat, means folded in)
+        heldout, heldout_by_layer = evaluate(fit.fitted_network(), data.test), None
+    else:
+        heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)
     if switch_cfg.schedule == "sequential" and post.stage_elbos is not None:
         elbo = sum(e for e, _ in post.stage_elbos.values())
         elbo_se = math.sqrt(sum(se ** 2 for _, se in post.stage_elbos.values()))
     else:
         elbo, elbo_se = post.elbo, post.elbo_se
     switched.remove_hooks()
+    net = fit.fitted_network()  # the pre-trained network, or the one whose weights learned too
     ranking = get_ranking(DEFAULT_RANKING, fitted=FittedSwitches(switch_cfg, means))
     keep = keep_top(ranking(net, None, data.train, seed=seed), kept_counts)
     r = prune_and_finetune(net, keep, data, dataclasses.replace(cfg.finetune, seed=seed), seed=seed,
@@ -252,7 +261,8 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     if cfg.elbo_particles < 1 or cfg.elbo_batches < 1:
         raise UserError("elbo_particles and elbo_batches must be positive")
     try:
-        dataclasses.replace(cfg.switch, guide=cfg.guides[0]).validate()
+        for guide in cfg.guides:  # every guide with these settings (learned weights need a Dirichlet guide)
+            _switch_config(cfg, guide, 0).validate()
         cfg.finetune.validate()
     except ValueError as exc:
         raise UserError(str(exc)) from None

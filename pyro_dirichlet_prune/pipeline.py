@@ -30,23 +30,24 @@ from .data import DataBundle, dataset_spec, load_data
 from .errors import UserError
 from .inference.fit import collapsed_fraction
 from .inference.posterior import SwitchPosterior
-from .inference.svi import SwitchConfig, SwitchFit, fit_switches, guide_parameters, switch_posterior
+from .inference.svi import SwitchConfig, SwitchFit, fit_switches, switch_posterior
 from .latency import latency_report
-from .plots import plot_posterior
 from .metrics import max_weight_change, network_size
 from .models import SwitchedNetwork, check_model_name, discover_switch_points
 from .models.discovery import left_out_layers
-from .models.checkpoint import load_checkpoint, load_model_file, save_checkpoint, save_module_checkpoint, shipped_checkpoint
+from .models.checkpoint import load_checkpoint, load_model_file, shipped_checkpoint
 from .models.switch_points import SwitchPoint, point_widths, rebind
 from .models.user import check_model_io, parse_input_shape
 from .pretraining import PretrainConfig, run_pretrain, seed_everything, subset_train, train_defaults
-from .prune_step import PruneResult, prune_and_finetune
+from .prune_step import prune_and_finetune
 from .pruning.budget import check_reachable, size_function
 from .pruning.cutoff import arch_string
+from .pruning.surgery import prune
 from .pruning.decision import DEFAULT_EXAMPLES, MEASURES
 from .pruning.ranking import RANKINGS, FittedSwitches
 from .unit_choice import budget_targets, choose_units, kept_counts
 from .report import check_output, now, output_folder, versions, write_json
+from .run_outputs import point_table, save_outputs
 from .runstate import RunState
 from .training import TrainConfig, check_device, evaluate
 
@@ -85,6 +86,11 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
         raise UserError(f"lam must be a non-negative number, got {cfg.lam}")
     if cfg.decision_measure not in MEASURES:
         raise UserError(f"decision_measure must be one of {', '.join(MEASURES)}, got {cfg.decision_measure!r}")
+    if not (isinstance(cfg.rounds, int) and cfg.rounds >= 1):
+        raise UserError(f"rounds must be a positive integer, got {cfg.rounds!r}")
+    if cfg.rounds > 1 and kind in ("arch", "rate"):
+        raise UserError(f"rounds={cfg.rounds} refits the smaller network until the cut-off removes nothing: it needs "
+                        f"the uncertainty, budget or decision cut-off, not {kind}")
     if cfg.decision_examples < 1 or cfg.decision_draws < 0:
         raise UserError(f"decision_examples must be positive and decision_draws non-negative, got "
                         f"{cfg.decision_examples} and {cfg.decision_draws}")
@@ -141,6 +147,7 @@ class PruneConfig:
     decision_measure: str = "macs+params"
     decision_examples: int = DEFAULT_EXAMPLES
     decision_draws: int = 0
+    rounds: int = 1
 
 
 def resolve_checkpoint(cfg: PruneConfig) -> Path:
@@ -184,14 +191,6 @@ def _select_layers(points: list[SwitchPoint], layers: list[str] | None) -> list[
     return [p for p in points if p.name in set(layers)]
 
 
-def _point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
-    """Where every switch sits, for the report."""
-    names = {m: n for n, m in net.named_modules()}
-    return [{"name": p.name, "layer": names.get(p.module), "hooked": names.get(p.hooked), "width": p.width}
-            for p in points]
-
-
-
 def _check_options(cfg: PruneConfig) -> str:
     """The cut-off, after checking every option that needs no data (no work done before)."""
     cutoff = resolve_cutoff(cfg)
@@ -231,48 +230,69 @@ def _load_run_data(cfg: PruneConfig, info: dict, ckpt: Path) -> DataBundle:
 
 
 def _learn_switches(net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle, switch_cfg: SwitchConfig,
-                    state: RunState, timings: dict[str, float]) -> tuple[SwitchFit, SwitchPosterior]:
+                    state: RunState, timings: dict[str, float], loop: str = "switches") -> tuple[SwitchFit, SwitchPosterior]:
     """Fit q(s) to the frozen ``net`` (on its device) and its posterior with the ELBO estimates
-    (their seconds in ``timings["elbo"]``, the fit's in ``timings["switches"]``); ``net`` ends on
-    the CPU without hooks."""
+    (their seconds added to ``timings["elbo"]``, the fit's to ``timings["switches"]``); ``net``
+    ends on the CPU without hooks."""
     switched = SwitchedNetwork(net, points)
     t = time.perf_counter()
-    fit = fit_switches(switched, data.train, switch_cfg, state=state)
-    timings["switches"] = time.perf_counter() - t
+    fit = fit_switches(switched, data.train, switch_cfg, state=state, loop=loop)
+    timings["switches"] = timings.get("switches", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
     post = switch_posterior(fit, switch_cfg, data.train)
-    timings["elbo"] = time.perf_counter() - t
+    timings["elbo"] = timings.get("elbo", 0.0) + time.perf_counter() - t
     switched.remove_hooks()
     net.cpu()
     return fit, post
 
 
-def _save_outputs(tmp: Path, cfg: PruneConfig, ckpt: Path, label: str, data: DataBundle, points: list[SwitchPoint],
-                  fit: SwitchFit, post: SwitchPosterior, means: dict, prob_below: dict, result: PruneResult) -> None:
-    """The pruned network, the posterior (JSON and figure) and an autoguide's parameters."""
-    keep, pruned = result.keep, result.net
-    meta = {"base_checkpoint": str(ckpt), "kept": keep, "test_error": result.finetuned["test"]["error"]}
-    if cfg.model_file is None:
-        save_checkpoint(tmp / "pruned.pt", pruned, cfg.model, cfg.dataset, data.num_classes, data.input_shape, meta=meta)
-    else:
-        save_module_checkpoint(tmp / "pruned.pt", pruned, cfg.dataset, data.num_classes, data.input_shape,
-                               [p.name for p in points], meta=meta)
-    posterior = {
-        layer: {
-            **({"concentration": fit.concentrations[layer].tolist()} if layer in fit.concentrations else {}),
-            "mean": means[layer].tolist(),
-            "lower": post.lower[layer].tolist(),
-            "upper": post.upper[layer].tolist(),
-            "prob_below_tau": prob_below[layer].tolist(),
-            "kept": keep[layer],
-        }
-        for layer in means
-    }
-    write_json(tmp / "posterior.json", posterior)
-    plot_posterior(post, tmp / "posterior.png", keep,
-                   title=f"{label} on {cfg.dataset}: switch posterior ({post.guide}), kept {arch_string(keep)}")
-    if not fit.concentrations:  # an autoguide: keep its fitted parameters too
-        write_json(tmp / "guide_params.json", guide_parameters(fit.guide))
+@dataclass
+class _Chosen:
+    """The last round of fit → cut-off: the network to prune and its points, the fit, its
+    posterior, the units kept (of that network), and per layer the original index of each of its
+    units; ``rounds`` records every round."""
+
+    net: torch.nn.Module
+    points: list[SwitchPoint]
+    fit: SwitchFit
+    post: SwitchPosterior
+    fitted: FittedSwitches
+    prob_below: dict
+    keep: dict[str, list[int]]
+    cut: dict
+    units: dict[str, list[int]]
+    rounds: list[dict]
+
+
+def _fit_and_choose(cfg: PruneConfig, cutoff: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
+                    switch_cfg: SwitchConfig, state: RunState, timings: dict[str, float],
+                    device: torch.device) -> _Chosen:
+    """Fit the switches and apply the cut-off, ``cfg.rounds`` times at most: after a round that
+    removed units, the smaller network (surgery, checked against the masked one) is fitted again,
+    its weights from the round before when they learned; the rounds stop early when the cut-off
+    removes nothing."""
+    units = {p.name: list(range(p.width)) for p in points}
+    rounds: list[dict] = []
+    for r in range(cfg.rounds):
+        fit, post = _learn_switches(net, points, data, switch_cfg, state, timings,
+                                    "switches" if r == 0 else f"switches.round{r + 1}")
+        if fit.learns_weights:  # prune the network the posterior describes: W_hat, switch means folded in
+            fitted_net = fit.fitted_network()
+            points, net = rebind(points, net, fitted_net), fitted_net
+        t = time.perf_counter()
+        fitted = FittedSwitches.of(fit, switch_cfg, post)
+        prob_below = post.prob_below(cfg.tau)
+        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, prob_below, fit)
+        timings["cutoff"] = timings.get("cutoff", 0.0) + time.perf_counter() - t
+        removed = sum(p.width - len(keep[p.name]) for p in points)
+        rounds.append({"round": r + 1, "widths": "-".join(str(p.width) for p in points), "kept": arch_string(keep),
+                       "removed": removed, "elbo": post.elbo, "switch_seconds": fit.seconds})
+        if r + 1 == cfg.rounds or removed == 0:
+            break
+        smaller = prune(net, keep, data.input_shape, points)
+        units = {layer: [units[layer][j] for j in sorted(keep[layer])] for layer in units}
+        points, net = rebind(points, net, smaller), smaller.to(device)
+    return _Chosen(net, points, fit, post, fitted, prob_below, keep, cut, units, rounds)
 
 
 def run_prune(
@@ -310,21 +330,17 @@ def run_prune(
             state.load()
         net.to(device)  # the data and the switches stay on the CPU (SwitchedNetwork.forward)
         base = {**network_size(net, data.input_shape, points), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
-        fit, post = _learn_switches(net, points, data, switch_cfg, state, timings)
-        base_net, adapted = net, None
-        if fit.learns_weights:  # prune the network the posterior describes: W_hat, switch means folded in
-            net = fit.fitted_network()
-            points = rebind(points, base_net, net)
-            adapted = {"test": evaluate(net, data.test), "val": evaluate(net, data.val),
-                       "max_abs_weight_change": max_weight_change(base_net, net)}
-
-        t = time.perf_counter()
-        fitted = FittedSwitches.of(fit, switch_cfg, post)
-        prob_below = post.prob_below(cfg.tau)
-        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, prob_below, fit)
-        choose_seconds = time.perf_counter() - t
+        base_net = net
+        chosen = _fit_and_choose(cfg, cutoff, net, points, data, switch_cfg, state, timings, device)
+        net, points, fit, post, keep, cut = chosen.net, chosen.points, chosen.fit, chosen.post, chosen.keep, chosen.cut
+        adapted = None
+        if fit.learns_weights:  # the network pruned in the end, before surgery
+            adapted = {"test": evaluate(net, data.test), "val": evaluate(net, data.val)}
+            if len(chosen.rounds) == 1:
+                adapted["max_abs_weight_change"] = max_weight_change(base_net, net)
         result = prune_and_finetune(net, keep, data, finetune_cfg, points, seed=cfg.seed, state=state)
-        timings["cutoff"], timings["surgery"] = choose_seconds, result.seconds["surgery"]
+        timings["surgery"] = result.seconds["surgery"]
+        kept = {layer: [chosen.units[layer][j] for j in result.keep[layer]] for layer in result.keep}
         timings["finetune"] = result.seconds["finetune"]
         result.net.cpu()
         t = time.perf_counter()
@@ -332,7 +348,8 @@ def run_prune(
                                  ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency else None
         if latency is not None:
             timings["latency"] = time.perf_counter() - t
-        _save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, fitted.means, prob_below, result)
+        save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, chosen.fitted.means, chosen.prob_below, result,
+                     chosen.units)
         report = {
             "command": "prune",
             "created": now(),
@@ -340,7 +357,8 @@ def run_prune(
             "checkpoint": str(ckpt),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff},
-            "switch_points": _point_table(net, points),
+            **({"rounds": chosen.rounds} if cfg.rounds > 1 else {}),
+            "switch_points": point_table(net, points),
             "left_out_layers": [{"layer": name, "reason": why} for name, why in left_out.items()],
             "base": base,
             **({"adapted": adapted} if adapted is not None else {}),
@@ -365,7 +383,7 @@ def run_prune(
                 "exact_marginals": post.exact,
             },
             "cutoff": cut,
-            "kept": keep,
+            "kept": kept,
             **({"latency": latency} if latency is not None else {}),
             "checks": {
                 "surgery_max_abs_diff_vs_masked": result.surgery_max_abs_diff,

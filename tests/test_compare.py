@@ -121,3 +121,33 @@ def test_heldout_at_mean_of_a_layer_by_layer_fit_switches_one_layer_at_a_time():
     assert joint["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(lenet5_forward(net, x, means), y)),
                                          rel=1e-5)
     assert abs(joint["nll"] - got["nll"]) > 1e-3  # the two schedules measure different models
+
+
+def test_compare_with_learned_weights_prunes_the_fitted_network(ckpt, tmp_path, capsys, monkeypatch):
+    from pyro_dirichlet_prune.inference import svi
+    from pyro_dirichlet_prune.models.checkpoint import load_checkpoint
+    from pyro_dirichlet_prune.training import evaluate
+
+    learned = ["--learn-weights", "0.05", "--weight-lr", "0.01", "--schedule", "joint", "--switch-scale", "dim"]
+    assert cli.main(_argv(ckpt, tmp_path / "refused", *learned)) == 2  # the autoguides cannot hold weights
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "guide" in err[0] and not (tmp_path / "refused").exists()
+
+    fitted_nets, real = [], svi.SwitchFit.fitted_network
+
+    def spy(self):
+        fitted_nets.append(real(self))
+        return fitted_nets[-1]
+
+    monkeypatch.setattr(svi.SwitchFit, "fitted_network", spy)
+    out = tmp_path / "cmp"
+    assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,dirichlet-mean", *learned)) == 0
+    records = json.loads((out / "records.json").read_text())
+    assert len(records) == 4 and all(r["heldout_by_layer"] is None for r in records)
+    # held out: the network whose weights learned (two copies per record: held-out error, pruning)
+    data = tiny_data("fake-mnist")
+    assert [r["heldout_error"] for r in records] == pytest.approx(
+        [evaluate(n, data.test)["error"] for n in fitted_nets[::2]])
+    base, _ = load_checkpoint(ckpt, "lenet5")
+    for n in fitted_nets:
+        assert any(not torch.equal(a, b) for a, b in zip(n.parameters(), base.parameters()))

@@ -176,3 +176,37 @@ def test_cli_refuses_conflicts(base, tmp_path, capsys, extra, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_rounds_refit_the_smaller_network_and_keep_original_indices(data_cfg, tmp_path):
+    """The shipped LeNet-5 (frozen), the uncertainty cut-off at tau 1, delta 0.2, up to three
+    rounds, no fine-tuning: each round starts from the widths the last kept, and the saved
+    network is the pre-trained one cut to the kept *original* units. On real MNIST (2,000
+    examples) every round removes units (10-20-100-25, then about 8-10-48-13, 6-7-23-7)."""
+    from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
+
+    ckpt = shipped_checkpoint("lenet5", "mnist")
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--checkpoint", str(ckpt), *data_cfg.cli_args(), "--finetune-epochs", "0",
+                     "--no-latency", "--threads", "1", "--rounds", "3", "--tau", "1", "--delta", "0.2",
+                     "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rounds = report["rounds"]
+    assert rounds[0]["widths"] == "10-20-100-25" and rounds[-1]["kept"] == report["architecture"]["pruned"]
+    for a, b in zip(rounds, rounds[1:]):  # each round starts from the widths the last one kept
+        assert b["widths"] == a["kept"] and a["removed"] > 0
+    assert len(rounds) == 3 or rounds[-1]["removed"] == 0
+    if data_cfg.data_dir is not None:
+        assert len(rounds) >= 2 and rounds[1]["removed"] > 0
+    original, _ = load_checkpoint(ckpt, "lenet5")
+    pruned, _ = load_checkpoint(out / "pruned.pt", "lenet5")
+    expected = prune(original, report["kept"], (1, 28, 28))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(pruned(x), expected(x), atol=1e-5)
+    posterior = json.loads((out / "posterior.json").read_text())
+    assert all(set(v["kept"]) <= set(v["units"]) for v in posterior.values())
+
+
+def test_rounds_refuse_the_arch_cutoff(base, tmp_path, capsys):
+    assert cli.main(_args(base, tmp_path / "run", "--rounds", "2", "--arch", "6-8-40-20")) == 2
+    assert "rounds" in capsys.readouterr().err

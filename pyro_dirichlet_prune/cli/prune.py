@@ -74,6 +74,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--decision-draws", type=nonneg_int, default=0,
                    help="decision cut-off with --learn-weights: posterior switch draws the log-likelihood is averaged "
                         "over (default 0: the network at the posterior mean)")
+    p.add_argument("--rounds", type=positive_int, default=1,
+                   help="rounds of switch learning and cut-off: after a round that removed units, the smaller "
+                        "network is fitted again (its weights as they learned, with --learn-weights) until the cut-off "
+                        "removes nothing or N rounds are done; each round is in the report (default 1)")
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--arch", help="units to keep per prunable layer, e.g. 6-8-40-20: those with the highest "
                                     "posterior means E[s_lj]")
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
         layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency, lam=args.lam,
         decision_measure=args.decision_measure, decision_examples=args.decision_examples,
-        decision_draws=args.decision_draws,
+        decision_draws=args.decision_draws, rounds=args.rounds,
     )
     r = run_prune(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     if r["architecture"]["pruned"] == r["architecture"]["base"] and r["cutoff"]["kind"] == "uncertainty":
