@@ -54,21 +54,26 @@ def test_separable_utility_is_maximised_exactly(lam):
     assert decision.utility == pytest.approx(loglik(expected) - lam * size({k: len(v) for k, v in expected.items()})["macs"] / full)
 
 
-def test_budget_removes_the_cheapest_loss_per_mac_until_it_fits():
+@pytest.mark.parametrize("budget", [120, 97, 60])
+def test_budget_removes_the_cheapest_loss_per_mac_then_fills_the_slack(budget):
     g = torch.Generator().manual_seed(2)
     costs = {(layer, j): float(torch.rand((), generator=g)) for layer, d in WIDTHS.items() for j in range(d)}
     loglik, size = _additive(costs)
-    target = {"macs": 120}
-    decision = decision_keep(loglik, WIDTHS, size, target=target, measure="macs")
+    decision = decision_keep(loglik, WIDTHS, size, target={"macs": budget}, measure="macs")
     counts = {k: len(v) for k, v in decision.keep.items()}
-    assert size(counts)["macs"] <= 120
-    # the order of removal is by cost per MAC saved, ascending (each unit's score is fixed here)
-    ratios = [costs[tuple(step["removed"])] / PER_UNIT[step["removed"][0]] for step in decision.steps]
-    assert ratios == sorted(ratios)
-    # and it stops as soon as the budget is met
-    before = dict(counts)
-    before[decision.steps[-1]["removed"][0]] += 1
-    assert size(before)["macs"] > 120
+    assert size(counts)["macs"] <= budget
+    removed = [tuple(step["removed"]) for step in decision.steps if "removed" in step]
+    ratios = [costs[u] / PER_UNIT[u[0]] for u in removed]
+    assert ratios == sorted(ratios)  # removal by loss per MAC saved (each unit's score is fixed here)
+    added = [tuple(step["added"]) for step in decision.steps if "added" in step]
+    assert set(added) <= set(removed)
+    # nothing more fits: every unit left out would break the budget
+    for layer, d in WIDTHS.items():
+        for j in set(range(d)) - set(decision.keep[layer]):
+            more = dict(counts)
+            more[layer] += 1
+            assert size(more)["macs"] > budget, (layer, j)
+    assert decision.loglik == pytest.approx(loglik(decision.keep))
 
 
 def test_budget_that_cannot_be_met_is_refused():

@@ -166,10 +166,25 @@ def decision_keep(
         keep, ll = without(layer, j), value
         decision.steps.append({"removed": [layer, j], "loglik": ll, "utility": utility(ll, keep),
                                **size(counts(keep))})
+    if target and not fits(keep):
+        raise ValueError(f"target {dict(target)} cannot be met: one unit per layer still needs {size(counts(keep))}")
+    if target:  # the last removals may overshoot the budget: add back what still fits, best first
+        while True:
+            back = []
+            for layer, d in widths.items():
+                for j in set(range(d)) - set(keep[layer]):
+                    trial = {**keep, layer: sorted([*keep[layer], j])}
+                    if fits(trial):
+                        back.append((loglik(trial), layer, j, trial))
+            decision.evaluations += len(back)
+            if not back:
+                break
+            value, layer, j, trial = max(back, key=lambda b: (b[0], b[1], -b[2]))
+            keep, ll = trial, value
+            decision.steps.append({"added": [layer, j], "loglik": ll, "utility": utility(ll, keep),
+                                   **size(counts(keep))})
     decision.keep, decision.loglik, decision.utility = keep, ll, utility(ll, keep)
     decision.size = size(counts(keep))
-    if target and not fits(keep):
-        raise ValueError(f"target {dict(target)} cannot be met: one unit per layer still needs {decision.size}")
     return decision
 
 
