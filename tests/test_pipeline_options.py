@@ -145,3 +145,25 @@ def test_ranking_orders_the_units_of_the_arch_cutoff(ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main([*base, "--ranking", "l1", "--out", str(tmp_path / "bad")]) == 2
     assert "--ranking l1 chooses the units of the arch and rate cut-offs" in capsys.readouterr().err
+
+
+def test_the_command_line_fine_tunes_fashion_mnist_for_80_epochs(monkeypatch, tmp_path):
+    """The LeNets fine-tune 40 epochs by default, 80 on Fashion-MNIST (chosen on the validation
+    split); an explicit --finetune-epochs wins; other models keep 40."""
+    import pyro_dirichlet_prune.pipeline as pipeline
+    from pyro_dirichlet_prune import cli
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, *args, **kwargs):
+        seen.append(cfg.finetune.epochs)
+        raise Stop
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_prune", capture)
+    for extra in (["--dataset", "fashion-mnist"], ["--dataset", "mnist"],
+                  ["--dataset", "fashion-mnist", "--finetune-epochs", "7"], ["--dataset", "fake-cifar10", "--model", "vgg16"]):
+        with pytest.raises(Stop):
+            cli.main(["prune", *extra, "--out", str(tmp_path / "x")])
+    assert seen == [80, 40, 7, 40]
