@@ -67,7 +67,9 @@ def choose_units(cfg: "PruneConfig", cutoff: str, net: torch.nn.Module, points: 
                                    target=target, measure=cfg.decision_measure, draws=draws)
         keep = decision.keep
         cut.update(lam=lam, target=target, measure=cfg.decision_measure, examples=len(rows), draws=len(draws),
-                   utility=decision.utility, loglik=decision.loglik, removals=len(decision.steps),
+                   utility=decision.utility, loglik=decision.loglik,
+                   removals=sum("removed" in step for step in decision.steps),
+                   additions=sum("added" in step for step in decision.steps),
                    evaluations=decision.evaluations, path=decision.steps)
     else:
         ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)

@@ -171,6 +171,8 @@ def test_cli_decision_under_a_budget(base, tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["cutoff"]["kind"] == "decision" and report["cutoff"]["target"] == {"macs": 200000}
     assert report["pruned"]["macs"] <= 200000
+    cut = report["cutoff"]
+    assert cut["removals"] + cut["additions"] == len(cut["path"]) and cut["removals"] > 0
 
 
 @pytest.mark.parametrize("extra,match", [(["--lam", "1", "--arch", "6-8-40-20"], "one cut-off"),

@@ -12,8 +12,10 @@ the network at the posterior mean: a plug-in estimate). ``size(K) / size(all uni
 of the MACs, of the parameters, or the mean of the two shares (``measure="macs+params"``). So
 lambda = 0.05 says that halving the MACs is worth 0.025 nats per example of expected
 log-likelihood. For a frozen network the posterior describes switches that the pruned network
-does not have, so the utility is that of the network itself (no draws). With a ``target`` budget instead of lambda, units are removed at the least
-log-likelihood lost per size saved until the budget is met.
+does not have, so the utility is that of the network itself (no draws). With a ``target`` budget
+instead of lambda, units are removed at the least log-likelihood lost per size saved until the
+budget is met; then, as the last removals may overshoot it, the removed unit that raises the
+log-likelihood most while the budget still holds is added back, again and again, until none fits.
 
 The maximisation is greedy backward elimination, lazily evaluated: the removal of every unit is
 scored once by its exact change of utility (a forward pass per unit: the change of mean
@@ -50,8 +52,10 @@ fine-tuning epochs, docs/learned-weights.md); it has not been chosen on the vali
 
 @dataclass
 class Decision:
-    """The keep-set chosen and how: ``steps`` lists every removal, in order, with the utility and
-    mean log-likelihood after it; ``evaluations`` counts the forward passes over the M examples."""
+    """The keep-set chosen and how: ``steps`` lists every removal (``"removed"``) and, under a
+    budget, every unit added back (``"added"``), in order, with the utility, the mean
+    log-likelihood and the size after it; ``evaluations`` counts the forward passes over the M
+    examples."""
 
     keep: dict[str, list[int]]
     utility: float
