@@ -38,7 +38,7 @@ from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switc
 from pyro_dirichlet_prune.models import SwitchedNetwork, switch_points
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
 from pyro_dirichlet_prune.pruning.budget import budget_keep, size_function
-from pyro_dirichlet_prune.pruning.decision import decision_cutoff
+from pyro_dirichlet_prune.pruning.decision import decision_cutoff, decision_examples
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, keep_top, rate_widths, removal_order, uncertainty_keep
 from pyro_dirichlet_prune.pipeline import PruneConfig
 from pyro_dirichlet_prune.report import versions, write_json
@@ -70,8 +70,8 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     pruned_from = fit.fitted_network()  # the network itself, or with its learned weights
     state = pruned_from.state_dict() if fit.learns_weights else None
     cuts = []
-    rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[: args.decision_examples]
-    x, y, points = data.train.x[rows], data.train.y[rows], switch_points(pruned_from)
+    x, y = decision_examples(data.train, args.decision_examples, seed)
+    points = switch_points(pruned_from)
     for lam in args.lams:
         keep = decision_cutoff(pruned_from, points, x, y, data.input_shape, lam=lam, measure=args.decision_measure).keep
         cuts.append(({"cutoff": "decision", "lam": lam, "measure": args.decision_measure}, keep))

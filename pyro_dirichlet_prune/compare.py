@@ -219,8 +219,9 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     post = switch_posterior(fit, switch_cfg, data.train, cfg.elbo_particles, cfg.elbo_batches)
     means = fit.posterior_means()
     factor = switch_factors({k: v.numel() for k, v in means.items()}, switch_cfg.scale, switch_cfg.gain)
+    net = fit.fitted_network()  # the pre-trained network, or the one whose weights learned too
     if fit.learns_weights:  # the network at the posterior mean is the fitted one (W_hat, means folded in)
-        heldout, heldout_by_layer = evaluate(fit.fitted_network(), data.test), None
+        heldout, heldout_by_layer = evaluate(net, data.test), None
     else:
         heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)
     if switch_cfg.schedule == "sequential" and post.stage_elbos is not None:
@@ -229,7 +230,6 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     else:
         elbo, elbo_se = post.elbo, post.elbo_se
     switched.remove_hooks()
-    net = fit.fitted_network()  # the pre-trained network, or the one whose weights learned too
     ranking = get_ranking(DEFAULT_RANKING, fitted=FittedSwitches(switch_cfg, means))
     keep = keep_top(ranking(net, None, data.train, seed=seed), kept_counts)
     r = prune_and_finetune(net, keep, data, dataclasses.replace(cfg.finetune, seed=seed), seed=seed,

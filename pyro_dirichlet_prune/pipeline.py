@@ -349,7 +349,7 @@ def run_prune(
         if latency is not None:
             timings["latency"] = time.perf_counter() - t
         save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, chosen.fitted.means, chosen.prob_below, result,
-                     chosen.units)
+                     chosen.units, kept)
         report = {
             "command": "prune",
             "created": now(),

@@ -28,17 +28,14 @@ def point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
             for p in points]
 
 
-
 def save_outputs(tmp: Path, cfg: "PruneConfig", ckpt: Path, label: str, data: DataBundle, points: list[SwitchPoint],
                  fit: SwitchFit, post: SwitchPosterior, means: dict, prob_below: dict, result: PruneResult,
-                 units: dict[str, list[int]] | None = None) -> None:
+                 units: dict[str, list[int]], keep: dict[str, list[int]]) -> None:
     """The pruned network, the posterior (JSON and figure) and an autoguide's parameters.
     ``units``: per layer, the index in the original network of every unit of the network the
-    posterior describes (after rounds of pruning, a subset); the kept units are saved as
+    posterior describes (after rounds of pruning, a subset); ``keep``: the kept units as such
     original indices."""
     pruned = result.net
-    units = units or {layer: list(range(len(v))) for layer, v in means.items()}
-    keep = {layer: [units[layer][j] for j in kept] for layer, kept in result.keep.items()}
     meta = {"base_checkpoint": str(ckpt), "kept": keep, "test_error": result.finetuned["test"]["error"]}
     if cfg.model_file is None:
         save_checkpoint(tmp / "pruned.pt", pruned, cfg.model, cfg.dataset, data.num_classes, data.input_shape, meta=meta)

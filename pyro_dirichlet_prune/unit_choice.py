@@ -11,7 +11,7 @@ from .inference.svi import SwitchFit
 from .models.switch_points import SwitchPoint, point_widths
 from .pruning.budget import budget_keep, size_function
 from .pruning.cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
-from .pruning.decision import DEFAULT_LAM, decision_cutoff
+from .pruning.decision import DEFAULT_LAM, decision_cutoff, decision_examples
 from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,15 +58,14 @@ def choose_units(cfg: "PruneConfig", cutoff: str, net: torch.nn.Module, points: 
                               size_function(net, data.input_shape, points), budget_targets(cfg))
         cut.update(tau=cfg.tau, target=budget_targets(cfg))
     elif cutoff == "decision":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        rows = torch.randperm(len(data.train), generator=gen)[: cfg.decision_examples]
+        x, y = decision_examples(data.train, cfg.decision_examples, cfg.seed)
         draws = relative_draws(fit, cfg.decision_draws, cfg.seed)
         target = budget_targets(cfg) or None
         lam = None if target else (cfg.lam if cfg.lam is not None else DEFAULT_LAM)
-        decision = decision_cutoff(net, points, data.train.x[rows], data.train.y[rows], data.input_shape, lam=lam,
+        decision = decision_cutoff(net, points, x, y, data.input_shape, lam=lam,
                                    target=target, measure=cfg.decision_measure, draws=draws)
         keep = decision.keep
-        cut.update(lam=lam, target=target, measure=cfg.decision_measure, examples=len(rows), draws=len(draws),
+        cut.update(lam=lam, target=target, measure=cfg.decision_measure, examples=len(y), draws=len(draws),
                    utility=decision.utility, loglik=decision.loglik,
                    removals=sum("removed" in step for step in decision.steps),
                    additions=sum("added" in step for step in decision.steps),

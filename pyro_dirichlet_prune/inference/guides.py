@@ -97,7 +97,7 @@ class PointWeights(LocalPyroModule):
             raise TypeError(f"prior must be a WeightPrior, got {type(prior).__name__}")
         super().__init__()
         self.names = list(prior.names)
-        self._attr = prior.attribute_names()
+        self._attr = _attribute_names(self.names, "w")
         for name, w0 in prior.initial.items():
             setattr(self, self._attr[name], PyroParam(w0.clone()))
 

@@ -33,7 +33,6 @@ on the sampled weights, and the module's own tensors never change.
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
 import pyro
@@ -84,10 +83,3 @@ class WeightPrior:
     def log_prob(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         """log p(W) of the given tensors."""
         return sum(self.distribution(n).log_prob(weights[n]) for n in self.names)
-
-    def attribute_names(self) -> dict[str, str]:
-        """A distinct Python attribute name for every parameter (``fc1.weight`` → ``w_fc1_weight``)."""
-        attrs = {n: "w_" + re.sub(r"[^0-9a-zA-Z_]", "_", n) for n in self.names}
-        if len(set(attrs.values())) != len(attrs):
-            attrs = {n: f"w_{i}" for i, n in enumerate(self.names)}
-        return attrs

@@ -80,6 +80,13 @@ def _check(lam: float | None, target: Mapping[str, int] | None, measure: str) ->
             raise ValueError(f"target must map macs/params to positive integers, got {dict(target)}")
 
 
+def decision_examples(train, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(x, y)`` of ``count`` examples of the ``train`` split (a ``data.Split``) drawn
+    without replacement by a generator seeded with ``seed``: the M examples of the utility."""
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
+    return train.x[rows], train.y[rows]
+
+
 def loglik_function(network, points: Sequence[SwitchPoint], x: torch.Tensor, y: torch.Tensor,
                     draws: Sequence[Mapping[str, torch.Tensor]] = ()) -> Callable[[Mapping[str, Sequence[int]]], float]:
     """``loglik(keep)``: mean log p(y | x) of ``network`` (a ``SwitchedNetwork`` on ``points``)

@@ -186,13 +186,11 @@ def fold_scales(
         scale = torch.as_tensor(scale).detach()
         if scale.shape != (found[name].width,):
             raise ValueError(f"scales[{name!r}] must have {found[name].width} entries, got shape {tuple(scale.shape)}")
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            target = module.weight
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-            target = module.weight
-        else:
+        affine_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+        if not (isinstance(module, (nn.Conv2d, nn.Linear)) or affine_bn):
             raise TypeError(f"switch point {name}: cannot fold a scale into {type(module).__name__} "
                             f"(a Conv2d, a Linear or an affine batch-norm)")
+        target = module.weight
         scale = scale.to(device=target.device, dtype=target.dtype)
         target.mul_(scale.view(-1, *([1] * (target.dim() - 1))))
         if module.bias is not None:
