@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .data import Split, load_data
 from .errors import UserError
+from .jobs import cached, check_runner, clear_cached, collect, dask_client, in_this_process, job_threads, put_cached
 from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
 from .models.switched import switch_factors
@@ -44,6 +45,7 @@ from .pipeline import PruneConfig, resolve_checkpoint, subset_train
 from .prune_step import prune_and_finetune
 from .pruning.cutoff import arch_string, keep_top, parse_arch, rate_widths
 from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
+from .search.records import sha256
 from .report import now, output_folder, versions, write_json
 from .runstate import RunState
 from .training import TrainConfig, evaluate
@@ -245,10 +247,29 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     }
 
 
-def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict:
+def _job(inputs: tuple[CompareConfig, str, str], guide: str, seed: int, kept_counts: dict[str, int],
+         threads: int | None) -> dict:
+    """One (guide, seed) record on a worker, which loads the network and the data once."""
+    cfg, ckpt, _ = inputs
+
+    def build():
+        net, _ = load_checkpoint(ckpt, cfg.model)
+        return net, subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed),
+                                 cfg.max_train_examples)
+
+    job_threads(threads)
+    net, data = cached(("compare", repr(dataclasses.asdict(cfg)), *inputs[1:]), build)
+    return _one(net, data, cfg, guide, seed, kept_counts)
+
+
+def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+                jobs: int = 1, scheduler: str | None = None, client=None) -> dict:
     """Run every guide of ``cfg.guides`` for every seed (module docstring); writes ``records.json``,
     ``table.json``, ``table.md``, ``compare.png``, ``kendall.png`` and ``report.json`` into ``out``.
-    Every finished (guide, seed) is saved at once; ``resume`` continues an interrupted comparison."""
+    Every finished (guide, seed) is saved at once; ``resume`` continues an interrupted comparison.
+    The (guide, seed) jobs run on Dask as the search's do (``jobs``, ``scheduler``, ``client``:
+    ``pyro_dirichlet_prune.jobs``); the records do not depend on where they ran."""
+    check_runner(jobs, scheduler, client)
     unknown = [g for g in cfg.guides if g not in GUIDES]
     if unknown or not cfg.guides:
         raise UserError(f"unknown guide(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(GUIDES)}")
@@ -285,10 +306,28 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
             state.load()
         records: list[dict] = list((state.get("records") or {}).get("records", []))
         done = {(r["guide"], r["seed"]) for r in records}
-        jobs = [(g, s) for s in cfg.seeds for g in cfg.guides if (g, s) not in done]
-        for guide, seed in tqdm(jobs, desc="compare-guides", disable=None):
-            records.append(_one(net, data, cfg, guide, seed, kept_counts))
+        todo = [(g, s) for s in cfg.seeds for g in cfg.guides if (g, s) not in done]
+        inputs = (cfg, str(Path(ckpt).resolve()), sha256(ckpt))
+        bar = tqdm(total=len(todo), desc="compare-guides", disable=None)
+
+        def keep(label: tuple[str, int], record: dict) -> None:
+            records.append(record)
             state.save("records", {"records": records, "global_step": len(records)})
+            bar.update()
+
+        try:
+            with dask_client(jobs, scheduler, client) as (c, threads):
+                if in_this_process(c):
+                    put_cached(("compare", repr(dataclasses.asdict(cfg)), *inputs[1:]), (net, data))
+                try:
+                    collect(c, {c.submit(_job, inputs, g, s, kept_counts, threads, pure=False): (g, s)
+                                for g, s in todo}, keep)
+                finally:
+                    clear_cached()
+        finally:
+            bar.close()
+        order = {(g, s): i for i, (g, s) in enumerate((g, s) for s in cfg.seeds for g in cfg.guides)}
+        records.sort(key=lambda r: order.get((r["guide"], r["seed"]), len(order)))
         summary = summarise(records, cfg.guides)
         write_json(tmp / "records.json", records)
         write_json(tmp / "table.json", summary)

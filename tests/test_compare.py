@@ -3,6 +3,9 @@ rankings, the held-out evaluation at the posterior mean, and resuming without re
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -60,10 +63,13 @@ def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkey
     out = tmp_path / "cmp"
     real, calls = compare._one, []
 
-    def flaky(*args):
+    def flaky(*args):  # Ctrl-C while the second (guide, seed) is fitted
         calls.append(args[3:5])
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            time.sleep(0.5)  # the first record has come back and is saved
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal signals the main thread, which waits for results
+            time.sleep(1.0)
+            raise RuntimeError("this job was cancelled by the interrupted client")
         return real(*args)
 
     monkeypatch.setattr(compare, "_one", flaky)

@@ -7,7 +7,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import signal
 import statistics
+import time
 
 import pytest
 import torch
@@ -161,9 +164,7 @@ def small_data(data_cfg):
     return dataclasses.replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
 
 
-@pytest.fixture
-def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
-    monkeypatch.setattr(search.runner, "_load_data", lambda cfg: small_data)
+def _tiny_config(tmp_path, data_cfg):
     pool = tmp_path / "pool.txt"
     pool.write_text("6-8-40-20\n4-6-35-15\n")
     cfg = search.SearchConfig(
@@ -171,6 +172,19 @@ def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
         checkpoint=str(shipped_checkpoint("lenet5", "mnist")), pool=str(pool), methods=["dirichlet", "l1", "random"],
         seeds=[0], finetune_epochs=1, val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
     return cfg, pool
+
+
+@pytest.fixture
+def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
+    """A 6-record search on the module's data (loaded once, test split cut), in this process."""
+    monkeypatch.setattr(search.runner, "_load_data", lambda cfg: small_data)
+    return _tiny_config(tmp_path, data_cfg)
+
+
+@pytest.fixture
+def worker_search(tmp_path, data_cfg):
+    """The same search as ``tiny_search``, with the data each worker process loads itself."""
+    return _tiny_config(tmp_path, data_cfg)[0]
 
 
 def _count(monkeypatch, fail_at: int | None = None) -> dict[str, int]:
@@ -204,9 +218,14 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     calls = _count(monkeypatch, fail_at=2)
     with pytest.raises(RuntimeError, match="killed"):
         search.run_search(cfg, out)
-    first = out / "records" / "dirichlet__seed0__6-8-40-20.json"
-    assert calls == {"finetune": 2, "rank": 3} and [p.name for p in (out / "records").glob("*.json")] == [first.name]
+    # the failure stops the search; a job that had started beside it is cancelled, not written
+    assert calls["rank"] == 3 and calls["finetune"] in (2, 3)
+    written = list((out / "records").glob("*.json"))
+    assert len(written) == 1
+    first = written[0]
     kept_bytes = first.read_bytes()
+    stored = len(list((out / "scores").glob("*.json")))  # the rankings that came back before the failure
+    assert stored >= 1
     assert not (out / "report.json").exists()
 
     with pytest.raises(UserError, match="interrupted search.*resume=True"):
@@ -218,7 +237,7 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
 
     calls = _count(monkeypatch)
     report = search.run_search(cfg, out, resume=True)
-    assert calls == {"finetune": 5, "rank": 0}  # the finished record and the stored rankings are reused
+    assert calls == {"finetune": 5, "rank": 3 - stored}  # the finished record and the stored rankings are reused
     assert first.read_bytes() == kept_bytes
     assert report["records"] == 6 and report["records_computed_now"] == 5 and report["records_resumed"] == 1
     for name in ("summary.json", "summary.md", "report.json", "config.json"):
@@ -246,20 +265,74 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     assert [len(v) for v in rec["kept"].values()] == [4, 6, 35, 15]
 
 
-def test_parallel_search_writes_the_same_records(tiny_search, tmp_path):
-    """``jobs=2`` ranks and fine-tunes in two forked processes of one thread each; every record
-    (errors, sizes, kept units) equals the one-process search's, and a resumed parallel search
-    recomputes nothing."""
+def test_local_cluster_search_writes_the_same_records(worker_search, tmp_path):
+    """``jobs=2`` runs the rankings and records on a Dask ``LocalCluster`` of two worker
+    processes, one torch thread each, which load the data themselves; every record (errors,
+    sizes, kept units) equals the in-process search's, and a resumed search recomputes nothing."""
     torch.set_num_threads(1)
-    cfg, _ = tiny_search
+    cfg = worker_search
     serial = search.run_search(cfg, tmp_path / "serial")
     parallel = search.run_search(cfg, tmp_path / "parallel", jobs=2)
     assert len(_records(tmp_path / "parallel")) == 6
     assert _records(tmp_path / "parallel") == _records(tmp_path / "serial")
     assert parallel["summary"]["wins"] == serial["summary"]["wins"]
     assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
+    with pytest.raises(UserError, match="finished search"):
+        search.run_search(cfg, tmp_path / "parallel", resume=True, jobs=2)
     with pytest.raises(UserError, match="jobs must be a positive integer"):
         search.run_search(cfg, tmp_path / "bad", jobs=0)
+    with pytest.raises(UserError, match="give jobs or scheduler, not both"):
+        search.run_search(cfg, tmp_path / "bad", jobs=2, scheduler="tcp://h:1")
+
+
+def test_an_unreachable_scheduler_is_the_users_error(worker_search, tmp_path, monkeypatch, capsys):
+    from pyro_dirichlet_prune import cli, jobs
+
+    monkeypatch.setattr(jobs, "CONNECT_TIMEOUT", 2)
+    with pytest.raises(UserError, match="scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered within 2 s"):
+        search.run_search(worker_search, tmp_path / "s", scheduler="tcp://127.0.0.1:9")
+    argv = ["search", "--out", str(tmp_path / "c"), "--pool", worker_search.pool, "--methods", "l1", "--seeds", "0,",
+            "--checkpoint", worker_search.checkpoint, "--dataset", worker_search.dataset, "--jobs", "2",
+            "--scheduler", "tcp://127.0.0.1:9"]
+    if worker_search.data_dir:
+        argv += ["--data-dir", worker_search.data_dir]
+    assert cli.main(argv) == 2
+    assert "give jobs or scheduler, not both: 2 jobs start a local cluster" in capsys.readouterr().err
+
+
+def test_a_worker_killed_mid_job_loses_no_record(worker_search, tmp_path):
+    """A worker process of the cluster killed (SIGKILL) while it runs a job: Dask runs the job
+    again on another worker, and the search ends with every record, equal to an undisturbed
+    in-process search's."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(worker_search, methods=["l1", "random"], finetune_epochs=2)
+    reference = search.run_search(cfg, tmp_path / "reference")
+    killed: list[int] = []
+
+    def kill_a_busy_worker(client) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            busy = [w for w, tasks in client.processing().items() if any("_record_job" in t for t in tasks)]
+            if busy:
+                pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        killer = threading.Thread(target=kill_a_busy_worker, args=(client,))
+        killer.start()
+        report = search.run_search(cfg, tmp_path / "killed", client=client)
+        killer.join()
+    assert killed, "no worker was busy with a record to kill"
+    assert report["records"] == 4 and report["records_computed_now"] == 4
+    assert _records(tmp_path / "killed") == _records(tmp_path / "reference")
+    assert report["summary"]["wins"] == reference["summary"]["wins"]
 
 
 def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, capsys):
@@ -276,10 +349,13 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
             "--pool", str(pool), "--methods", "l1", "--seeds", "0,", "--finetune-epochs", "0", "--out", str(out)]
     real, calls = search.runner.run_record, []
 
-    def interrupted(*args, **kwargs):
+    def interrupted(*args, **kwargs):  # Ctrl-C while the second record is computed
         calls.append(args[3])
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            time.sleep(0.5)  # the first record has come back and is written
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal signals the main thread, which waits for results
+            time.sleep(1.0)
+            raise RuntimeError("this record's job was cancelled by the interrupted client")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(search.runner, "run_record", interrupted)

@@ -6,7 +6,7 @@ import argparse
 
 from ..inference.svi import GUIDES
 from ..models import MODELS
-from .options import (add_checkpoint_arg, add_data_args, add_out_args, add_switch_args, choice_list, nonneg_int,
+from .options import (add_checkpoint_arg, add_runner_args, add_data_args, add_out_args, add_switch_args, choice_list, nonneg_int,
                       parse_seeds, positive_float, positive_int, rate, switch_config)
 
 
@@ -37,6 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--elbo-batches", type=positive_int, default=20,
                    help="minibatches of the final ELBO estimate (default 20)")
     add_out_args(p)
+    add_runner_args(p, "(guide, seed) fits")
     return p
 
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> dict:
         elbo_particles=args.elbo_particles, elbo_batches=args.elbo_batches, val_size=args.val_size,
         split_seed=args.split_seed, max_train_examples=args.max_train_examples,
     )
-    r = run_compare(cfg, args.out, args.overwrite, args.resume)
+    r = run_compare(cfg, args.out, args.overwrite, args.resume, args.jobs, args.scheduler)
     print(f"compared {len(cfg.guides)} guides x {len(cfg.seeds)} seeds on {args.dataset} "
           f"(pruned to {r['architecture']}) in {r['seconds']:.0f} s -> {args.out}/table.md")
     return r

@@ -278,3 +278,16 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
         weight_scale=args.weight_scale, weight_lr=args.weight_lr,
     )
+
+
+def add_runner_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--jobs`` and ``--scheduler``: where the independent jobs of a command run
+    (``pyro_dirichlet_prune.jobs``)."""
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help=f"Dask workers that compute the {what}: 1 (default) runs them in this process; N starts a "
+                        f"local cluster of N worker processes, one torch thread each; the results do not depend on it")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the jobs on an existing Dask cluster instead, e.g. tcp://host:8786 (start one with "
+                        "`dask scheduler` and `dask worker ADDRESS --nthreads 1` on every host, or dask-jobqueue "
+                        "on SLURM); workers need the data folder and checkpoint at the same paths. This process "
+                        "writes every result")

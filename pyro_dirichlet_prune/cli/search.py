@@ -14,7 +14,7 @@ from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
 from ..pruning.ranking import RANKINGS
 from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
                       run_search)
-from .options import add_checkpoint_arg, choice_list, nonneg_int, parse_seeds, positive_int
+from .options import add_checkpoint_arg, add_runner_args, choice_list, nonneg_int, parse_seeds, positive_int
 
 parse_methods = choice_list(tuple(RANKINGS))
 """``"l1,random"`` → ``["l1", "random"]``; distinct names of registered rankings (``RANKINGS``)."""
@@ -73,9 +73,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue an interrupted search in --out (same options): finished records are kept, "
                         "never recomputed")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may run on; idle threads spin only briefly, GOMP_SPINCOUNT=1000, so that runs side by side do not spin against each other)")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="processes that rank and fine-tune in parallel, one torch thread each (default 1); "
-                        "the records do not depend on it")
+    add_runner_args(p, "rankings and records")
     return p
 
 
@@ -96,7 +94,8 @@ def run_search_cli(args: argparse.Namespace) -> dict:
     """Run the ``search`` sub-command from parsed arguments; prints a one-paragraph summary."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    report = run_search(search_config_from_args(args), args.out, args.overwrite, args.resume, args.jobs)
+    report = run_search(search_config_from_args(args), args.out, args.overwrite, args.resume, args.jobs,
+                        args.scheduler)
     print(describe(report, args.out))
     return report
 

@@ -1,12 +1,11 @@
 """Running a search: each method's ranking of the units, one record per (method, seed,
-architecture), in one process or in forked workers, and the report of the whole search."""
+architecture), as jobs on a Dask cluster (``pyro_dirichlet_prune.jobs``), and the report of the
+whole search."""
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import jobs as jobs_
 from ..data import DATASETS, DataBundle, Split, load_data
 from ..errors import NumericalError, UserError
 from ..models.checkpoint import load_checkpoint, shipped_checkpoint
@@ -89,99 +89,108 @@ def _load_data(cfg: SearchConfig) -> DataBundle:
     return data
 
 
-def _ranking(method: str, seed: int, net: nn.Module, data: DataBundle, cfg: SearchConfig, out: Path,
-             widths: Mapping[str, int]) -> tuple[dict[str, torch.Tensor], bool]:
-    """A method's ranking for a seed, read from ``scores/`` if stored, else computed and stored;
-    returns it and whether it was computed now."""
-    path = out / "scores" / f"{method}__seed{seed}.json"
-    saved = read_json(path) if path.is_file() else None
-    if isinstance(saved, dict) and "scores" in saved:
-        return {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["scores"].items()}, False
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What a job needs to rebuild the search's inputs on any worker: the configuration and the
+    checkpoint (its path, which every worker must see, and its hash)."""
+
+    cfg: SearchConfig
+    checkpoint: str
+    checkpoint_sha256: str
+
+    def key(self) -> tuple:
+        return ("search", self.checkpoint, self.checkpoint_sha256, repr(dataclasses.asdict(self.cfg)))
+
+    def load(self) -> tuple[nn.Module, DataBundle, dict[str, int]]:
+        """The network, the data and the widths, built once per worker process (``jobs.cached``)."""
+        def build():
+            net, _ = load_checkpoint(self.checkpoint, self.cfg.model)
+            return net, _load_data(self.cfg), {p.name: p.width for p in switch_points(net)}
+        return jobs_.cached(self.key(), build)
+
+
+def _ranking_job(inputs: _Inputs, method: str, seed: int, threads: int | None) -> dict:
+    """A method's ranking for a seed, computed on a worker: ``{"scores", "details", "seconds"}``."""
+    jobs_.job_threads(threads)
+    net, data, widths = inputs.load()
     t0 = time.perf_counter()
     try:
-        scores, details = method_scores(method, net, data, seed, cfg)
+        scores, details = method_scores(method, net, data, seed, inputs.cfg)
         check_scores(scores, widths)
     except (NumericalError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise
         raise NumericalError(f"{method} (seed {seed}): {exc}") from None
-    write_json_durable(path, {"method": method, "seed": seed, "seconds": time.perf_counter() - t0, **details,
-                              "scores": {k: v.tolist() for k, v in scores.items()}})
-    return scores, True
+    return {"scores": scores, "details": details, "seconds": time.perf_counter() - t0}
 
 
-def _run_serial(pending: list[tuple[int, str, str]], net: nn.Module, data: DataBundle, cfg: SearchConfig,
-                out: Path, widths: Mapping[str, int], bar) -> tuple[int, int]:
-    """Seed by seed in this process: the rankings the seed's pending records need, then the
-    records, each written as soon as it is finished. Returns the numbers of records and rankings
-    computed."""
-    computed = rankings = 0
-    for seed in dict.fromkeys(s for s, _, _ in pending):
-        todo = [(a, m) for s, a, m in pending if s == seed]
-        scores = {}
-        for m in [m for m in cfg.methods if any(pm == m for _, pm in todo)]:
-            bar.set_description(f"ranking {m} seed {seed}")
-            scores[m], fresh = _ranking(m, seed, net, data, cfg, out, widths)
-            rankings += fresh
-        for arch, m in todo:
-            bar.set_description(f"{m} seed {seed} {arch}")
-            record = run_record(net, data, scores[m], arch, m, seed, cfg)
-            write_json_durable(out / "records" / f"{record_key(m, seed, arch)}.json", record)
-            computed += 1
+def _record_job(inputs: _Inputs, ranking: dict, arch: str, method: str, seed: int, threads: int | None) -> dict:
+    """One record (``run_record``), computed on a worker from the ranking's scores."""
+    jobs_.job_threads(threads)
+    net, data, _ = inputs.load()
+    return run_record(net, data, ranking["scores"], arch, method, seed, inputs.cfg)
+
+
+def _stored_ranking(out: Path, method: str, seed: int) -> dict | None:
+    saved = read_json(out / "scores" / f"{method}__seed{seed}.json")
+    if isinstance(saved, dict) and "scores" in saved:
+        return {"scores": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["scores"].items()}}
+    return None
+
+
+def _run_jobs(pending: list[tuple[int, str, str]], inputs: _Inputs, out: Path, bar, client, threads: int | None,
+              methods: list[str]) -> tuple[int, int]:
+    """Submit the rankings the pending records need (those not stored in ``scores/``) and the
+    records, each record after its ranking, to ``client``'s workers; write every ranking and
+    record here, atomically, as soon as it comes back. Returns the numbers of records and
+    rankings computed."""
+    needed = [(m, s) for s in dict.fromkeys(s for s, _, _ in pending) for m in methods
+              if any(pm == m and ps == s for ps, _, pm in pending)]
+    rankings: dict[tuple[str, int], object] = {}
+    what: dict = {}
+    for m, s in needed:
+        stored = _stored_ranking(out, m, s)
+        if stored is not None:
+            rankings[(m, s)] = stored
+        else:
+            rankings[(m, s)] = f = client.submit(_ranking_job, inputs, m, s, threads, pure=False)
+            what[f] = ("ranking", m, s, None)
+    for s, a, m in pending:
+        f = client.submit(_record_job, inputs, rankings[(m, s)], a, m, s, threads, pure=False)
+        what[f] = ("record", m, s, a)
+    counts = {"ranking": 0, "record": 0}
+
+    def write(label: tuple, result: dict) -> None:
+        kind, m, s, a = label
+        if kind == "ranking":
+            write_json_durable(out / "scores" / f"{m}__seed{s}.json", {
+                "method": m, "seed": s, "seconds": result["seconds"], **result["details"],
+                "scores": {k: v.tolist() for k, v in result["scores"].items()}})
+        else:
+            write_json_durable(out / "records" / f"{record_key(m, s, a)}.json", result)
+            bar.set_description(f"{m} seed {s} {a}")
             bar.update()
-    return computed, rankings
+        counts[kind] += 1
 
-
-_SHARED: dict = {}  # what the forked workers of a parallel search read: network, data, config, folder
-
-
-def _ranking_job(job: tuple[str, int]) -> tuple[tuple[str, int], dict[str, torch.Tensor], bool]:
-    method, seed = job
-    torch.set_num_threads(1)
-    w = _SHARED
-    scores, fresh = _ranking(method, seed, w["net"], w["data"], w["cfg"], w["out"], w["widths"])
-    return job, scores, fresh
-
-
-def _record_job(job: tuple[int, str, str]) -> tuple[int, str, str]:
-    seed, arch, method = job
-    torch.set_num_threads(1)
-    w = _SHARED
-    record = run_record(w["net"], w["data"], w["scores"][(method, seed)], arch, method, seed, w["cfg"])
-    write_json_durable(w["out"] / "records" / f"{record_key(method, seed, arch)}.json", record)
-    return job
-
-
-def _run_parallel(pending: list[tuple[int, str, str]], jobs: int, bar) -> tuple[int, int]:
-    """Rankings, then records, in ``jobs`` forked processes of one thread each (``_SHARED`` holds
-    their inputs); every record is written by its worker as soon as it is finished. The records
-    need a second pool: its workers are forked after the rankings are in ``_SHARED``. Returns
-    the numbers of records and rankings computed."""
-    needed = sorted({(m, s) for s, _, m in pending})
-    computed = rankings = 0
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        _SHARED["scores"] = {}
-        for key, scores, fresh in pool.map(_ranking_job, needed):
-            _SHARED["scores"][key] = scores
-            rankings += fresh
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        for done in as_completed([pool.submit(_record_job, job) for job in pending]):
-            seed, arch, method = done.result()
-            bar.set_description(f"{method} seed {seed} {arch}")
-            bar.update()
-            computed += 1
-    return computed, rankings
+    jobs_.collect(client, what, write)
+    computed, ranked = counts["record"], counts["ranking"]
+    return computed, ranked
 
 
 def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = False, resume: bool = False,
-               jobs: int = 1) -> dict:
+               jobs: int = 1, scheduler: str | None = None, client=None) -> dict:
     """Run (or with ``resume`` continue) the search of ``cfg`` into ``out`` (the package
     docstring describes the folder); returns the report written to ``out/report.json``, which
-    includes the summary. With ``jobs`` > 1 the rankings and records are computed by that many
-    forked processes, one torch thread each (the records are the same as with one process)."""
+    includes the summary.
+
+    The rankings and records are jobs on Dask (``pyro_dirichlet_prune.jobs``): by default one
+    worker thread in this process; ``jobs`` > 1 starts a ``LocalCluster`` of that many worker
+    processes, one torch thread each; ``scheduler`` (an address such as ``tcp://host:8786``) or
+    ``client`` (a ``dask.distributed.Client``) runs them on an existing cluster, whose workers
+    must see ``cfg``'s data folder and checkpoint at the same paths. The records do not depend on
+    where they ran; this process writes each one as it comes back."""
     cfg.validate()
-    if jobs < 1:
-        raise UserError(f"jobs must be a positive integer, got {jobs}")
+    jobs_.check_runner(jobs, scheduler, client)
     from ..models import MODELS
 
     if cfg.model not in MODELS:
@@ -210,15 +219,15 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     already = sum(record_key(m, s, a) in done for s, a, m in plan)
     bar = tqdm(total=len(plan), initial=already, desc="search", unit="record", disable=None)
     pending = [(s, a, m) for s, a, m in plan if record_key(m, s, a) not in done]
+    inputs = _Inputs(cfg, str(Path(ckpt).resolve()), identity["checkpoint_sha256"])
     try:
-        if jobs == 1:
-            computed, rankings_computed = _run_serial(pending, net, data, cfg, out, widths, bar)
-        else:
-            _SHARED.update(net=net, data=data, cfg=cfg, out=out, widths=widths)
+        with jobs_.dask_client(jobs, scheduler, client) as (c, threads):
+            if jobs_.in_this_process(c):  # the in-process worker uses what was loaded here
+                jobs_.put_cached(inputs.key(), (net, data, widths))
             try:
-                computed, rankings_computed = _run_parallel(pending, jobs, bar)
+                computed, rankings_computed = _run_jobs(pending, inputs, out, bar, c, threads, cfg.methods)
             finally:
-                _SHARED.clear()
+                jobs_.clear_cached()
     finally:
         bar.close()
     wall = time.perf_counter() - start
