@@ -15,7 +15,9 @@ The network is a registered one (``model`` and a checkpoint) or a user's whole p
 ``nn.Module`` (``model_file``), whose prunable layers and switch placements are discovered
 (``models.discovery``) or named (``layers``). With ``device="cuda"``, switch learning and
 fine-tuning run on the GPU; surgery always runs on the CPU. Last, the base and the pruned
-network's forward passes are timed (``latency``), on the CPU and on the run's GPU.
+network's forward passes are timed (``latency``), on the CPU and on the run's GPU. Launched on
+several processes (``torchrun``, ``distributed``), switch learning and fine-tuning are
+data-parallel and only rank 0 writes ``out``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .data import DataBundle, dataset_spec, load_data
+from .distributed import is_main
 from .errors import UserError
 from .inference.fit import collapsed_fraction
 from .inference.posterior import SwitchPosterior
@@ -43,9 +46,9 @@ from .prune_step import prune_and_finetune
 from .pruning.budget import check_reachable, size_function
 from .pruning.cutoff import arch_string
 from .pruning.surgery import prune
-from .pruning.decision import DEFAULT_EXAMPLES, MEASURES
-from .pruning.ranking import RANKINGS, FittedSwitches
-from .unit_choice import budget_targets, choose_units, kept_counts
+from .pruning.decision import DEFAULT_EXAMPLES
+from .pruning.ranking import FittedSwitches
+from .unit_choice import CUTOFFS, DELTA, TAU, budget_targets, choose_units, kept_counts, resolve_cutoff
 from .report import check_output, now, output_folder, versions, write_json
 from .run_outputs import point_table, save_outputs
 from .runstate import RunState
@@ -55,58 +58,6 @@ __all__ = ["CUTOFFS", "DELTA", "TAU", "PretrainConfig", "PruneConfig", "resolve_
            "run_pretrain", "run_prune", "seed_everything", "subset_train", "train_defaults"]
 
 _subset = subset_train  # the former private names, for callers that still use them
-
-
-CUTOFFS = ("uncertainty", "budget", "arch", "rate", "decision")
-TAU = 0.5
-DELTA = 0.05
-
-
-def resolve_cutoff(cfg: "PruneConfig") -> str:
-    """The cut-off a configuration asks for: the one named, or the one its options imply
-    (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors."""
-    implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
-                                        ("budget", cfg.target_macs is not None or cfg.target_params is not None),
-                                        ("decision", cfg.lam is not None)) if given]
-    if cfg.cutoff == "decision" and implied == ["budget"]:  # the decision cut-off under a budget
-        implied = ["decision"]
-    if len(implied) > 1:
-        raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params, lam)")
-    if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
-        raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
-    kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
-    if implied and implied[0] != kind:
-        raise UserError(f"cutoff='{kind}' does not take the options of the {implied[0]} cut-off")
-    if kind in ("arch", "rate", "budget") and not implied:
-        need = {"arch": "arch=ARCH", "rate": "rate=RATE", "budget": "target_macs and/or target_params"}[kind]
-        raise UserError(f"cutoff='{kind}' needs {need}")
-    if not (cfg.tau > 0 and cfg.tau < float("inf")):
-        raise UserError(f"tau must be a positive number, got {cfg.tau}")
-    if cfg.lam is not None and not (cfg.lam >= 0 and cfg.lam < float("inf")):
-        raise UserError(f"lam must be a non-negative number, got {cfg.lam}")
-    if cfg.decision_measure not in MEASURES:
-        raise UserError(f"decision_measure must be one of {', '.join(MEASURES)}, got {cfg.decision_measure!r}")
-    if not (isinstance(cfg.rounds, int) and cfg.rounds >= 1):
-        raise UserError(f"rounds must be a positive integer, got {cfg.rounds!r}")
-    if cfg.rounds > 1 and kind in ("arch", "rate"):
-        raise UserError(f"rounds={cfg.rounds} refits the smaller network until the cut-off removes nothing: it needs "
-                        f"the uncertainty, budget or decision cut-off, not {kind}")
-    if cfg.decision_examples < 1 or cfg.decision_draws < 0:
-        raise UserError(f"decision_examples must be positive and decision_draws non-negative, got "
-                        f"{cfg.decision_examples} and {cfg.decision_draws}")
-    if not 0 < cfg.delta < 1:
-        raise UserError(f"delta must be in (0, 1), got {cfg.delta}")
-    for key in ("target_macs", "target_params"):
-        value = getattr(cfg, key)
-        if value is not None and not (isinstance(value, int) and value > 0):
-            raise UserError(f"{key} must be a positive integer, got {value!r}")
-    if cfg.ranking is not None:
-        if cfg.ranking not in RANKINGS:
-            raise UserError(f"unknown ranking {cfg.ranking!r}; choose one of {', '.join(RANKINGS)}")
-        if kind not in ("arch", "rate"):
-            raise UserError(f"ranking={cfg.ranking!r} chooses the units of the arch and rate cut-offs; the {kind} "
-                            f"cut-off goes by P(D_l*s_lj < tau)")
-    return kind
 
 
 @dataclass
@@ -345,7 +296,7 @@ def run_prune(
         result.net.cpu()
         t = time.perf_counter()
         latency = latency_report(base_net, result.net, data.input_shape, base["macs"], result.size["macs"],
-                                 ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency else None
+                                 ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency and is_main() else None
         if latency is not None:
             timings["latency"] = time.perf_counter() - t
         save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, chosen.fitted.means, chosen.prob_below, result,

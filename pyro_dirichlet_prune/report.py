@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
+from . import distributed
 from .errors import UserError
 
 _PACKAGES = ("pyro-dirichlet-prune", "torch", "torchvision", "pyro-ppl", "torch-pruning", "numpy", "tqdm")
@@ -105,6 +106,8 @@ def work_folder(out: str | os.PathLike) -> Path:
 def check_output(out: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse an output folder that holds a finished run (unless ``overwrite``), an interrupted
     run that is neither resumed nor overwritten, or a resume with nothing to resume."""
+    if not distributed.is_main():  # rank 0 checks and owns the folder (``output_folder``)
+        return
     out = Path(out)
     work = work_folder(out)
     if resume and overwrite:
@@ -119,6 +122,19 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, resume: bool =
         )
 
 
+def _rank_folder(work: Path, resume: bool, keep: tuple[str, ...]) -> Iterator[Path]:
+    """The folder a rank other than 0 writes into: a private temporary one, removed afterwards, so
+    that only rank 0's outputs reach ``out``; on resume it starts with rank 0's saved state."""
+    private = Path(tempfile.mkdtemp(prefix=f"{work.name}.rank{distributed.rank()}."))
+    try:
+        for k in keep:
+            if resume and (work / k).is_file():
+                shutil.copy2(work / k, private / k)
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def output_folder(
     out: str | os.PathLike, overwrite: bool = False, resume: bool = False, keep: tuple[str, ...] = ("state.pt",)
@@ -131,6 +147,9 @@ def output_folder(
     existing ``out`` is replaced only when ``overwrite``.
     """
     out = Path(out)
+    if not distributed.is_main():
+        yield from _rank_folder(work_folder(out), resume, keep)
+        return
     check_output(out, overwrite, resume)
     work = work_folder(out)
     if work.exists() and overwrite:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from . import distributed
 from .data import resume_epoch
 from .errors import UserError
 from .models.checkpoint import atomic_torch_save
@@ -78,14 +79,16 @@ class RunState:
         return saved
 
     def save(self, loop: str, state: dict) -> None:
+        """Keep ``state`` as ``loop``'s and write the file (only rank 0 writes when several
+        processes run, ``distributed``: every rank holds the same state)."""
         self._state[loop] = state
-        if self.path is not None:
+        if self.path is not None and distributed.is_main():
             atomic_torch_save(self._state, self.path)
 
     def step(self, loop: str, global_step: int, snapshot: Callable[[], dict], force: bool = False) -> None:
         """Called after every step: save ``snapshot()`` every ``every`` steps (or when
         ``force``), then fire an injected fault if one is set for this step."""
-        if self.path is not None and (force or global_step % self.every == 0):
+        if self.path is not None and distributed.is_main() and (force or global_step % self.every == 0):
             self.save(loop, snapshot())
         if self._fault is not None and self._fault == (loop, global_step):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import DataBundle, Split, SplitLoader, batches
 from .errors import UserError
 from .runstate import LoopPosition, RunState, open_loop
@@ -61,13 +62,19 @@ def device_of(net: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, across_ranks: bool = False
+             ) -> dict[str, float]:
     """Classification error and mean negative log-likelihood of ``net`` on ``data`` (a ``Split``,
     in batches of ``batch_size``, or any iterable of ``(x, y[, idx])`` minibatches such as a
-    ``DataLoader``), computed on the network's device."""
+    ``DataLoader``), computed on the network's device. With ``across_ranks`` and several
+    processes (``distributed``), each rank evaluates its share of a ``Split`` and the counts are
+    summed: every rank gets the whole split's numbers."""
     was_training = net.training
     net.eval()
     device = device_of(net)
+    if across_ranks and isinstance(data, Split) and distributed.active():
+        part = distributed.share(len(data))
+        data = Split(data.x[part], data.y[part])
     wrong, nll, n = 0, 0.0, 0
     for x, y, *_ in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
         x, y = x.to(device), y.to(device)
@@ -76,6 +83,8 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000) -> 
         nll += float(F.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
     net.train(was_training)
+    if across_ranks:
+        wrong, nll, n = distributed.all_sum([wrong, nll, n])
     if n == 0:
         raise ValueError("data holds no examples")
     return {"error": wrong / n, "nll": nll / n}
@@ -143,8 +152,9 @@ def train(
     cfg.validate()
     if cfg.distill and teacher is None:
         raise ValueError("teacher: distillation (distill=True) needs the teacher network")
-    loader = SplitLoader(data.train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed),
-                         cfg.augment_shift, cfg.augment_flip, cfg.augment_crop)
+    loader = distributed.sharded(SplitLoader(data.train, cfg.batch_size, True,
+                                             torch.Generator().manual_seed(cfg.seed), cfg.augment_shift,
+                                             cfg.augment_flip, cfg.augment_crop))
     return finetune(net, loader, data.val, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
                     weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop,
                     schedule=cfg.schedule, teacher=teacher if cfg.distill else None, temperature=cfg.temperature,
@@ -215,6 +225,8 @@ def finetune(
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
     teach = _teacher(teacher, dev)
+    model = distributed.ddp(net)  # several ranks: DDP averages the gradients (``distributed``)
+    ranks = distributed.world_size()
     at, total, count = LoopPosition(), 0.0, 0
     best_err, best_state = math.inf, None
     if saved is not None:
@@ -241,13 +253,17 @@ def finetune(
         for x, y, *_ in at.batches(train_data):
             x, y = x.to(dev), y.to(dev)
             if teach is None:
-                loss = F.cross_entropy(net(x), y)
+                loss = F.cross_entropy(model(x), y)
             else:
                 with torch.no_grad():
                     target = teach(x)
-                loss = distillation_loss(net(x), target, y, temperature, distill_weight)
+                loss = distillation_loss(model(x), target, y, temperature, distill_weight)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if ranks > 1:  # this rank's share of the whole minibatch's mean: sum over the share / B, times W
+                whole = distributed.all_sum([len(y)])[0]
+                (loss * (len(y) * ranks / whole)).backward()
+            else:
+                loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(y)
@@ -257,9 +273,11 @@ def finetune(
             if state is not None:
                 state.step(loop, global_step, snapshot)
         at.next_epoch()
+        if ranks > 1:  # the whole epoch's mean loss, over every rank's share
+            total, count = distributed.all_sum([total, count])
         record = {"epoch": at.epoch, "train_loss": total / max(count, 1)}
         if val_data is not None:
-            record["val_error"] = evaluate(net, val_data)["error"]
+            record["val_error"] = evaluate(net, val_data, across_ranks=True)["error"]
             bar.set_postfix(val_error=f"{record['val_error']:.4f}")
             if record["val_error"] < best_err:
                 best_err, best_state, result.best_epoch = record["val_error"], copy.deepcopy(net.state_dict()), at.epoch

@@ -1,5 +1,5 @@
 """The cut-off step of a ``prune`` run: which units of every layer stay (``choose_units``), by
-the cut-off that ``pipeline.resolve_cutoff`` named, with the report's description of it."""
+the cut-off that ``resolve_cutoff`` names, with the report's description of it."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -12,10 +12,64 @@ from .models.switch_points import SwitchPoint, point_widths
 from .pruning.budget import budget_keep, size_function
 from .pruning.cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
 from .pruning.decision import DEFAULT_LAM, decision_cutoff, decision_examples
-from .pruning.ranking import DEFAULT_RANKING, FittedSwitches, get_ranking
+from .errors import UserError
+from .pruning.decision import MEASURES
+from .pruning.ranking import DEFAULT_RANKING, RANKINGS, FittedSwitches, get_ranking
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import PruneConfig
+
+
+CUTOFFS = ("uncertainty", "budget", "arch", "rate", "decision")
+TAU = 0.5
+DELTA = 0.05
+
+
+def resolve_cutoff(cfg: "PruneConfig") -> str:
+    """The cut-off a configuration asks for: the one named, or the one its options imply
+    (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors."""
+    implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
+                                        ("budget", cfg.target_macs is not None or cfg.target_params is not None),
+                                        ("decision", cfg.lam is not None)) if given]
+    if cfg.cutoff == "decision" and implied == ["budget"]:  # the decision cut-off under a budget
+        implied = ["decision"]
+    if len(implied) > 1:
+        raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params, lam)")
+    if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
+        raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
+    kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
+    if implied and implied[0] != kind:
+        raise UserError(f"cutoff='{kind}' does not take the options of the {implied[0]} cut-off")
+    if kind in ("arch", "rate", "budget") and not implied:
+        need = {"arch": "arch=ARCH", "rate": "rate=RATE", "budget": "target_macs and/or target_params"}[kind]
+        raise UserError(f"cutoff='{kind}' needs {need}")
+    if not (cfg.tau > 0 and cfg.tau < float("inf")):
+        raise UserError(f"tau must be a positive number, got {cfg.tau}")
+    if cfg.lam is not None and not (cfg.lam >= 0 and cfg.lam < float("inf")):
+        raise UserError(f"lam must be a non-negative number, got {cfg.lam}")
+    if cfg.decision_measure not in MEASURES:
+        raise UserError(f"decision_measure must be one of {', '.join(MEASURES)}, got {cfg.decision_measure!r}")
+    if not (isinstance(cfg.rounds, int) and cfg.rounds >= 1):
+        raise UserError(f"rounds must be a positive integer, got {cfg.rounds!r}")
+    if cfg.rounds > 1 and kind in ("arch", "rate"):
+        raise UserError(f"rounds={cfg.rounds} refits the smaller network until the cut-off removes nothing: it needs "
+                        f"the uncertainty, budget or decision cut-off, not {kind}")
+    if cfg.decision_examples < 1 or cfg.decision_draws < 0:
+        raise UserError(f"decision_examples must be positive and decision_draws non-negative, got "
+                        f"{cfg.decision_examples} and {cfg.decision_draws}")
+    if not 0 < cfg.delta < 1:
+        raise UserError(f"delta must be in (0, 1), got {cfg.delta}")
+    for key in ("target_macs", "target_params"):
+        value = getattr(cfg, key)
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise UserError(f"{key} must be a positive integer, got {value!r}")
+    if cfg.ranking is not None:
+        if cfg.ranking not in RANKINGS:
+            raise UserError(f"unknown ranking {cfg.ranking!r}; choose one of {', '.join(RANKINGS)}")
+        if kind not in ("arch", "rate"):
+            raise UserError(f"ranking={cfg.ranking!r} chooses the units of the arch and rate cut-offs; the {kind} "
+                            f"cut-off goes by P(D_l*s_lj < tau)")
+    return kind
 
 
 def budget_targets(cfg: "PruneConfig") -> dict[str, int]:

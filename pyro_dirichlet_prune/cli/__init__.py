@@ -5,7 +5,8 @@ module with ``add_parser(subparsers)`` and ``run(args)``: ``pretrain``, ``prune`
 ``compare_guides``, ``search``, ``evaluate``, ``export``; ``options`` holds what they share. Every error is
 one line on stderr: ``dirichlet-prune: error: <message>`` with exit status 2 for bad input (a
 bad option value included), ``dirichlet-prune: numerical error: <message>`` with status 3, and
-status 130 after Ctrl-C. The command line owns its process, so it keeps freed memory in it
+status 130 after Ctrl-C. Launched by ``torchrun`` (``prune`` and ``pretrain``), every process
+joins the process group and runs data-parallel (``pyro_dirichlet_prune.distributed``). The command line owns its process, so it keeps freed memory in it
 (``allocator.retain_freed_memory``): its training loops stop paying for page faults.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .. import __version__
+from .. import __version__, distributed
 from ..allocator import retain_freed_memory
 from ..errors import NumericalError, UserError
 from . import compare_guides, evaluate, export, pretrain, prune, search
@@ -70,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     retain_freed_memory()
     try:
         set_threads(getattr(args, "threads", None))
+        if distributed.launched():  # started by torchrun: join its process group (prune, pretrain)
+            if args.command not in ("prune", "pretrain"):
+                raise UserError(f"{args.command} runs in one process; launch prune or pretrain with torchrun (search "
+                                f"and compare-guides spread their jobs with jobs/scheduler instead)")
+            distributed.init_from_env(args.device)
+            args.device = distributed.local_device(args.device)
         COMMANDS[args.command].run(args)
     except UserError as exc:
         print_error("error", flag_words(str(exc), parser, args.command))

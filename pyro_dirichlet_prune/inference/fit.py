@@ -24,6 +24,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import split_batch
 from ..errors import NumericalError
 from ..models.switched import SwitchModel
@@ -90,11 +91,22 @@ def collapsed_fraction(concentrations: dict[str, torch.Tensor], floor: float) ->
 class _SVI(SVI):
     """``pyro.infer.SVI`` whose step also takes the plain ``nn.Parameter``s of a module-local guide
     (Pyro 1.9's ``SVI.step`` expects every captured param to carry ``unconstrained``, which
-    ``AutoLowRankMultivariateNormal``'s plain parameters lack in module-local mode)."""
+    ``AutoLowRankMultivariateNormal``'s plain parameters lack in module-local mode). With
+    ``ddp_loss`` (the ELBO as a module, ``loss(model, guide)``, wrapped in DDP) the step runs
+    it on this rank's share of the minibatch (``pyro_dirichlet_prune.distributed``)."""
+
+    def __init__(self, model, guide, optim, loss, ddp_loss=None) -> None:
+        super().__init__(model, guide, optim, loss=loss)
+        self.ddp_loss = ddp_loss
 
     def step(self, *args, **kwargs) -> float:
         with poutine.trace(param_only=True) as capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            if self.ddp_loss is None:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            else:  # several ranks: DDP averages the gradients; the loss is the ranks' mean
+                local = self.ddp_loss(*args, **kwargs)
+                local.backward()
+                loss = distributed.all_mean(torch_item(local))
         params = set()
         for site in capture.trace.nodes.values():
             value = site["value"]
@@ -212,6 +224,7 @@ def fit(
             return result
         at = LoopPosition.restored(saved)
         stage_index, optim_state, seconds_before = saved["stage"], saved["optim"], saved["seconds"]
+    ddp_loss = _ddp_loss(model, guide, loss, data, unused=len(stages) > 1)
     per_epoch = len(data) if hasattr(data, "__len__") else None
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
@@ -221,7 +234,7 @@ def fit(
         if optim_state is not None:
             _load_optim_state(optim, guide, optim_state)
             optim_state = None
-        svi = _SVI(model, guide, optim, loss=loss)
+        svi = _SVI(model, guide, optim, loss=loss, ddp_loss=ddp_loss)
         t0 = time.perf_counter()
         step = at.epoch * per_epoch + at.batch if per_epoch is not None else 0
 
@@ -265,6 +278,20 @@ def fit(
             state.save(loop, snapshot(done=stage_index == len(stages)))
     result.seconds = seconds_before + time.perf_counter() - start
     return result
+
+
+def _ddp_loss(model: SwitchModel, guide, loss, data: Iterable, unused: bool):
+    """The ELBO as a module wrapped in DDP when several ranks run (``distributed``), else None.
+    A lazily built guide is run once first, so that its parameters exist for DDP to register;
+    DDP then broadcasts rank 0's. Layers that sit out a stage leave their parameters unused."""
+    if not distributed.active():
+        return None
+    if model.sampling != "shared":
+        raise ValueError(f"model: sampling {model.sampling!r} draws one switch per example; across ranks that "
+                         f"share a seed the draws of different examples would repeat. Use sampling='shared' with "
+                         f"several processes")
+    _warm_up(model, guide, data)
+    return distributed.ddp(loss(model, guide), find_unused_parameters=unused)
 
 
 def _warm_up(model: SwitchModel, guide, data: Iterable) -> None:

@@ -13,6 +13,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
+from .. import distributed
 from ..data import Split, SplitLoader
 from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, switch_factors
 from ..pruning.surgery import fold_scales
@@ -181,13 +182,14 @@ def switch_model(cfg: SwitchConfig, network: SwitchedNetwork, num_data: int) -> 
 def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, state: RunState | None = None,
                  loop: str = "switches") -> SwitchFit:
     """Fit the posterior that ``cfg`` describes to the frozen ``network`` on ``train`` (minibatches
-    in an order drawn from a generator seeded with ``cfg.seed``). With a ``RunState`` the loop
+    in an order drawn from a generator seeded with ``cfg.seed``; with several processes each rank
+    takes its share of every minibatch, ``distributed``). With a ``RunState`` the loop
     saves its state at the state's interval and continues from a saved state (``fit``)."""
     cfg.validate()
     network.eval()
     model = switch_model(cfg, network, len(train))
     guide = make_guide(cfg, model)
-    loader = SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed))
+    loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr)
     return SwitchFit(model, guide, result)
