@@ -158,3 +158,40 @@ def test_compare_with_learned_weights_prunes_the_fitted_network(ckpt, tmp_path, 
     base, _ = load_checkpoint(ckpt, "lenet5")
     for n in fitted_nets:
         assert any(not torch.equal(a, b) for a, b in zip(n.parameters(), base.parameters()))
+
+
+def test_compare_on_a_local_cluster_equals_in_process(tmp_path, data_cfg):
+    """``jobs=2``: the (guide, seed) fits run on a Dask ``LocalCluster`` of two worker processes,
+    which load the network and the data themselves; every record equals the in-process run's
+    (times aside) and comes in the same order."""
+    import dataclasses
+
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig
+    from pyro_dirichlet_prune.training import TrainConfig
+
+    torch.set_num_threads(1)
+    cfg = compare.CompareConfig(
+        dataset=data_cfg.dataset, data_dir=str(data_cfg.data_dir) if data_cfg.data_dir else None,
+        guides=["dirichlet", "delta"], seeds=[0, 1], switch=SwitchConfig(batch_size=200), arch="5-10-50-13",
+        finetune=TrainConfig(epochs=1, lr=2e-3, augment_shift=2), elbo_particles=2, elbo_batches=2,
+        val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
+    if data_cfg.dataset != "mnist":  # the shipped checkpoint is MNIST's; the fake data set takes its shapes
+        cfg = dataclasses.replace(cfg, checkpoint=str(_fake_checkpoint(tmp_path)))
+    one = compare.run_compare(cfg, tmp_path / "one")
+    two = compare.run_compare(cfg, tmp_path / "two", jobs=2)
+
+    def records(out):
+        return [{k: v for k, v in r.items() if "seconds" not in k}
+                for r in json.loads((out / "records.json").read_text())]
+
+    assert [(r["guide"], r["seed"]) for r in records(tmp_path / "two")] == [
+        ("dirichlet", 0), ("delta", 0), ("dirichlet", 1), ("delta", 1)]
+    assert records(tmp_path / "two") == records(tmp_path / "one")
+    t1, t2 = one["summary"]["table"], two["summary"]["table"]
+    assert all(t2[g][k] == t1[g][k] for g in t1 for k in t1[g] if "seconds" not in k)
+
+
+def _fake_checkpoint(tmp_path):
+    path = tmp_path / "fake.pt"
+    save_checkpoint(path, build_model("lenet5"), "lenet5", "fake-mnist", 10, (1, 28, 28))
+    return path

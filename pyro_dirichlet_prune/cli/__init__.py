@@ -12,6 +12,7 @@ joins the process group and runs data-parallel (``pyro_dirichlet_prune.distribut
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 f"and compare-guides spread their jobs with jobs/scheduler instead)")
             distributed.init_from_env(args.device)
             args.device = distributed.local_device(args.device)
+            if not distributed.is_main():  # rank 0 speaks for the job; errors still reach stderr
+                sys.stdout = open(os.devnull, "w")
         COMMANDS[args.command].run(args)
     except UserError as exc:
         print_error("error", flag_words(str(exc), parser, args.command))
