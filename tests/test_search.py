@@ -277,6 +277,8 @@ def test_local_cluster_search_writes_the_same_records(worker_search, tmp_path):
     assert _records(tmp_path / "parallel") == _records(tmp_path / "serial")
     assert parallel["summary"]["wins"] == serial["summary"]["wins"]
     assert parallel["records_computed_now"] == 6 and parallel["rankings_computed_now"] == 3
+    assert parallel["runner"] == {"jobs": 2, "scheduler": None, "workers": 2}
+    assert serial["runner"] == {"jobs": 1, "scheduler": None, "workers": 1}
     with pytest.raises(UserError, match="finished search"):
         search.run_search(cfg, tmp_path / "parallel", resume=True, jobs=2)
     with pytest.raises(UserError, match="jobs must be a positive integer"):

@@ -224,6 +224,8 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
         with jobs_.dask_client(jobs, scheduler, client) as (c, threads):
             if jobs_.in_this_process(c):  # the in-process worker uses what was loaded here
                 jobs_.put_cached(inputs.key(), (net, data, widths))
+            runner = {"jobs": jobs, "scheduler": scheduler or (None if client is None else str(c.scheduler.address)),
+                      "workers": len(c.scheduler_info().get("workers", {}))}
             try:
                 computed, rankings_computed = _run_jobs(pending, inputs, out, bar, c, threads, cfg.methods)
             finally:
@@ -231,12 +233,12 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     finally:
         bar.close()
     wall = time.perf_counter() - start
-    return _finish(out, cfg, ckpt, data, archs, plan, wall, computed, rankings_computed, already, resumed)
+    return _finish(out, cfg, ckpt, data, archs, plan, wall, computed, rankings_computed, already, resumed, runner)
 
 
 def _finish(out: Path, cfg: SearchConfig, ckpt: Path, data: DataBundle, archs: list[str],
             plan: list[tuple[int, str, str]], wall: float, computed: int, rankings_computed: int, already: int,
-            resumed: bool) -> dict:
+            resumed: bool, runner: dict) -> dict:
     """Summarise the records of ``plan`` into ``summary.json``/``summary.md`` and write
     ``report.json``, which marks the search finished; returns the report."""
     records = [r for r in load_records(out) if record_key(r["method"], r["seed"], r["arch"]) in
@@ -256,7 +258,7 @@ def _finish(out: Path, cfg: SearchConfig, ckpt: Path, data: DataBundle, archs: l
     report = {
         "command": "search", "created": now(), "config": dataclasses.asdict(cfg), "checkpoint": str(ckpt),
         "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "archs": len(archs), "records": len(records), "records_computed_now": computed,
+        "archs": len(archs), "records": len(records), "records_computed_now": computed, "runner": runner,
         "records_resumed": already, "rankings_computed_now": rankings_computed, "resumed": resumed,
         "timings_seconds": {
             "wall_this_invocation": wall,
