@@ -16,6 +16,10 @@ Every way to score units (posterior mean, P(D·s < tau), L1, L2, Fisher, random)
 of one registry: ``scores = get_ranking("l1")(net)``, ``keep = arch_cutoff(scores, "6-8-40-20")``.
 ``prune_and_finetune(net, keep, data, TrainConfig(...))`` is the prune → fine-tune → evaluate
 path of every command.
+
+More than one process: ``distributed`` (the same session under ``torchrun``: call
+``distributed.init_from_env()`` first and give ``fit``/``finetune`` ``distributed.sharded(loader)``;
+the gradients are averaged by DDP) and ``jobs`` (independent jobs, e.g. a search, on Dask).
 """
 from ._openmp import set_spin_count
 

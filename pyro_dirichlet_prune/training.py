@@ -191,6 +191,12 @@ def finetune(
     ``distillation_loss`` with ``temperature`` and ``distill_weight``. With ``val_data`` the epoch
     of lowest validation error is kept. ``net`` ends in that state, in eval mode, on ``device``.
 
+    Under ``torchrun`` (several ranks, ``pyro_dirichlet_prune.distributed``) the network is
+    wrapped in DDP; each rank trains on the minibatches of ``train_data`` it is given (its share
+    of each global minibatch: ``distributed.sharded(loader)``), weighted so that the averaged
+    gradient is the global minibatch's mean, and the validation error is summed over the ranks'
+    shares of a ``Split``.
+
     ``checkpoint`` (a folder) saves the loop's state every ``checkpoint_every`` steps and at every
     epoch end, and continues from a saved state (exactly, for data that restore their position
     or reshuffle from torch's global generator; see ``inference.fit.fit``)."""

@@ -188,6 +188,11 @@ def fit(
             (``state_dict``/``load_state_dict``) or reshuffles from torch's global generator, as a
             ``DataLoader(shuffle=True)`` without its own generator does.
 
+    Under ``torchrun`` (a process group of several ranks, ``pyro_dirichlet_prune.distributed``),
+    each rank fits on the minibatches of ``data`` it is given (its share of each global
+    minibatch: ``distributed.sharded(loader)``) and DDP averages the guide's gradients; with the
+    same seed on every rank the fit is the one-process fit of the global minibatches.
+
     Raises ``NumericalError`` naming the layer and step if the ELBO stops being finite, or if
     every concentration of a layer of a ``DirichletGuide`` collapses to the floor (checked at
     every epoch end).
