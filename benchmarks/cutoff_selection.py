@@ -10,7 +10,9 @@ pipeline's recipe, ``PruneConfig().finetune``: Adam 2e-3, cosine decay, shifts o
 validation epoch kept) and
 record MACs, params and the validation error. Selection uses the validation error only; with
 ``--test`` the test error of every pruned network is recorded too, for the closing table.
-Distinct pruned networks are fine-tuned once each, ``--jobs`` at a time (one thread each).
+Distinct pruned networks are fine-tuned once each, as jobs on Dask (``pyro_dirichlet_prune.jobs``:
+``--jobs`` workers of one thread each); each is logged as it finishes, and ``--resume`` keeps
+those of an interrupted run.
 
     python benchmarks/cutoff_selection.py --data-dir ../shared/data \\
         --config '{"scale": "simplex", "schedule": "sequential"}' --seeds 0 1 2 --jobs 2
@@ -25,15 +27,14 @@ import copy
 import dataclasses
 import itertools
 import json
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 from pyro_dirichlet_prune.data import load_data
+from pyro_dirichlet_prune.jobs import cached, collect, dask_client, in_this_process, job_threads
 from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
 from pyro_dirichlet_prune.models import SwitchedNetwork, switch_points
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
@@ -44,7 +45,12 @@ from pyro_dirichlet_prune.pipeline import PruneConfig
 from pyro_dirichlet_prune.report import versions, write_json
 from pyro_dirichlet_prune.prune_step import prune_and_finetune
 
-_G: dict = {}  # data, network and arguments, shared with the forked workers
+
+
+def inputs(dataset: str, data_dir: str | None):
+    """The data and the shipped LeNet-5 of ``dataset``, loaded once per process (Dask worker)."""
+    return cached(("cutoff_selection", dataset, data_dir),
+                  lambda: (load_data(dataset, data_dir), load_checkpoint(shipped_checkpoint("lenet5", dataset))[0]))
 
 
 def parse_budget(budget: str) -> tuple[int, int]:
@@ -53,10 +59,10 @@ def parse_budget(budget: str) -> tuple[int, int]:
     return macs, params
 
 
-def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
+def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[list[tuple[dict, dict]], float]:
     """Fit the posterior for ``seed`` and return every cut-off's kept indices."""
-    torch.set_num_threads(1)
-    args, data, net = _G["args"], _G["data"], _G["net"]
+    job_threads(threads)
+    data, net = inputs(args.dataset, args.data_dir)
     widths = {p.name: p.width for p in net.switch_points()}
     cfg = SwitchConfig(**{**json.loads(args.config), "seed": seed})
     torch.manual_seed(seed)
@@ -95,12 +101,12 @@ def _cutoffs(seed: int) -> tuple[list[tuple[dict, dict]], float]:
     return cuts, fit_seconds, state
 
 
-def _finetune(job: tuple[int, dict, dict | None]) -> dict:
+def _finetune(args: argparse.Namespace, job: tuple[int, dict, dict | None], threads: int | None = None) -> dict:
     """Prune to ``keep``, fine-tune, and measure (``prune_and_finetune``); ``state``: the learned
     weights (switch means folded in) of a fit with learned weights, else None."""
-    torch.set_num_threads(1)
+    job_threads(threads)
     seed, keep, state = job
-    args, data, net = _G["args"], _G["data"], _G["net"]
+    data, net = inputs(args.dataset, args.data_dir)
     if state is not None:
         net = copy.deepcopy(net)
         net.load_state_dict(state)
@@ -111,6 +117,20 @@ def _finetune(job: tuple[int, dict, dict | None]) -> dict:
            "ft_seconds": r.seconds["finetune"]}
     if args.test:
         out["test_error"] = r.finetuned["test"]["error"]
+    return out
+
+
+def _resumed(partial: Path) -> dict:
+    """The fine-tuned networks an interrupted run logged, by (seed, kept units)."""
+    out = {}
+    if partial.is_file():
+        for line in partial.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut by the interruption
+                continue
+            if "key" in row:
+                out[(row["key"][0], row["key"][1])] = {k: v for k, v in row.items() if k != "key"}
     return out
 
 
@@ -154,29 +174,34 @@ def main() -> None:
     ap.add_argument("--decision-examples", type=int, default=1000)
     ap.add_argument("--ft-epochs", type=int, default=5)
     ap.add_argument("--test", action="store_true", help="also record every pruned network's test error")
-    ap.add_argument("--jobs", type=int, default=1, help="processes (one thread each)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="Dask workers, one thread each: 1 runs in this process, N a local cluster of N processes")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the fine-tuned networks of an interrupted run's --out .partial.jsonl (same options)")
     ap.add_argument("--device", default="cpu", help="where fine-tuning runs (cpu, cuda)")
     ap.add_argument("--out", default="benchmarks/results/cutoff_selection.json")
     args = ap.parse_args()
-    _G["args"] = args
-    _G["data"] = load_data(args.dataset, args.data_dir)
-    _G["net"] = load_checkpoint(shipped_checkpoint("lenet5", args.dataset))[0]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        fitted = dict(zip(args.seeds, pool.map(_cutoffs, args.seeds)))
+    partial = Path(args.out).with_suffix(".partial.jsonl")  # each network as it finishes
+    results = _resumed(partial) if args.resume else {}
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with dask_client(args.jobs) as (client, threads), open(partial, "a" if args.resume else "w") as log:
+        if in_this_process(client):
+            torch.set_num_threads(1)
+        fits = client.map(_cutoffs, [args] * len(args.seeds), args.seeds, [threads] * len(args.seeds), pure=False)
+        fitted = dict(zip(args.seeds, client.gather(fits)))
         jobs = {}
         for seed, (cuts, _, state) in fitted.items():
             for _, keep in cuts:
                 jobs.setdefault((seed, json.dumps(keep, sort_keys=True)), (seed, keep, state))
-        futures = {pool.submit(_finetune, job): key for key, job in jobs.items()}
-        results = {}
-        partial = Path(args.out).with_suffix(".partial.jsonl")  # each network as it finishes
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w") as log:
-            for done in as_completed(futures):
-                results[futures[done]] = done.result()
-                log.write(json.dumps(results[futures[done]]) + "\n")
-                log.flush()
+
+        def keep_result(key, result) -> None:
+            results[key] = result
+            log.write(json.dumps({"key": list(key), **result}) + "\n")
+            log.flush()
+
+        collect(client, {client.submit(_finetune, args, job, threads, pure=False): key
+                         for key, job in jobs.items() if key not in results}, keep_result)
     rows = []
     for seed, (cuts, fit_seconds, _) in fitted.items():
         for desc, keep in cuts:

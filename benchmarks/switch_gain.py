@@ -24,9 +24,7 @@ The learned gain is defined here, not in the library: it exists to test a diagno
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import pyro
 import torch
@@ -34,17 +32,15 @@ from pyro.distributions import constraints
 
 import cutoff_selection  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from pyro_dirichlet_prune import DirichletGuide, SplitLoader, SwitchModel, fit, posterior_of
-from pyro_dirichlet_prune.data import load_data
+from pyro_dirichlet_prune.jobs import dask_client, in_this_process, job_threads
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.metrics import count_macs, count_params
 from pyro_dirichlet_prune.models import SwitchedNetwork
-from pyro_dirichlet_prune.models.checkpoint import load_checkpoint, shipped_checkpoint
 from pyro_dirichlet_prune.models.switched import SWITCH_DTYPE
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, uncertainty_keep
 from pyro_dirichlet_prune.pruning.surgery import prune_units
 from pyro_dirichlet_prune.report import versions, write_json
 
-_G: dict = {}  # data, network and arguments, shared with the forked workers
 
 
 class LearnedGainSwitchModel(SwitchModel):
@@ -59,10 +55,10 @@ class LearnedGainSwitchModel(SwitchModel):
         return super().__call__(x, y, idx)
 
 
-def _run(job: tuple[str, int]) -> dict:
-    torch.set_num_threads(1)
+def _run(args: argparse.Namespace, job: tuple[str, int], threads: int | None) -> dict:
+    job_threads(threads)
     gain, seed = job
-    args, data, net = _G["args"], _G["data"], _G["net"]
+    data, net = cutoff_selection.inputs("mnist", args.data_dir)
     cfg = SwitchConfig(seed=seed, epochs=args.epochs)
     pyro.clear_param_store()
     torch.manual_seed(seed)
@@ -88,7 +84,9 @@ def _run(job: tuple[str, int]) -> dict:
         cut = {"tau": tau, "delta": args.delta, "arch": arch_string(keep),
                "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned)}
         if args.ft_epochs > 0 and _within(cut, args.budget):
-            done = cutoff_selection._finetune((seed, keep))
+            ft_args = argparse.Namespace(ft_epochs=args.ft_epochs, device="cpu", test=True, dataset="mnist",
+                                         data_dir=args.data_dir)
+            done = cutoff_selection._finetune(ft_args, (seed, keep, None))
             cut.update({k: done[k] for k in ("val_error_pruned", "val_error", "test_error", "ft_seconds")})
         row["cutoffs"].append(cut)
     return row
@@ -111,23 +109,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="switch epochs per layer (default 1, the pipeline's)")
     p.add_argument("--ft-epochs", type=int, default=0, help="fine-tune the kept architectures (default 0: no)")
     p.add_argument("--budget", help="MACS,PARAMS: fine-tune only architectures within this size")
-    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="Dask workers, one thread each (1: in this process)")
     p.add_argument("--out", default="benchmarks/results/switch_gain.json")
     args = p.parse_args()
     for g in args.gains:
         if g != "learned" and not float(g) > 0:
             p.error(f"a gain is a positive number or 'learned', got {g!r}")
-    _G.update(args=args, data=load_data("mnist", args.data_dir),
-              net=load_checkpoint(shipped_checkpoint("lenet5", "mnist"))[0])
-    ft_args = argparse.Namespace(ft_epochs=args.ft_epochs, device="cpu", test=True)
-    cutoff_selection._G.update(args=ft_args, data=_G["data"], net=_G["net"])
     jobs = [(g, s) for g in args.gains for s in args.seeds]
     start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            rows = list(pool.map(_run, jobs))
-    else:
-        rows = [_run(j) for j in jobs]
+    with dask_client(args.jobs) as (client, threads):
+        if in_this_process(client):
+            torch.set_num_threads(1)
+        rows = client.gather(client.map(_run, [args] * len(jobs), jobs, [threads] * len(jobs), pure=False))
     for r in rows:
         archs = "  ".join(f"tau {c['tau']}: {c['arch']} ({c['macs']:,} MACs, {c['params']:,} params"
                           + (f", test {100 * c['test_error']:.2f}%" if "test_error" in c else "") + ")"
