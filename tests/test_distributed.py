@@ -57,7 +57,7 @@ def test_two_processes_learn_and_finetune_as_one(tmp_path, data_cfg):
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world"], b["world"]) == (1, 2)
     for key in ("losses", "layerwise_losses"):
-        assert len(a[key]) == len(b[key]) >= 20
+        assert len(a[key]) == len(b[key]) >= 10
         np.testing.assert_allclose(b[key], a[key], rtol=2e-5)
     for key in ("concentrations", "layerwise_concentrations"):
         for layer in a[key]:
@@ -75,17 +75,19 @@ def test_prune_under_torchrun_killed_and_resumed_matches_one_process(tmp_path, d
     mid-way through switch learning (the whole job), the same command with --resume finishes;
     only rank 0 wrote the output folder, and the run equals the one-process run: the same losses
     to rounding, the same architecture, the same errors after fine-tuning."""
-    args = ["prune", "--arch", "6-8-40-20", *data_cfg.cli_args(), "--switch-batch-size", "200",
+    from pyro_dirichlet_prune.models.checkpoint import shipped_checkpoint
+
+    args = ["prune", "--arch", "6-8-40-20", "--checkpoint", str(shipped_checkpoint("lenet5", "mnist")),
+            *data_cfg.cli_args(), "--switch-batch-size", "200",
             "--finetune-epochs", "2", "--threads", "1", "--checkpoint-every", "5", "--no-latency"]
     one = tmp_path / "one"
     assert cli.main([*args, "--out", str(one)]) == 0
     two = tmp_path / "two"
-    port = _free_port()
-    killed = _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two)], tmp_path, port,
+    killed = _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two)], tmp_path, _free_port(),
                        env={"DIRICHLET_PRUNE_FAULT": "switches:17"}, check=False)
     assert killed.returncode != 0 and not two.exists()
     assert (tmp_path / ".two.partial" / "state.pt").is_file()
-    _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two), "--resume"], tmp_path, port + 1)
+    _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two), "--resume"], tmp_path, _free_port())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".two")) == []
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert r2["resumed_from"]["switches"] > 0
