@@ -253,7 +253,8 @@ def finetune(
         }
 
     global_step = at.epoch * per_epoch + at.batch
-    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False, disable=None if progress else True)
+    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False,
+               disable=None if progress and distributed.is_main() else True)  # rank 0 draws the bar
     while at.epoch < epochs:
         net.train()
         for x, y, *_ in at.batches(train_data):

@@ -252,7 +252,8 @@ def fit(
             }
 
         total = epochs * per_epoch if per_epoch is not None else None
-        bar = tqdm(total=total, initial=step, desc=f"switches {label}", leave=False, disable=None if progress else True)
+        bar = tqdm(total=total, initial=step, desc=f"switches {label}", leave=False,
+                   disable=None if progress and distributed.is_main() else True)  # rank 0 draws the bar
         with model.switching(layers):
             while at.epoch < epochs:
                 for x, y, *idx in at.batches(data):
