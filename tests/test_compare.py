@@ -76,7 +76,9 @@ def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkey
     assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,")) == 130
     assert not out.exists()
     assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,", "--resume")) == 0
-    assert calls == [("dirichlet", 3), ("delta", 3), ("delta", 3)]  # dirichlet was not redone
+    first, second = calls[:2]  # Dask may run either guide first
+    assert {first, second} == {("dirichlet", 3), ("delta", 3)}
+    assert calls == [first, second, second]  # the finished one was not redone
     rep = json.loads((out / "report.json").read_text())
     assert rep["resumed_from"] == {"records": 1}
     with pytest.raises(SystemExit) as exc:

@@ -219,7 +219,7 @@ def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, m
     with pytest.raises(RuntimeError, match="killed"):
         search.run_search(cfg, out)
     # the failure stops the search; a job that had started beside it is cancelled, not written
-    assert calls["rank"] == 3 and calls["finetune"] in (2, 3)
+    assert calls["rank"] >= 1 and calls["finetune"] in (2, 3)  # Dask orders the ready jobs
     written = list((out / "records").glob("*.json"))
     assert len(written) == 1
     first = written[0]
@@ -365,7 +365,9 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dirichlet-prune: interrupted; "), lines
     assert f"kept in {out}" in lines[0] and "same command with --resume" in lines[0], lines[0]
-    assert [r["arch"] for r in search.load_records(out)] == ["6-8-40-20"]
+    first, second = calls  # Dask may run either architecture first
+    assert {first, second} == {"6-8-40-20", "4-6-35-15"}
+    assert [r["arch"] for r in search.load_records(out)] == [first]
 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -374,5 +376,5 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
         search.run_search(dataclasses.replace(cfg, methods=["l1"], finetune_epochs=0), out)
 
     assert cli.main(argv + ["--resume"]) == 0
-    assert calls == ["6-8-40-20", "4-6-35-15", "4-6-35-15"]
+    assert calls == [first, second, second]  # the finished record is not recomputed
     assert "Wins:" in capsys.readouterr().out
