@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .data import Split, load_data
 from .errors import UserError
-from .jobs import cached, check_runner, clear_cached, collect, dask_client, in_this_process, job_threads, put_cached
+from .jobs import cached, check_runner, collect, dask_client, job_threads
 from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
 from .models.switched import switch_factors
@@ -247,10 +247,10 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     }
 
 
-def _job(inputs: tuple[CompareConfig, str, str], guide: str, seed: int, kept_counts: dict[str, int],
+def _job(key: tuple, cfg: CompareConfig, ckpt: str, guide: str, seed: int, kept_counts: dict[str, int],
          threads: int | None) -> dict:
-    """One (guide, seed) record on a worker, which loads the network and the data once."""
-    cfg, ckpt, _ = inputs
+    """One (guide, seed) record on a worker, which loads the network and the data once (under
+    ``key``, which names the configuration and the checkpoint)."""
 
     def build():
         net, _ = load_checkpoint(ckpt, cfg.model)
@@ -258,7 +258,7 @@ def _job(inputs: tuple[CompareConfig, str, str], guide: str, seed: int, kept_cou
                                  cfg.max_train_examples)
 
     job_threads(threads)
-    net, data = cached(("compare", repr(dataclasses.asdict(cfg)), *inputs[1:]), build)
+    net, data = cached(key, build)
     return _one(net, data, cfg, guide, seed, kept_counts)
 
 
@@ -307,7 +307,8 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
         records: list[dict] = list((state.get("records") or {}).get("records", []))
         done = {(r["guide"], r["seed"]) for r in records}
         todo = [(g, s) for s in cfg.seeds for g in cfg.guides if (g, s) not in done]
-        inputs = (cfg, str(Path(ckpt).resolve()), sha256(ckpt))
+        ckpt_path = str(Path(ckpt).resolve())
+        key = ("compare", repr(dataclasses.asdict(cfg)), ckpt_path, sha256(ckpt))
         bar = tqdm(total=len(todo), desc="compare-guides", disable=None)
 
         def keep(label: tuple[str, int], record: dict) -> None:
@@ -316,14 +317,9 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
             bar.update()
 
         try:
-            with dask_client(jobs, scheduler, client) as (c, threads):
-                if in_this_process(c):
-                    put_cached(("compare", repr(dataclasses.asdict(cfg)), *inputs[1:]), (net, data))
-                try:
-                    collect(c, {c.submit(_job, inputs, g, s, kept_counts, threads, pure=False): (g, s)
-                                for g, s in todo}, keep)
-                finally:
-                    clear_cached()
+            with dask_client(jobs, scheduler, client, shared=(key, (net, data))) as (c, threads):
+                collect(c, {c.submit(_job, key, cfg, ckpt_path, g, s, kept_counts, threads, pure=False): (g, s)
+                            for g, s in todo}, keep)
         finally:
             bar.close()
         order = {(g, s): i for i, (g, s) in enumerate((g, s) for s in cfg.seeds for g in cfg.guides)}

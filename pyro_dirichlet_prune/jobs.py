@@ -37,16 +37,6 @@ def cached(key: Hashable, build: Callable[[], Any]) -> Any:
     return _CACHE[key]
 
 
-def put_cached(key: Hashable, value: Any) -> None:
-    """Store ``value`` under ``key`` in this process's cache (the client does, so that the
-    in-process worker of ``jobs=1`` does not load again what the client has)."""
-    _CACHE[key] = value
-
-
-def clear_cached() -> None:
-    _CACHE.clear()
-
-
 def job_threads(threads: int | None) -> None:
     """Set torch's CPU threads for a job (``None``: leave them, as the in-process worker does)."""
     if threads is not None:
@@ -71,13 +61,30 @@ def check_runner(jobs: int, scheduler: str | None, client: Any = None) -> None:
 
 
 @contextlib.contextmanager
-def dask_client(jobs: int = 1, scheduler: str | None = None, client: Any = None) -> Iterator[tuple[Any, int | None]]:
+def dask_client(jobs: int = 1, scheduler: str | None = None, client: Any = None,
+                shared: tuple[Hashable, Any] | None = None) -> Iterator[tuple[Any, int | None]]:
     """A ``dask.distributed.Client`` for the jobs (module docstring) and the torch threads each
     job should set (``None`` for the in-process worker, which keeps the caller's setting; 1 for
     the workers of a local cluster, which share this machine's cores; 1 for a scheduler's
-    workers too: start them with ``--nthreads`` per core). A cluster this function starts is
-    closed on exit, also on an exception or Ctrl-C."""
+    workers too: start them with ``--nthreads`` per core). ``shared``, a ``(key, value)`` the
+    caller has already built, is what ``cached(key, ...)`` returns to workers inside this
+    process, for as long as the client is open. A cluster this function starts is closed on
+    exit, also on an exception or Ctrl-C."""
     check_runner(jobs, scheduler, client)
+    with _clients(jobs, scheduler, client) as (c, threads):
+        if shared is None or not in_this_process(c):
+            yield c, threads
+            return
+        key, value = shared
+        _CACHE[key] = value
+        try:
+            yield c, threads
+        finally:
+            _CACHE.pop(key, None)
+
+
+@contextlib.contextmanager
+def _clients(jobs: int, scheduler: str | None, client: Any) -> Iterator[tuple[Any, int | None]]:
     from distributed import Client, LocalCluster
 
     if client is not None:
@@ -88,7 +95,7 @@ def dask_client(jobs: int = 1, scheduler: str | None = None, client: Any = None)
             c = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise UserError(f"scheduler {scheduler!r}: no Dask scheduler answered within {CONNECT_TIMEOUT} s "
-                                  f"({type(exc).__name__}: {exc})") from None
+                            f"({type(exc).__name__}: {exc})") from None
         with c:
             yield c, 1
         return

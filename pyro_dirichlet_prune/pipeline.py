@@ -295,8 +295,9 @@ def run_prune(
         timings["finetune"] = result.seconds["finetune"]
         result.net.cpu()
         t = time.perf_counter()
+        devices = ("cpu", str(device)) if device.type == "cuda" else ("cpu",)
         latency = latency_report(base_net, result.net, data.input_shape, base["macs"], result.size["macs"],
-                                 ("cpu", str(device)) if device.type == "cuda" else ("cpu",)) if cfg.latency and is_main() else None
+                                 devices) if cfg.latency and is_main() else None  # rank 0 times alone
         if latency is not None:
             timings["latency"] = time.perf_counter() - t
         save_outputs(tmp, cfg, ckpt, label, data, points, fit, post, chosen.fitted.means, chosen.prob_below, result,

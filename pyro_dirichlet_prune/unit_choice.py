@@ -11,9 +11,8 @@ from .inference.svi import SwitchFit
 from .models.switch_points import SwitchPoint, point_widths
 from .pruning.budget import budget_keep, size_function
 from .pruning.cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
-from .pruning.decision import DEFAULT_LAM, decision_cutoff, decision_examples
 from .errors import UserError
-from .pruning.decision import MEASURES
+from .pruning.decision import DEFAULT_LAM, MEASURES, decision_cutoff, decision_examples
 from .pruning.ranking import DEFAULT_RANKING, RANKINGS, FittedSwitches, get_ranking
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,8 +6,9 @@ module with ``add_parser(subparsers)`` and ``run(args)``: ``pretrain``, ``prune`
 one line on stderr: ``dirichlet-prune: error: <message>`` with exit status 2 for bad input (a
 bad option value included), ``dirichlet-prune: numerical error: <message>`` with status 3, and
 status 130 after Ctrl-C. Launched by ``torchrun`` (``prune`` and ``pretrain``), every process
-joins the process group and runs data-parallel (``pyro_dirichlet_prune.distributed``). The command line owns its process, so it keeps freed memory in it
-(``allocator.retain_freed_memory``): its training loops stop paying for page faults.
+joins the process group and runs data-parallel (``pyro_dirichlet_prune.distributed``). The
+command line owns its process, so it keeps freed memory in it (``allocator.retain_freed_memory``):
+its training loops stop paying for page faults.
 """
 from __future__ import annotations
 

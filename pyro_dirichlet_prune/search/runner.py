@@ -138,14 +138,13 @@ def _stored_ranking(out: Path, method: str, seed: int) -> dict | None:
     return None
 
 
-def _run_jobs(pending: list[tuple[int, str, str]], inputs: _Inputs, out: Path, bar, client, threads: int | None,
-              methods: list[str]) -> tuple[int, int]:
+def _run_jobs(pending: list[tuple[int, str, str]], inputs: _Inputs, out: Path, bar, client,
+              threads: int | None) -> tuple[int, int]:
     """Submit the rankings the pending records need (those not stored in ``scores/``) and the
     records, each record after its ranking, to ``client``'s workers; write every ranking and
     record here, atomically, as soon as it comes back. Returns the numbers of records and
     rankings computed."""
-    needed = [(m, s) for s in dict.fromkeys(s for s, _, _ in pending) for m in methods
-              if any(pm == m and ps == s for ps, _, pm in pending)]
+    needed = dict.fromkeys((m, s) for s, _, m in pending)  # in plan order: seed by seed
     rankings: dict[tuple[str, int], object] = {}
     what: dict = {}
     for m, s in needed:
@@ -173,8 +172,7 @@ def _run_jobs(pending: list[tuple[int, str, str]], inputs: _Inputs, out: Path, b
         counts[kind] += 1
 
     jobs_.collect(client, what, write)
-    computed, ranked = counts["record"], counts["ranking"]
-    return computed, ranked
+    return counts["record"], counts["ranking"]
 
 
 def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = False, resume: bool = False,
@@ -221,15 +219,11 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     pending = [(s, a, m) for s, a, m in plan if record_key(m, s, a) not in done]
     inputs = _Inputs(cfg, str(Path(ckpt).resolve()), identity["checkpoint_sha256"])
     try:
-        with jobs_.dask_client(jobs, scheduler, client) as (c, threads):
-            if jobs_.in_this_process(c):  # the in-process worker uses what was loaded here
-                jobs_.put_cached(inputs.key(), (net, data, widths))
+        # an in-process worker uses the network and data loaded here
+        with jobs_.dask_client(jobs, scheduler, client, shared=(inputs.key(), (net, data, widths))) as (c, threads):
             runner = {"jobs": jobs, "scheduler": scheduler or (None if client is None else str(c.scheduler.address)),
                       "workers": len(c.scheduler_info().get("workers", {}))}
-            try:
-                computed, rankings_computed = _run_jobs(pending, inputs, out, bar, c, threads, cfg.methods)
-            finally:
-                jobs_.clear_cached()
+            computed, rankings_computed = _run_jobs(pending, inputs, out, bar, c, threads)
     finally:
         bar.close()
     wall = time.perf_counter() - start
