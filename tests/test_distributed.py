@@ -73,8 +73,9 @@ def test_two_processes_learn_and_finetune_as_one(tmp_path, data_cfg):
 def test_prune_under_torchrun_killed_and_resumed_matches_one_process(tmp_path, data_cfg):
     """``torchrun --nproc-per-node 2 -m pyro_dirichlet_prune prune``: both processes killed
     mid-way through switch learning (the whole job), the same command with --resume finishes;
-    only rank 0 wrote the output folder, and the run equals the one-process run: the same losses
-    to rounding, the same architecture, the same errors after fine-tuning."""
+    only rank 0 wrote the output folder and printed the summary, and the run equals the
+    one-process run: the same losses to rounding, the same architecture, the same errors after
+    fine-tuning."""
     from pyro_dirichlet_prune.models.checkpoint import shipped_checkpoint
 
     args = ["prune", "--arch", "6-8-40-20", "--checkpoint", str(shipped_checkpoint("lenet5", "mnist")),
@@ -87,7 +88,9 @@ def test_prune_under_torchrun_killed_and_resumed_matches_one_process(tmp_path, d
                        env={"DIRICHLET_PRUNE_FAULT": "switches:17"}, check=False)
     assert killed.returncode != 0 and not two.exists()
     assert (tmp_path / ".two.partial" / "state.pt").is_file()
-    _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two), "--resume"], tmp_path, _free_port())
+    resumed = _torchrun(["-m", "pyro_dirichlet_prune", *args, "--out", str(two), "--resume"], tmp_path,
+                        _free_port())
+    assert resumed.stdout.count("(fine-tuned)") == 1, resumed.stdout  # only rank 0 prints its summary
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".two")) == []
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert r2["resumed_from"]["switches"] > 0
