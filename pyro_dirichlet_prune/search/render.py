@@ -24,8 +24,8 @@ def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -
     t = summary.get("timings_seconds")
     if t:
         lines += ["", f"Wall time {t['wall_this_invocation']:.1f} s (this invocation), {t['compute_total']:.1f} s of "
-                      f"rankings and records in all, {t['per_record_mean'] or 0:.2f} s per architecture "
-                      f"(prune, fine-tune, test; mean over records)."]
+                      f"rankings and records in all, {t['per_record_mean'] or 0:.2f} s per record "
+                      f"(one method on one architecture and seed: prune, fine-tune, test; the mean)."]
     lines += ["",
              "## Wins per method", "", "| method | wins | ties | mean test error % | mean error after surgery % |",
              "|---|---:|---:|---:|---:|"]
