@@ -1,0 +1,124 @@
+"""The cut-off front of several ``cutoff_selection.py`` runs side by side, and the setting each
+run would choose on validation under a size budget.
+
+    python benchmarks/front_table.py frozen=benchmarks/results/front_frozen.json \\
+        learned=benchmarks/results/front_learned.json --budget 169320,7554
+
+One row per cut-off setting (the union over the runs), for each run the architectures the seeds
+reached, mean MACs and params, and validation and test error (mean ± sd over seeds). Below the
+table, per run, the setting *chosen*: the lowest mean validation error among the settings whose
+network is within the budget on every seed (MACs and params both at most the budget's). Test
+errors play no part in the choice; they are printed for the report. Prints Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def parse_budget(text: str) -> tuple[int, int] | None:
+    """``"MACS,PARAMS"`` as two integers, or ``None`` for an empty string (no budget)."""
+    if not text:
+        return None
+    try:
+        macs, params = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"budget must be 'MACS,PARAMS' (two integers), got {text!r}") from None
+    return macs, params
+
+
+def by_setting(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    """The rows of one run grouped by cut-off setting (``label``), in their first order."""
+    out: dict[str, list[Mapping]] = {}
+    for r in rows:
+        out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def within(rows: Sequence[Mapping], budget: tuple[int, int] | None) -> bool:
+    """Whether every seed's network is within the budget (always, without one)."""
+    return budget is None or all(r["macs"] <= budget[0] and r["params"] <= budget[1] for r in rows)
+
+
+def choose(rows: Sequence[Mapping], budget: tuple[int, int] | None, kinds: Sequence[str] | None = None) -> str | None:
+    """The setting with the lowest mean validation error over its seeds among those within the
+    budget on every seed (ties: the first listed); ``None`` if no setting fits. Only settings
+    run on the largest number of seeds compete, so a setting is not chosen for lacking a seed;
+    ``kinds`` (e.g. ``["uncertainty", "budget", "decision"]``) limits the cut-offs that may be
+    chosen, to leave out those given a rate by hand."""
+    if kinds is not None:
+        rows = [r for r in rows if r["cutoff"] in kinds]
+    groups = by_setting(rows)
+    if not groups:
+        return None
+    most = max(len(rs) for rs in groups.values())
+    fits = {label: rs for label, rs in groups.items() if len(rs) == most and within(rs, budget)}
+    if not fits:
+        return None
+    return min(fits, key=lambda label: statistics.fmean(r["val_error"] for r in fits[label]))
+
+
+def _err(rs: Sequence[Mapping], key: str) -> str:
+    vals = [100 * r[key] for r in rs if key in r]
+    if not vals:
+        return "—"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.2f} ± {sd:.2f}%"
+
+
+def _cell(rs: Sequence[Mapping] | None) -> list[str]:
+    if not rs:
+        return ["—"] * 5
+    archs = " / ".join(sorted({r["arch"] for r in rs}))
+    macs, params = (statistics.fmean(r[k] for r in rs) for k in ("macs", "params"))
+    return [archs, f"{macs:,.0f}", f"{params:,.0f}", _err(rs, "val_error"), _err(rs, "test_error")]
+
+
+def front_markdown(runs: Mapping[str, Sequence[Mapping]], budget: tuple[int, int] | None,
+                   kinds: Sequence[str] | None = None) -> str:
+    """The side-by-side table and each run's choice (module docstring)."""
+    groups = {name: by_setting(rows) for name, rows in runs.items()}
+    labels = list(dict.fromkeys(label for g in groups.values() for label in g))
+    head = ["cut-off"] + [f"{name}: {col}" for name in runs for col in ("kept", "MACs", "params", "val", "test")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        lines.append("| " + " | ".join([label] + [c for name in runs for c in _cell(groups[name].get(label))]) + " |")
+    lines.append("")
+    what = "no budget" if budget is None else f"at most {budget[0]:,} MACs and {budget[1]:,} params on every seed"
+    if kinds is not None:
+        what += "; cut-offs: " + ", ".join(kinds)
+    for name, rows in runs.items():
+        pick = choose(rows, budget, kinds)
+        if pick is None:
+            lines.append(f"- {name}: no setting fits ({what}).")
+            continue
+        rs = groups[name][pick]
+        lines.append(f"- {name}: chosen on validation ({what}): **{pick}**, kept {_cell(rs)[0]}, "
+                     f"validation {_err(rs, 'val_error')}, test {_err(rs, 'test_error')}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", metavar="NAME=PATH", help="a name and a cutoff_selection.py JSON report")
+    ap.add_argument("--budget", default="169320,7554", help="MACS,PARAMS for the choice; '' for none")
+    ap.add_argument("--kinds", nargs="+", default=None, help="the cut-offs that may be chosen (default: all)")
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"each run is NAME=PATH, got {item!r}")
+        runs[name] = json.loads(Path(path).read_text())["rows"]
+    try:
+        budget = parse_budget(args.budget)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(front_markdown(runs, budget, args.kinds), end="")
+
+
+if __name__ == "__main__":
+    main()
