@@ -29,6 +29,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -53,9 +54,14 @@ def inputs(dataset: str, data_dir: str | None):
                   lambda: (load_data(dataset, data_dir), load_checkpoint(shipped_checkpoint("lenet5", dataset))[0]))
 
 
-def parse_budget(budget: str) -> tuple[int, int]:
-    """``"MACS,PARAMS"`` as two integers."""
-    macs, params = (int(v) for v in budget.split(","))
+def parse_budget(budget: str | None) -> tuple[int, int] | None:
+    """``"MACS,PARAMS"`` as two integers, or ``None`` for an empty string or ``None`` (no budget)."""
+    if not budget:
+        return None
+    try:
+        macs, params = (int(v) for v in budget.split(","))
+    except ValueError:
+        raise ValueError(f"budget must be 'MACS,PARAMS' (two integers), got {budget!r}") from None
     return macs, params
 
 
@@ -138,13 +144,23 @@ def _label(desc: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in desc.items() if k not in ("macs", "params"))
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± sd over seeds of every cut-off's error, MACs and params."""
-    groups: dict[str, list[dict]] = {}
+def by_setting(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    """The rows grouped by cut-off setting (``label``), in their first order."""
+    out: dict[str, list[Mapping]] = {}
     for r in rows:
-        groups.setdefault(r["label"], []).append(r)
+        out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def within(rows: Sequence[Mapping], budget: tuple[int, int] | None) -> bool:
+    """Whether every row's network (``macs``, ``params``) is within the budget (always, without one)."""
+    return budget is None or all(r["macs"] <= budget[0] and r["params"] <= budget[1] for r in rows)
+
+
+def summarise(rows: Sequence[Mapping]) -> list[dict]:
+    """Mean ± sd over seeds of every cut-off's error, MACs and params."""
     out = []
-    for label, rs in groups.items():
+    for label, rs in by_setting(rows).items():
         s = {"label": label, "seeds": len(rs), "archs": sorted({r["arch"] for r in rs})}
         for key in ("macs", "params", "val_error", "test_error"):
             vals = [r[key] for r in rs if key in r]

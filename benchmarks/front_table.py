@@ -18,29 +18,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
-def parse_budget(text: str) -> tuple[int, int] | None:
-    """``"MACS,PARAMS"`` as two integers, or ``None`` for an empty string (no budget)."""
-    if not text:
-        return None
-    try:
-        macs, params = (int(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"budget must be 'MACS,PARAMS' (two integers), got {text!r}") from None
-    return macs, params
-
-
-def by_setting(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
-    """The rows of one run grouped by cut-off setting (``label``), in their first order."""
-    out: dict[str, list[Mapping]] = {}
-    for r in rows:
-        out.setdefault(r["label"], []).append(r)
-    return out
-
-
-def within(rows: Sequence[Mapping], budget: tuple[int, int] | None) -> bool:
-    """Whether every seed's network is within the budget (always, without one)."""
-    return budget is None or all(r["macs"] <= budget[0] and r["params"] <= budget[1] for r in rows)
+from cutoff_selection import by_setting, parse_budget, summarise, within  # benchmarks/ is on sys.path as a script
 
 
 def choose(rows: Sequence[Mapping], budget: tuple[int, int] | None, kinds: Sequence[str] | None = None) -> str | None:
@@ -61,31 +39,31 @@ def choose(rows: Sequence[Mapping], budget: tuple[int, int] | None, kinds: Seque
     return min(fits, key=lambda label: statistics.fmean(r["val_error"] for r in fits[label]))
 
 
-def _err(rs: Sequence[Mapping], key: str) -> str:
-    vals = [100 * r[key] for r in rs if key in r]
-    if not vals:
+def _err(s: Mapping | None, key: str) -> str:
+    """``mean ± sd%`` of one entry of ``summarise``; a dash where it has none."""
+    if not s or key not in s:
         return "—"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):.2f} ± {sd:.2f}%"
+    return f"{100 * s[key]:.2f} ± {100 * s[key + '_sd']:.2f}%"
 
 
-def _cell(rs: Sequence[Mapping] | None) -> list[str]:
-    if not rs:
+def _cell(s: Mapping | None) -> list[str]:
+    """A run's columns for one setting, from its ``summarise`` entry."""
+    if not s:
         return ["—"] * 5
-    archs = " / ".join(sorted({r["arch"] for r in rs}))
-    macs, params = (statistics.fmean(r[k] for r in rs) for k in ("macs", "params"))
-    return [archs, f"{macs:,.0f}", f"{params:,.0f}", _err(rs, "val_error"), _err(rs, "test_error")]
+    return [" / ".join(s["archs"]), f"{s['macs']:,.0f}", f"{s['params']:,.0f}", _err(s, "val_error"),
+            _err(s, "test_error")]
 
 
 def front_markdown(runs: Mapping[str, Sequence[Mapping]], budget: tuple[int, int] | None,
                    kinds: Sequence[str] | None = None) -> str:
     """The side-by-side table and each run's choice (module docstring)."""
-    groups = {name: by_setting(rows) for name, rows in runs.items()}
-    labels = list(dict.fromkeys(label for g in groups.values() for label in g))
+    summaries = {name: {e["label"]: e for e in summarise(rows)} for name, rows in runs.items()}
+    labels = list(dict.fromkeys(label for per in summaries.values() for label in per))
     head = ["cut-off"] + [f"{name}: {col}" for name in runs for col in ("kept", "MACs", "params", "val", "test")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
-        lines.append("| " + " | ".join([label] + [c for name in runs for c in _cell(groups[name].get(label))]) + " |")
+        lines.append("| " + " | ".join([label] + [c for name in runs for c in _cell(summaries[name].get(label))])
+                     + " |")
     lines.append("")
     what = "no budget" if budget is None else f"at most {budget[0]:,} MACs and {budget[1]:,} params on every seed"
     if kinds is not None:
@@ -95,9 +73,9 @@ def front_markdown(runs: Mapping[str, Sequence[Mapping]], budget: tuple[int, int
         if pick is None:
             lines.append(f"- {name}: no setting fits ({what}).")
             continue
-        rs = groups[name][pick]
-        lines.append(f"- {name}: chosen on validation ({what}): **{pick}**, kept {_cell(rs)[0]}, "
-                     f"validation {_err(rs, 'val_error')}, test {_err(rs, 'test_error')}.")
+        s = summaries[name][pick]
+        lines.append(f"- {name}: chosen on validation ({what}): **{pick}**, kept {_cell(s)[0]}, "
+                     f"validation {_err(s, 'val_error')}, test {_err(s, 'test_error')}.")
     return "\n".join(lines) + "\n"
 
 

@@ -83,20 +83,13 @@ def _run(args: argparse.Namespace, job: tuple[str, int], threads: int | None) ->
         pruned = prune_units(net, keep, data.input_shape)
         cut = {"tau": tau, "delta": args.delta, "arch": arch_string(keep),
                "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned)}
-        if args.ft_epochs > 0 and _within(cut, args.budget):
+        if args.ft_epochs > 0 and cutoff_selection.within([cut], cutoff_selection.parse_budget(args.budget)):
             ft_args = argparse.Namespace(ft_epochs=args.ft_epochs, device="cpu", test=True, dataset="mnist",
                                          data_dir=args.data_dir)
             done = cutoff_selection._finetune(ft_args, (seed, keep, None))
             cut.update({k: done[k] for k in ("val_error_pruned", "val_error", "test_error", "ft_seconds")})
         row["cutoffs"].append(cut)
     return row
-
-
-def _within(cut: dict, budget: str | None) -> bool:
-    if not budget:
-        return True
-    macs, params = cutoff_selection.parse_budget(budget)
-    return cut["macs"] <= macs and cut["params"] <= params
 
 
 def main() -> None:

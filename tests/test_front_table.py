@@ -1,15 +1,14 @@
 """benchmarks/front_table.py: the setting chosen on validation under a size budget."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "front_table", Path(__file__).resolve().parents[1] / "benchmarks" / "front_table.py")
-front_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(front_table)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as when run as a script
+
+import front_table  # noqa: E402
 
 
 def _row(label: str, seed: int, val: float, macs: int = 100, params: int = 10, cutoff: str = "decision") -> dict:
