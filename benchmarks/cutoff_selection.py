@@ -177,9 +177,11 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--config", default="{}", help="JSON SwitchConfig fields")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--taus", type=float, nargs="*", default=[0.25, 0.5, 1.0],
+                    help="taus of the uncertainty and budget cut-offs; none given: neither runs")
     ap.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.05, 0.2])
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    ap.add_argument("--rates", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.6, 0.7],
+                    help="rates of the rate sweep; none given: no sweep")
     ap.add_argument("--budget", default="169320,7554",
                     help="MACs,params of the budget cut-off (default: 6-8-40-20's); '' for none")
     ap.add_argument("--lams", type=float, nargs="*", default=[],
