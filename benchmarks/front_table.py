@@ -4,6 +4,9 @@ run would choose on validation under a size budget.
     python benchmarks/front_table.py frozen=benchmarks/results/front_frozen.json \\
         learned=benchmarks/results/front_learned.json --budget 169320,7554
 
+A run may join several reports, ``NAME=A.json+B.json`` (e.g. a front and the decision cut-off
+run later on the same seeds); a (setting, seed) given twice is refused.
+
 One row per cut-off setting (the union over the runs), for each run the architectures the seeds
 reached, mean MACs and params, and validation and test error (mean ± sd over seeds). Below the
 table, per run, the setting *chosen*: the lowest mean validation error among the settings whose
@@ -37,6 +40,20 @@ def choose(rows: Sequence[Mapping], budget: tuple[int, int] | None, kinds: Seque
     if not fits:
         return None
     return min(fits, key=lambda label: statistics.fmean(r["val_error"] for r in fits[label]))
+
+
+def joined_rows(name: str, reports: Sequence[Mapping]) -> list[Mapping]:
+    """The rows of ``reports`` (``cutoff_selection.py`` JSON reports) as one run called ``name``;
+    a ``ValueError`` naming the run if two reports hold the same setting on the same seed."""
+    rows, seen = [], set()
+    for report in reports:
+        for row in report["rows"]:
+            key = (row["label"], row["seed"])
+            if key in seen:
+                raise ValueError(f"runs: {name!r} holds {row['label']!r} on seed {row['seed']} twice")
+            seen.add(key)
+            rows.append(row)
+    return rows
 
 
 def _err(s: Mapping | None, key: str) -> str:
@@ -81,7 +98,8 @@ def front_markdown(runs: Mapping[str, Sequence[Mapping]], budget: tuple[int, int
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", metavar="NAME=PATH", help="a name and a cutoff_selection.py JSON report")
+    ap.add_argument("runs", nargs="+", metavar="NAME=PATH[+PATH...]",
+                    help="a name and cutoff_selection.py JSON reports joined by '+'")
     ap.add_argument("--budget", default="169320,7554", help="MACS,PARAMS for the choice; '' for none")
     ap.add_argument("--kinds", nargs="+", default=None, help="the cut-offs that may be chosen (default: all)")
     args = ap.parse_args(argv)
@@ -89,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for item in args.runs:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            ap.error(f"each run is NAME=PATH, got {item!r}")
-        runs[name] = json.loads(Path(path).read_text())["rows"]
+            ap.error(f"each run is NAME=PATH[+PATH...], got {item!r}")
+        try:
+            runs[name] = joined_rows(name, [json.loads(Path(p).read_text()) for p in path.split("+")])
+        except ValueError as exc:
+            ap.error(str(exc))
     try:
         budget = parse_budget(args.budget)
     except ValueError as exc:

@@ -1,6 +1,7 @@
 """benchmarks/front_table.py: the setting chosen on validation under a size budget."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,25 @@ def test_a_malformed_budget_names_the_argument():
     assert front_table.parse_budget("169320,7554") == (169320, 7554)
     with pytest.raises(ValueError, match="budget"):
         front_table.parse_budget("169320")
+
+
+def test_reports_joined_into_one_run_keep_every_row_and_refuse_a_setting_given_twice():
+    front = {"rows": [_row("rate", 0, 0.01, cutoff="rate"), _row("rate", 1, 0.01, cutoff="rate")]}
+    later = {"rows": [_row("lam", 0, 0.02), _row("lam", 1, 0.02)]}
+    rows = front_table.joined_rows("frozen", [front, later])
+    assert [(r["label"], r["seed"]) for r in rows] == [("rate", 0), ("rate", 1), ("lam", 0), ("lam", 1)]
+    assert front_table.choose(rows, None, kinds=["decision"]) == "lam"
+    with pytest.raises(ValueError, match="'frozen' holds 'rate' on seed 1 twice"):
+        front_table.joined_rows("frozen", [front, {"rows": [_row("rate", 1, 0.03, cutoff="rate")]}])
+
+
+def test_the_command_line_joins_reports_with_plus(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [_row("x", 0, 0.01)]}))
+    b.write_text(json.dumps({"rows": [_row("y", 0, 0.005, macs=50)]}))
+    front_table.main([f"frozen={a}+{b}", "--budget", "60,20"])
+    text = capsys.readouterr().out
+    assert "| x |" in text and "| y |" in text and "**y**" in text
+    with pytest.raises(SystemExit):
+        front_table.main([f"frozen={a}+{a}"])
+    assert "holds 'x' on seed 0 twice" in capsys.readouterr().err
