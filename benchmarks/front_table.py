@@ -50,7 +50,7 @@ def joined_rows(name: str, reports: Sequence[Mapping]) -> list[Mapping]:
         for row in report["rows"]:
             key = (row["label"], row["seed"])
             if key in seen:
-                raise ValueError(f"runs: {name!r} holds {row['label']!r} on seed {row['seed']} twice")
+                raise ValueError(f"reports: run {name!r} holds {row['label']!r} on seed {row['seed']} twice")
             seen.add(key)
             rows.append(row)
     return rows
