@@ -3,8 +3,8 @@ rankings, the held-out evaluation at the posterior mean, and resuming without re
 from __future__ import annotations
 
 import json
-import os
 import signal
+import threading
 import time
 
 import pytest
@@ -67,7 +67,9 @@ def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkey
         calls.append(args[3:5])
         if len(calls) == 2:
             time.sleep(0.5)  # the first record has come back and is saved
-            os.kill(os.getpid(), signal.SIGINT)  # the terminal signals the main thread, which waits for results
+            # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
+            # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(1.0)
             raise RuntimeError("this job was cancelled by the interrupted client")
         return real(*args)

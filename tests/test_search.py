@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import statistics
+import threading
 import time
 
 import pytest
@@ -355,7 +356,9 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
         calls.append(args[3])
         if len(calls) == 2:
             time.sleep(0.5)  # the first record has come back and is written
-            os.kill(os.getpid(), signal.SIGINT)  # the terminal signals the main thread, which waits for results
+            # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
+            # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(1.0)
             raise RuntimeError("this record's job was cancelled by the interrupted client")
         return real(*args, **kwargs)
