@@ -6,7 +6,7 @@ For every seed: fit the switch posterior of the shipped LeNet-5 once (``--config
 cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate`` cut-off; for every budget the
 budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); prune
 the fitted network (with its learned weights, when they learned), fine-tune ``--ft-epochs`` epochs (the
-pipeline's recipe, ``PruneConfig().finetune``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
+pipeline's recipe, ``PruneConfig().finetune_recipe()``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
 validation epoch kept) and
 record MACs, params and the validation error. Selection uses the validation error only; with
 ``--test`` the test error of every pruned network is recorded too, for the closing table.
@@ -76,7 +76,6 @@ def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, cfg)
     post = switch_posterior(fit, cfg, data.train, elbo_particles=0)
-    switched.remove_hooks()
     fit_seconds = time.perf_counter() - t
     means = fit.posterior_means()
     pruned_from = fit.fitted_network()  # the network itself, or with its learned weights
@@ -116,7 +115,7 @@ def _finetune(args: argparse.Namespace, job: tuple[int, dict, dict | None], thre
     if state is not None:
         net = copy.deepcopy(net)
         net.load_state_dict(state)
-    recipe = dataclasses.replace(PruneConfig().finetune, epochs=args.ft_epochs, seed=seed, device=args.device)
+    recipe = dataclasses.replace(PruneConfig().finetune_recipe(), epochs=args.ft_epochs, seed=seed, device=args.device)
     r = prune_and_finetune(net, keep, data, recipe, seed=seed, splits=("val", "test") if args.test else ("val",))
     out = {"seed": seed, "arch": arch_string(keep), "macs": r.size["macs"], "params": r.size["params"],
            "val_error_pruned": r.pruned["val"]["error"], "val_error": r.finetuned["val"]["error"],

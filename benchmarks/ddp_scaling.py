@@ -64,7 +64,6 @@ def worker(args: argparse.Namespace) -> None:
     timed = _Timed(loader)
     fit(model, guide, timed, epochs=1, schedule="joint", loss=make_elbo(cfg), lr=cfg.lr, seed=0, progress=False)
     switches = timed.seconds_after_first()
-    switched.remove_hooks()
     timed = _Timed(distributed.sharded(SplitLoader(train, args.batch_size, True, torch.Generator().manual_seed(0))))
     finetune(net, timed, None, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, progress=False)
     tune = timed.seconds_after_first()

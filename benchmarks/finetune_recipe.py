@@ -49,7 +49,6 @@ def _keep(args: argparse.Namespace, seed: int) -> dict[str, list[int]]:
     net, data = _inputs(args)
     switched = SwitchedNetwork(net)
     fit = fit_switches(switched, data.train, SwitchConfig(seed=seed))
-    switched.remove_hooks()
     widths = {p.name: p.width for p in net.switch_points()}
     return keep_top(fit.posterior_means(), parse_arch(args.arch, widths))
 

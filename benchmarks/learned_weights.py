@@ -47,7 +47,6 @@ def row(config: dict, data, dataset: str, seed: int) -> dict:
     fit = fit_switches(switched, data.train, cfg)
     seconds = time.perf_counter() - t
     post = switch_posterior(fit, cfg, data.train, elbo_particles=0)
-    switched.remove_hooks()
     fitted = fit.fitted_network()
     means = fit.posterior_means()
     shape = tuple(data.input_shape)

@@ -61,7 +61,6 @@ def main() -> None:
             t = time.perf_counter()
             fit = fit_switches(switched, data.train, cfg)
             seconds = time.perf_counter() - t
-            switched.remove_hooks()
             rows.append({"method": "dirichlet", "config": json.loads(text), "seed": seed, "switch_seconds": seconds,
                          **score(fit.posterior_means(), seed)})
     for r in rows:

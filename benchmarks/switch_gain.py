@@ -72,7 +72,6 @@ def _run(args: argparse.Namespace, job: tuple[str, int], threads: int | None) ->
     fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, lr=cfg.lr, seed=seed)
     gains = {k[len("gain."):]: float(v.detach()) for k, v in pyro.get_param_store().items() if k.startswith("gain.")}
     post = posterior_of(model, guide)
-    switched.remove_hooks()
     means = post.means
     row = {"gain": gain, "seed": seed, "fit_seconds": time.perf_counter() - t, "learned_gains": gains,
            "concentrations": {k: sorted((round(float(c), 3) for c in v), reverse=True)

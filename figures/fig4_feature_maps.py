@@ -65,7 +65,6 @@ def fit_means(net: nn.Module, train: Split, seed: int) -> dict[str, torch.Tensor
 
     switched = SwitchedNetwork(copy.deepcopy(net))
     fit = fit_switches(switched, train, dataclasses.replace(SwitchConfig(), seed=seed))
-    switched.remove_hooks()
     return fit.posterior_means()
 
 

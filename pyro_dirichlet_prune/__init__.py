@@ -27,12 +27,13 @@ set_spin_count()  # before torch is imported: the command line's idle OpenMP thr
 
 from .allocator import retain_freed_memory  # noqa: E402
 from .data import SplitLoader, normalisation
-from .inference.elbo import MeanSwitchELBO, dirichlet_kl
-from .inference.fit import FitResult, fit
+from .inference.elbo import MeanSwitchELBO
+from .inference.fit import FitResult, FitStep, fit
 from .inference.guides import DirichletGuide, LayerwiseGuide, ModuleLocal
 from .inference.posterior import SwitchPosterior, estimate_elbo, posterior_of
 from .metrics import count_macs, count_params
 from .models import build_model, discover_switch_points, load_pretrained
+from .models.discovery import left_out_layers
 from .models.switch_points import SwitchPoint
 from .models.switched import SwitchModel
 from .pruning.budget import budget_cutoff
@@ -46,10 +47,10 @@ from .training import TrainResult, evaluate, finetune
 __version__ = "0.1.0"
 
 __all__ = [
-    "SwitchModel", "DirichletGuide", "LayerwiseGuide", "ModuleLocal", "MeanSwitchELBO", "dirichlet_kl",
-    "fit", "FitResult", "posterior_of", "SwitchPosterior", "estimate_elbo",
+    "SwitchModel", "DirichletGuide", "LayerwiseGuide", "ModuleLocal", "MeanSwitchELBO",
+    "fit", "FitResult", "FitStep", "posterior_of", "SwitchPosterior", "estimate_elbo",
     "uncertainty_cutoff", "budget_cutoff", "PosteriorImportance", "arch_cutoff", "rate_cutoff", "prune", "finetune", "evaluate",
-    "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "SwitchPoint", "normalisation",
+    "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "left_out_layers", "SwitchPoint", "normalisation",
     "SplitLoader", "count_macs", "count_params", "retain_freed_memory", "Ranking", "RANKINGS", "get_ranking",
     "FittedSwitches", "prune_and_finetune", "PruneResult", "__version__",
 ]

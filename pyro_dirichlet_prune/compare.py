@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from .data import Split, load_data
 from .errors import UserError
 from .jobs import cached, check_runner, collect, dask_client, job_threads
-from .inference.svi import GUIDES, SwitchConfig, fit_switches, switch_posterior
+from .inference.builders import GUIDES, GuideBuilder, guide_builder, guide_name
+from .inference.svi import SwitchConfig, fit_switches, switch_posterior
 from .models import SwitchedNetwork, build_model
 from .models.switched import switch_factors
 from .models.checkpoint import load_checkpoint
@@ -57,7 +58,7 @@ class CompareConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     checkpoint: str | None = None
-    guides: list[str] = field(default_factory=lambda: list(GUIDES))
+    guides: list[str | GuideBuilder] = field(default_factory=lambda: list(GUIDES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     arch: str | None = None
@@ -205,15 +206,26 @@ def plot_comparison(summary: dict, guides: Sequence[str], path: Path, title: str
     plt.close(fig)
 
 
-def _switch_config(cfg: CompareConfig, guide: str, seed: int) -> SwitchConfig:
-    """The switch settings of one (guide, seed): the comparison's, with what the guide needs."""
+def _config_json(cfg: CompareConfig) -> dict:
+    """The configuration as plain JSON values: a guide given as a ``GuideBuilder`` is described
+    (its name and class), so that a report names it and a resumed run compares equal."""
+    out = dataclasses.asdict(cfg)
+    out["guides"] = [g if isinstance(g, str) else guide_builder(g).describe() for g in cfg.guides]
+    return out
+
+
+def _switch_config(cfg: CompareConfig, guide: str | GuideBuilder, seed: int) -> SwitchConfig:
+    """The switch settings of one (guide, seed): the comparison's, with what the guide needs (the
+    Monte-Carlo KL and one shared draw per minibatch unless the guide supports the others)."""
+    builder = guide_builder(guide)
     return dataclasses.replace(cfg.switch, guide=guide, seed=seed,
-                               elbo="trace" if guide not in ("dirichlet", "dirichlet-mean") else cfg.switch.elbo,
-                               sampling="shared" if guide != "dirichlet" else cfg.switch.sampling)
+                               elbo=cfg.switch.elbo if builder.closed_form_kl else "trace",
+                               sampling=cfg.switch.sampling if builder.per_example else "shared")
 
 
-def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict[str, int]) -> dict:
+def _one(net, data, cfg: CompareConfig, guide: str | GuideBuilder, seed: int, kept_counts: dict[str, int]) -> dict:
     switch_cfg = _switch_config(cfg, guide, seed)
+    guide = guide_name(guide)
     switched = SwitchedNetwork(net)
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, switch_cfg)
@@ -231,7 +243,6 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
         elbo_se = math.sqrt(sum(se ** 2 for _, se in post.stage_elbos.values()))
     else:
         elbo, elbo_se = post.elbo, post.elbo_se
-    switched.remove_hooks()
     ranking = get_ranking(DEFAULT_RANKING, fitted=FittedSwitches(switch_cfg, means))
     keep = keep_top(ranking(net, None, data.train, seed=seed), kept_counts)
     r = prune_and_finetune(net, keep, data, dataclasses.replace(cfg.finetune, seed=seed), seed=seed,
@@ -247,7 +258,7 @@ def _one(net, data, cfg: CompareConfig, guide: str, seed: int, kept_counts: dict
     }
 
 
-def _job(key: tuple, cfg: CompareConfig, ckpt: str, guide: str, seed: int, kept_counts: dict[str, int],
+def _job(key: tuple, cfg: CompareConfig, ckpt: str, guide: str | GuideBuilder, seed: int, kept_counts: dict[str, int],
          threads: int | None) -> dict:
     """One (guide, seed) record on a worker, which loads the network and the data once (under
     ``key``, which names the configuration and the checkpoint)."""
@@ -270,10 +281,12 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     The (guide, seed) jobs run on Dask as the search's do (``jobs``, ``scheduler``, ``client``:
     ``pyro_dirichlet_prune.jobs``); the records do not depend on where they ran."""
     check_runner(jobs, scheduler, client)
-    unknown = [g for g in cfg.guides if g not in GUIDES]
+    unknown = [g for g in cfg.guides if isinstance(g, str) and g not in GUIDES]
     if unknown or not cfg.guides:
-        raise UserError(f"unknown guide(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(GUIDES)}")
-    if len(set(cfg.guides)) != len(cfg.guides) or len(set(cfg.seeds)) != len(cfg.seeds) or not cfg.seeds:
+        raise UserError(f"unknown guide(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(GUIDES)}, "
+                        f"or give a GuideBuilder")
+    names = [guide_name(g) for g in cfg.guides]  # a TypeError for anything but a name or a GuideBuilder
+    if len(set(names)) != len(names) or len(set(cfg.seeds)) != len(cfg.seeds) or not cfg.seeds:
         raise UserError("give each guide and each seed once, and at least one seed")
     if any(s < 0 for s in cfg.seeds):
         raise UserError(f"seeds must be non-negative, got {cfg.seeds}")
@@ -301,14 +314,15 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     title = f"{cfg.model} on {cfg.dataset}, switch guides compared (pruned to {arch_string(kept_counts)})"
     t0 = time.perf_counter()
     with output_folder(out, overwrite, resume) as tmp:
-        state = RunState(tmp, 1, config=dataclasses.asdict(cfg))
+        state = RunState(tmp, 1, config=_config_json(cfg))
         if resume:
             state.load()
         records: list[dict] = list((state.get("records") or {}).get("records", []))
         done = {(r["guide"], r["seed"]) for r in records}
-        todo = [(g, s) for s in cfg.seeds for g in cfg.guides if (g, s) not in done]
+        by_name = dict(zip(names, cfg.guides))
+        todo = [(g, s) for s in cfg.seeds for g in names if (g, s) not in done]
         ckpt_path = str(Path(ckpt).resolve())
-        key = ("compare", repr(dataclasses.asdict(cfg)), ckpt_path, sha256(ckpt))
+        key = ("compare", repr(_config_json(cfg)), ckpt_path, sha256(ckpt))
         bar = tqdm(total=len(todo), desc="compare-guides", disable=None)
 
         def keep(label: tuple[str, int], record: dict) -> None:
@@ -318,19 +332,19 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
 
         try:
             with dask_client(jobs, scheduler, client, shared=(key, (net, data))) as (c, threads):
-                collect(c, {c.submit(_job, key, cfg, ckpt_path, g, s, kept_counts, threads, pure=False): (g, s)
+                collect(c, {c.submit(_job, key, cfg, ckpt_path, by_name[g], s, kept_counts, threads, pure=False): (g, s)
                             for g, s in todo}, keep)
         finally:
             bar.close()
-        order = {(g, s): i for i, (g, s) in enumerate((g, s) for s in cfg.seeds for g in cfg.guides)}
+        order = {(g, s): i for i, (g, s) in enumerate((g, s) for s in cfg.seeds for g in names)}
         records.sort(key=lambda r: order.get((r["guide"], r["seed"]), len(order)))
-        summary = summarise(records, cfg.guides)
+        summary = summarise(records, names)
         write_json(tmp / "records.json", records)
         write_json(tmp / "table.json", summary)
-        (tmp / "table.md").write_text(markdown(summary, cfg.guides, title, SCHEDULE_NOTES[cfg.switch.schedule]))
-        plot_comparison(summary, cfg.guides, tmp, title)
+        (tmp / "table.md").write_text(markdown(summary, names, title, SCHEDULE_NOTES[cfg.switch.schedule]))
+        plot_comparison(summary, names, tmp, title)
         report = {
-            "command": "compare-guides", "created": now(), "config": dataclasses.asdict(cfg), "checkpoint": str(ckpt),
+            "command": "compare-guides", "created": now(), "config": _config_json(cfg), "checkpoint": str(ckpt),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "architecture": arch_string(kept_counts), "summary": summary, "resumed": resume,
             "resumed_from": state.resumed_from, "seconds": time.perf_counter() - t0, "versions": versions(),

@@ -324,10 +324,32 @@ class SplitLoader:
 
 
 def split_batch(batch) -> tuple:
-    """A minibatch as ``(x, y)`` or ``(x, y, idx)``."""
+    """A minibatch as ``(x, y)`` or ``(x, y, idx)``: a ``TypeError``/``ValueError`` naming ``data``
+    unless ``x`` and ``y`` are tensors of as many examples and ``y`` holds integer class labels."""
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        raise TypeError(f"data must yield (x, y) or (x, y, idx) batches, got {type(batch).__name__}")
+        what = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+        raise TypeError(f"data must yield (x, y) or (x, y, idx) batches (inputs, integer class labels and "
+                        f"optionally the examples' indices), got {what}")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"data must yield tensors (x, y), got ({type(x).__name__}, {type(y).__name__})")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"data: labels y must be integer class indices, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"data: labels y must be one class index per example, got shape {tuple(y.shape)} "
+                         f"for inputs of shape {tuple(x.shape)}")
     return tuple(batch)
+
+
+def check_labels(y: torch.Tensor, num_classes: int) -> None:
+    """A ``TypeError``/``ValueError`` naming ``y`` unless it holds integer labels in 0..num_classes-1
+    (the network's outputs)."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y: labels must be an integer tensor of class indices, got "
+                        f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"y: labels must be class indices in 0..{num_classes - 1} (the network has "
+                         f"{num_classes} outputs), got values from {int(y.min())} to {int(y.max())}")
 
 
 def resume_epoch(data: Iterable, skip: int, loader_state: dict | None, epoch_rng: torch.Tensor | None):

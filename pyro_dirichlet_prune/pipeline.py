@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ import torch
 from .data import DataBundle, dataset_spec, load_data
 from .distributed import is_main
 from .errors import UserError
-from .inference.fit import collapsed_fraction
+from .inference.guards import collapsed_fraction
 from .inference.posterior import SwitchPosterior
 from .inference.svi import SwitchConfig, SwitchFit, fit_switches, switch_posterior
 from .latency import latency_report
@@ -45,60 +45,18 @@ from .pretraining import PretrainConfig, run_pretrain, seed_everything, subset_t
 from .prune_step import prune_and_finetune
 from .pruning.budget import check_reachable, size_function
 from .pruning.cutoff import arch_string
+from .pruning.cutoffs import Cutoff
 from .pruning.surgery import prune
-from .pruning.decision import DEFAULT_EXAMPLES
 from .pruning.ranking import FittedSwitches
-from .unit_choice import CUTOFFS, DELTA, TAU, budget_targets, choose_units, kept_counts, resolve_cutoff
+from .prune_config import CUTOFFS, DELTA, TAU, PruneConfig
+from .unit_choice import budget_targets, choose_units, kept_counts, resolve_cutoff
 from .report import check_output, now, output_folder, versions, write_json
 from .run_outputs import point_table, save_outputs
 from .runstate import RunState
-from .training import TrainConfig, check_device, evaluate
+from .training import check_device, evaluate
 
 __all__ = ["CUTOFFS", "DELTA", "TAU", "PretrainConfig", "PruneConfig", "resolve_checkpoint", "resolve_cutoff",
            "run_pretrain", "run_prune", "seed_everything", "subset_train", "train_defaults"]
-
-_subset = subset_train  # the former private names, for callers that still use them
-
-
-@dataclass
-class PruneConfig:
-    """Options of ``run_prune``. ``model_file`` (a whole pickled ``nn.Module``; unpickling runs
-    arbitrary code, so only a trusted file) replaces ``model`` and ``checkpoint``; its input
-    shape is ``input_shape`` (e.g. ``"3,32,32"``; default the data set's). ``layers`` names the
-    layers to switch (default: all that the model declares, or that discovery finds).
-    ``ranking`` names the ``pruning.ranking`` that orders the units for the ``arch`` and ``rate``
-    cut-offs (None: ``posterior-mean``, E_q[s_l] of the switch fit). ``latency``: measure the base
-    and the pruned network's forward passes (``latency.latency_report``: CPU, and the GPU too with
-    ``device="cuda"``) into the report's ``latency``."""
-
-    model: str | None = "lenet5"
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    checkpoint: str | None = None
-    switch: SwitchConfig = field(default_factory=SwitchConfig)
-    cutoff: str | None = None
-    arch: str | None = None
-    rate: float | None = None
-    tau: float = TAU
-    delta: float = DELTA
-    target_macs: int | None = None
-    target_params: int | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(**train_defaults("lenet5", "mnist", "finetune")))
-    seed: int = 0
-    val_size: int = 5000
-    split_seed: int = 0
-    max_train_examples: int | None = None
-    model_file: str | None = None
-    input_shape: str | None = None
-    layers: list[str] | None = None
-    device: str = "cpu"
-    ranking: str | None = None
-    latency: bool = True
-    lam: float | None = None
-    decision_measure: str = "macs+params"
-    decision_examples: int = DEFAULT_EXAMPLES
-    decision_draws: int = 0
-    rounds: int = 1
 
 
 def resolve_checkpoint(cfg: PruneConfig) -> Path:
@@ -150,7 +108,7 @@ def _check_options(cfg: PruneConfig) -> str:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
-        cfg.finetune.validate()
+        cfg.finetune_recipe().validate()
     except ValueError as exc:
         raise UserError(f"fine-tuning: {exc}") from None
     return cutoff
@@ -159,8 +117,7 @@ def _check_options(cfg: PruneConfig) -> str:
 def _load_network(cfg: PruneConfig) -> tuple[PruneConfig, torch.nn.Module, dict, list[SwitchPoint], Path, str]:
     """The network to prune, its facts (input shape, classes), its switch points, the file it
     came from and its label; for a user's network the configuration without a model name."""
-    if cfg.model_file is not None:  # a user's network: the model name does not apply
-        cfg = dataclasses.replace(cfg, model=None)
+    if cfg.model_file is not None:  # a user's network (PruneConfig refuses a model name with it)
         net, info, points = _load_user_model(cfg)
         return cfg, net, info, points, Path(cfg.model_file), Path(cfg.model_file).name
     check_model_name(cfg.model)  # unknown model → clear error before any work
@@ -184,7 +141,7 @@ def _learn_switches(net: torch.nn.Module, points: list[SwitchPoint], data: DataB
                     state: RunState, timings: dict[str, float], loop: str = "switches") -> tuple[SwitchFit, SwitchPosterior]:
     """Fit q(s) to the frozen ``net`` (on its device) and its posterior with the ELBO estimates
     (their seconds added to ``timings["elbo"]``, the fit's to ``timings["switches"]``); ``net``
-    ends on the CPU without hooks."""
+    ends on the CPU."""
     switched = SwitchedNetwork(net, points)
     t = time.perf_counter()
     fit = fit_switches(switched, data.train, switch_cfg, state=state, loop=loop)
@@ -192,7 +149,6 @@ def _learn_switches(net: torch.nn.Module, points: list[SwitchPoint], data: DataB
     t = time.perf_counter()
     post = switch_posterior(fit, switch_cfg, data.train)
     timings["elbo"] = timings.get("elbo", 0.0) + time.perf_counter() - t
-    switched.remove_hooks()
     net.cpu()
     return fit, post
 
@@ -233,7 +189,7 @@ def _fit_and_choose(cfg: PruneConfig, cutoff: str, net: torch.nn.Module, points:
         t = time.perf_counter()
         fitted = FittedSwitches.of(fit, switch_cfg, post)
         prob_below = post.prob_below(cfg.tau)
-        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, prob_below, fit)
+        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, post, fit)
         timings["cutoff"] = timings.get("cutoff", 0.0) + time.perf_counter() - t
         removed = sum(p.width - len(keep[p.name]) for p in points)
         rounds.append({"round": r + 1, "widths": "-".join(str(p.width) for p in points), "kept": arch_string(keep),
@@ -262,9 +218,10 @@ def run_prune(
     cfg, net, info, points, ckpt, label = _load_network(cfg)
     left_out = left_out_layers(net, info["input_shape"], points)
     widths = point_widths(points)
-    if cutoff in ("arch", "rate"):  # a wrong arch or rate fails before any work
+    given = not isinstance(cfg.cutoff, Cutoff)  # the options name the cut-off (an object checked itself)
+    if given and cutoff in ("arch", "rate"):  # a wrong arch or rate fails before any work
         kept_counts(cfg, cutoff, widths)
-    if cutoff in ("budget", "decision") and budget_targets(cfg):  # refuse an unreachable budget before any work
+    if given and cutoff in ("budget", "decision") and budget_targets(cfg):  # refuse an unreachable budget before any work
         check_reachable(size_function(net, info["input_shape"], points), widths, budget_targets(cfg))
     check_output(out, overwrite, resume)
 
@@ -273,7 +230,7 @@ def run_prune(
     data = _load_run_data(cfg, info, ckpt)
     timings["load"] = time.perf_counter() - t
     switch_cfg = dataclasses.replace(cfg.switch, seed=cfg.seed)
-    finetune_cfg = dataclasses.replace(cfg.finetune, seed=cfg.seed, device=cfg.device)
+    finetune_cfg = dataclasses.replace(cfg.finetune_recipe(), seed=cfg.seed, device=cfg.device)
 
     with output_folder(out, overwrite, resume) as tmp:
         state = RunState(tmp, checkpoint_every, config=dataclasses.asdict(cfg))

@@ -75,6 +75,8 @@ def _default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if callable(getattr(obj, "describe", None)):  # a user's guide builder or cut-off in a config
+        return obj.describe()
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 

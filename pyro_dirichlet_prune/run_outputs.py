@@ -3,8 +3,6 @@ figure), an autoguide's parameters, and the table of where the switches sat."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from .data import DataBundle
@@ -13,12 +11,11 @@ from .inference.svi import SwitchFit, guide_parameters
 from .models.checkpoint import save_checkpoint, save_module_checkpoint
 from .models.switch_points import SwitchPoint
 from .plots import plot_posterior
+from .prune_config import PruneConfig
 from .prune_step import PruneResult
 from .pruning.cutoff import arch_string
 from .report import write_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import PruneConfig
 
 
 def point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
@@ -28,7 +25,7 @@ def point_table(net: torch.nn.Module, points: list[SwitchPoint]) -> list[dict]:
             for p in points]
 
 
-def save_outputs(tmp: Path, cfg: "PruneConfig", ckpt: Path, label: str, data: DataBundle, points: list[SwitchPoint],
+def save_outputs(tmp: Path, cfg: PruneConfig, ckpt: Path, label: str, data: DataBundle, points: list[SwitchPoint],
                  fit: SwitchFit, post: SwitchPosterior, means: dict, prob_below: dict, result: PruneResult,
                  units: dict[str, list[int]], keep: dict[str, list[int]]) -> None:
     """The pruned network, the posterior (JSON and figure) and an autoguide's parameters.

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import DataBundle, Split, SplitLoader, batches
+from .data import DataBundle, Split, SplitLoader, batches, check_labels, split_batch
 from .errors import UserError
 from .runstate import LoopPosition, RunState, open_loop
 
@@ -76,9 +76,11 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
         part = distributed.share(len(data))
         data = Split(data.x[part], data.y[part])
     wrong, nll, n = 0, 0.0, 0
-    for x, y, *_ in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
+    for batch in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
+        x, y, *_ = split_batch(batch)
         x, y = x.to(device), y.to(device)
         logits = net(x)
+        check_labels(y, logits.shape[-1])
         wrong += int((logits.argmax(1) != y).sum())
         nll += float(F.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
@@ -259,12 +261,14 @@ def finetune(
         net.train()
         for x, y, *_ in at.batches(train_data):
             x, y = x.to(dev), y.to(dev)
+            logits = model(x)
+            check_labels(y, logits.shape[-1])
             if teach is None:
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(logits, y)
             else:
                 with torch.no_grad():
                     target = teach(x)
-                loss = distillation_loss(model(x), target, y, temperature, distill_weight)
+                loss = distillation_loss(logits, target, y, temperature, distill_weight)
             opt.zero_grad(set_to_none=True)
             if ranks > 1:  # this rank's share of the whole minibatch's mean: sum over the share / B, times W
                 whole = distributed.all_sum([len(y)])[0]

@@ -2,31 +2,27 @@
 the cut-off that ``resolve_cutoff`` names, with the report's description of it."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .data import DataBundle
-from .inference.svi import SwitchFit
-from .models.switch_points import SwitchPoint, point_widths
-from .pruning.budget import budget_keep, size_function
-from .pruning.cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
 from .errors import UserError
-from .pruning.decision import DEFAULT_LAM, MEASURES, decision_cutoff, decision_examples
+from .inference.posterior import SwitchPosterior
+from .inference.svi import SwitchFit
+from .models.switch_points import SwitchPoint
+from .prune_config import CUTOFFS, PruneConfig
+from .pruning.cutoff import parse_arch, rate_widths
+from .pruning.cutoffs import ArchCutoff, BudgetCutoff, Cutoff, DecisionCutoff, RateCutoff, UncertaintyCutoff
+from .pruning.decision import MEASURES
 from .pruning.ranking import DEFAULT_RANKING, RANKINGS, FittedSwitches, get_ranking
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import PruneConfig
 
 
-CUTOFFS = ("uncertainty", "budget", "arch", "rate", "decision")
-TAU = 0.5
-DELTA = 0.05
-
-
-def resolve_cutoff(cfg: "PruneConfig") -> str:
+def resolve_cutoff(cfg: PruneConfig) -> str:
     """The cut-off a configuration asks for: the one named, or the one its options imply
-    (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors."""
+    (``arch``, ``rate``, ``target_*`` → budget), else ``uncertainty``; conflicts are errors. A
+    ``Cutoff`` object given as ``cfg.cutoff`` carries its own settings: its ``kind``."""
+    if isinstance(cfg.cutoff, Cutoff):
+        return _object_cutoff(cfg)
     implied = [name for name, given in (("arch", cfg.arch is not None), ("rate", cfg.rate is not None),
                                         ("budget", cfg.target_macs is not None or cfg.target_params is not None),
                                         ("decision", cfg.lam is not None)) if given]
@@ -34,6 +30,9 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
         implied = ["decision"]
     if len(implied) > 1:
         raise UserError(f"give one cut-off, not {' and '.join(implied)} (arch, rate, target_macs/target_params, lam)")
+    if cfg.cutoff is not None and not isinstance(cfg.cutoff, str):
+        raise UserError(f"cutoff must be a cut-off name ({', '.join(CUTOFFS)}) or a Cutoff, got "
+                        f"{type(cfg.cutoff).__name__}")
     if cfg.cutoff is not None and cfg.cutoff not in CUTOFFS:
         raise UserError(f"unknown cut-off {cfg.cutoff!r}; choose one of {', '.join(CUTOFFS)}")
     kind = cfg.cutoff or (implied[0] if implied else "uncertainty")
@@ -71,62 +70,54 @@ def resolve_cutoff(cfg: "PruneConfig") -> str:
     return kind
 
 
-def budget_targets(cfg: "PruneConfig") -> dict[str, int]:
+def _object_cutoff(cfg: PruneConfig) -> str:
+    """The kind of a ``Cutoff`` object in ``cfg.cutoff``, which no other cut-off option may join."""
+    given = [name for name, value in (("arch", cfg.arch), ("rate", cfg.rate), ("target_macs", cfg.target_macs),
+                                      ("target_params", cfg.target_params), ("lam", cfg.lam),
+                                      ("ranking", cfg.ranking)) if value is not None]
+    if given:
+        raise UserError(f"cutoff: a Cutoff object carries its own settings; do not give {', '.join(given)} too")
+    if not isinstance(cfg.cutoff.kind, str) or not cfg.cutoff.kind:
+        raise UserError(f"cutoff: {type(cfg.cutoff).__name__} needs a non-empty kind")
+    if not (isinstance(cfg.rounds, int) and cfg.rounds >= 1):
+        raise UserError(f"rounds must be a positive integer, got {cfg.rounds!r}")
+    return cfg.cutoff.kind
+
+
+def budget_targets(cfg: PruneConfig) -> dict[str, int]:
     """The size targets that were given: ``{"macs": M, "params": P}``."""
     return {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
 
 
-def kept_counts(cfg: "PruneConfig", cutoff: str, widths: dict[str, int]) -> dict[str, int]:
+def kept_counts(cfg: PruneConfig, cutoff: str, widths: dict[str, int]) -> dict[str, int]:
     """How many units every layer keeps under the ``arch`` or ``rate`` cut-off."""
     return parse_arch(cfg.arch, widths) if cutoff == "arch" else rate_widths(cfg.rate, widths)
 
 
-def relative_draws(fit: SwitchFit, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` draws s ~ q of every layer's switch divided by its posterior mean: the
-    multipliers that turn the network at the posterior mean (``fitted_network``) into the network
-    at a draw; none for a fit without learned weights or without Dirichlet concentrations."""
-    phis = fit.concentrations
-    if count == 0 or not fit.learns_weights or not phis:
-        return []
-    out = []
-    with torch.random.fork_rng():  # seeded, and the caller's generator left as it was
-        torch.manual_seed(seed)
-        for _ in range(count):
-            out.append({layer: torch.distributions.Dirichlet(phi).sample() / (phi / phi.sum())
-                        for layer, phi in phis.items()})
-    return out
+def cutoff_of(cfg: PruneConfig, kind: str, fitted: FittedSwitches) -> Cutoff:
+    """The ``Cutoff`` object of a configuration: ``cfg.cutoff`` itself when it is one, else the
+    one its options name (``resolve_cutoff``); the ``arch``/``rate`` cut-offs rank with
+    ``cfg.ranking`` (default the posterior means of the fit), reading the fitted posterior."""
+    if isinstance(cfg.cutoff, Cutoff):
+        return cfg.cutoff
+    if kind == "uncertainty":
+        return UncertaintyCutoff(cfg.tau, cfg.delta)
+    if kind == "budget":
+        return BudgetCutoff(cfg.target_macs, cfg.target_params, cfg.tau)
+    if kind == "decision":
+        return DecisionCutoff(cfg.lam, budget_targets(cfg) or None, cfg.decision_measure, cfg.decision_examples,
+                              cfg.decision_draws)
+    ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)
+    return ArchCutoff(cfg.arch, ranking) if kind == "arch" else RateCutoff(cfg.rate, ranking)
 
 
-def choose_units(cfg: "PruneConfig", cutoff: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
-                 fitted: FittedSwitches, prob_below: dict, fit: SwitchFit) -> tuple[dict[str, list[int]], dict]:
+def choose_units(cfg: PruneConfig, kind: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
+                 fitted: FittedSwitches, posterior: SwitchPosterior, fit: SwitchFit) -> tuple[dict[str, list[int]], dict]:
     """The units the cut-off keeps in ``net`` (the network to prune), and the report's
-    description of the cut-off."""
-    widths = point_widths(points)
-    cut: dict = {"kind": cutoff}
-    if cutoff == "uncertainty":
-        keep, guarded = uncertainty_keep(prob_below, fitted.means, cfg.delta)
-        cut.update(tau=cfg.tau, delta=cfg.delta, guarded_layers=guarded)
-    elif cutoff == "budget":
-        keep, _ = budget_keep(removal_order(prob_below, fitted.means), widths,
-                              size_function(net, data.input_shape, points), budget_targets(cfg))
-        cut.update(tau=cfg.tau, target=budget_targets(cfg))
-    elif cutoff == "decision":
-        x, y = decision_examples(data.train, cfg.decision_examples, cfg.seed)
-        draws = relative_draws(fit, cfg.decision_draws, cfg.seed)
-        target = budget_targets(cfg) or None
-        lam = None if target else (cfg.lam if cfg.lam is not None else DEFAULT_LAM)
-        decision = decision_cutoff(net, points, x, y, data.input_shape, lam=lam,
-                                   target=target, measure=cfg.decision_measure, draws=draws)
-        keep = decision.keep
-        cut.update(lam=lam, target=target, measure=cfg.decision_measure, examples=len(y), draws=len(draws),
-                   utility=decision.utility, loglik=decision.loglik,
-                   removals=sum("removed" in step for step in decision.steps),
-                   additions=sum("added" in step for step in decision.steps),
-                   evaluations=decision.evaluations, path=decision.steps)
-    else:
-        ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)
-        keep = keep_top(ranking(net, points, data.train, seed=cfg.seed), kept_counts(cfg, cutoff, widths))
-        cut.update({cutoff: cfg.arch if cutoff == "arch" else cfg.rate})
-        if cfg.ranking is not None:
-            cut["ranking"] = cfg.ranking
-    return keep, cut
+    description of the cut-off (``Cutoff.describe``)."""
+    cutoff = cutoff_of(cfg, kind, fitted)
+    keep = cutoff(posterior, net, data.input_shape, points=points, train=data.train, seed=cfg.seed, fit=fit)
+    described = cutoff.describe()
+    if kind in ("arch", "rate") and not isinstance(cfg.cutoff, Cutoff) and cfg.ranking is None:
+        described.pop("ranking", None)  # the default ranking, as the report has always said nothing of it
+    return keep, described

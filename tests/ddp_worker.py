@@ -35,7 +35,6 @@ def main(out: str, dataset: str, data_dir: str, max_train: int) -> None:
     fit = fit_switches(switched, data.train, cfg)
     layerwise = fit_switches(switched, data.train, dataclasses.replace(cfg, schedule="sequential", scale="simplex",
                                                                         epochs=1, lr=0.05))
-    switched.remove_hooks()
     means = fit.posterior_means()
     keep = keep_top(means, parse_arch("6-8-40-20", {k: v.numel() for k, v in means.items()}))
     ft = TrainConfig(epochs=2, lr=2e-3, batch_size=100, augment_shift=2, seed=5)

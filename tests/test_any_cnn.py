@@ -38,7 +38,6 @@ def _masked(net, points, keep, x):
     sw = SwitchedNetwork(net, points)
     with torch.no_grad(), sw.scaled(mask_scales(points, keep)):
         out = sw(x)
-    sw.remove_hooks()
     return out
 
 
@@ -247,6 +246,33 @@ def test_left_out_layers_name_every_unswitched_layer_with_its_reason():
                                                            "fc3": "produces the network output"}
 
 
+class ResidualIntoDepthwise(nn.Module):
+    """stem and a tied by a residual addition whose sum feeds a depthwise (grouped) convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.dw, self.mid = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        z = torch.relu(self.dw(h + self.a(h)))
+        return self.head(torch.relu(self.mid(z)).mean((2, 3)))
+
+
+def test_a_layer_left_out_for_two_reasons_is_told_both():
+    from pyro_dirichlet_prune import SwitchModel
+
+    model = SwitchModel(ResidualIntoDepthwise(), (1, 8, 8), num_data=4)
+    assert model.layers == ["mid"]
+    left = model.left_out_layers()
+    assert left["a"] == ("its units are tied to those of stem (a residual addition or another shared use); "
+                         "its units feed the grouped convolution dw")
+    assert left["stem"].startswith("its units are tied to those of a ") and left["stem"].endswith("grouped convolution dw")
+    assert left["dw"] == "it is a grouped convolution" and left["head"] == "produces the network output"
+
+
 def test_named_layers_are_checked():
     net = torchvision.models.resnet18(num_classes=10)
     points = discover_switch_points(net, CIFAR, layers=["layer2.1.conv1", "layer1.0.conv1"])
@@ -314,7 +340,6 @@ def test_a_switch_before_batchnorm_in_training_mode_is_undone_and_after_it_in_ev
         with before.scaled({"conv": scale}):
             switched = before(x)
     torch.testing.assert_close(switched, plain, rtol=1e-4, atol=1e-4)
-    before.remove_hooks()
 
     # (b) after the batch-norm, in eval mode (as during switch learning): the switch counts
     after = SwitchedNetwork(net, [SwitchPoint("conv", conv, bn)])
@@ -328,7 +353,6 @@ def test_a_switch_before_batchnorm_in_training_mode_is_undone_and_after_it_in_ev
     assert (switched - plain).abs().max() > 0.1
     expected = net[4](torch.flatten(torch.zeros(16, 6, 5, 5), 1))  # every unit zeroed: only fc's bias
     torch.testing.assert_close(zeroed, expected)
-    after.remove_hooks()
 
 
 def test_switch_learning_keeps_batchnorms_in_eval_mode():
@@ -341,6 +365,5 @@ def test_switch_learning_keeps_batchnorms_in_eval_mode():
     train = Split(torch.randn(32, *CIFAR, generator=g), torch.randint(0, 10, (32,), generator=g))
     switched = SwitchedNetwork(net)
     fit = fit_switches(switched, train, SwitchConfig(epochs=1, batch_size=16, schedule="joint"))
-    switched.remove_hooks()
     assert len(fit.losses) == 2 and not net.training
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())

@@ -19,7 +19,7 @@ from pyro_dirichlet_prune.models import SwitchedNetwork, build_model, switch_poi
 from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
 from pyro_dirichlet_prune.pruning.decision import decision_cutoff, decision_keep
 from pyro_dirichlet_prune.pruning.surgery import prune
-from pyro_dirichlet_prune.unit_choice import relative_draws
+from pyro_dirichlet_prune.pruning.cutoffs import relative_draws
 
 WIDTHS = {"a": 4, "b": 5, "c": 3}
 PER_UNIT = {"a": 30, "b": 10, "c": 2}  # MACs a unit of each layer costs

@@ -75,8 +75,30 @@ def test_fig4_from_a_posterior_file(tmp_path, data_cfg):
         module.main([*_data_args(data_cfg), "--posterior", str(posterior), "--out", str(tmp_path / "x.png")])
 
 
-def test_fig4_from_a_tiny_fit(tmp_path, data_cfg):
+def test_fig4_from_a_tiny_fit(tmp_path, data_cfg, monkeypatch):
+    """The figure shows what it says: the input, then ReLU(conv1(x)) of the three channels of
+    highest posterior mean of a fresh switch fit, in that order, and of the lowest one."""
     torch.set_num_threads(1)
-    png = _script("fig4_feature_maps").main([*_data_args(data_cfg), "--max-train-examples", "256", "--images", "1",
-                                            "--out", str(tmp_path / "fig4.png")])
-    assert _is_png(png)
+    module = _script("fig4_feature_maps")
+    figures, fitted = [], {}
+    monkeypatch.setattr(module.plt, "close", figures.append)
+    real_fit = module.fit_means
+
+    def spy(net, train, seed):
+        fitted["means"], fitted["net"] = real_fit(net, train, seed), net
+        return fitted["means"]
+
+    monkeypatch.setattr(module, "fit_means", spy)
+    png = module.main([*_data_args(data_cfg), "--max-train-examples", "256", "--images", "1",
+                       "--out", str(tmp_path / "fig4.png")])
+    assert _is_png(png) and len(figures) == 1
+    mean = fitted["means"]["conv1"]
+    order = sorted(range(10), key=lambda j: -float(mean[j]))
+    axes = figures[0].axes
+    titles = [ax.get_title() for ax in axes[1:5]]
+    assert titles == [f"{r}: channel {ch}\nD·E[s]={10 * float(mean[ch]):.2f}"
+                      for r, ch in zip(["#1", "#2", "#3", "least"], order[:3] + order[-1:])]
+    image = torch.as_tensor(axes[0].get_images()[0].get_array().data)
+    maps = module.first_layer_maps(fitted["net"], image[None, None].float())
+    for ax, ch in zip(axes[1:5], order[:3] + order[-1:]):
+        torch.testing.assert_close(torch.as_tensor(ax.get_images()[0].get_array().data).float(), maps[0, ch])

@@ -66,8 +66,39 @@ def test_healthy_layer_is_not_reported_collapsed():
 
 
 def test_cutoff_that_empties_a_layer_is_refused():
-    with pytest.raises(NumericalError, match="every unit of layer conv2"):
+    with pytest.raises(ValueError, match=r"keep\['conv2'\] is empty: a layer keeps at least one of its 20 units"):
         prune_units(build_model("lenet5"), {"conv2": []}, SHAPE)
+
+
+def test_a_nonfinite_step_is_not_applied_and_the_last_good_state_survives():
+    """Two good minibatches, then one whose inputs are NaN: ``fit`` raises, and the guide and its
+    posterior are exactly those of a fit on the two good minibatches alone (the bad step was not
+    applied), so a later ``evaluate`` of the posterior is finite."""
+    import math
+
+    from pyro_dirichlet_prune import DirichletGuide, SwitchModel, evaluate, fit, posterior_of
+
+    split = _split()
+    good = [(split.x[:16], split.y[:16]), (split.x[16:32], split.y[16:32])]
+    bad = (torch.full_like(split.x[32:48], float("nan")), split.y[32:48])
+    net = TwoLayer()
+    guides = []
+    for data in (good, good + [bad]):
+        model = SwitchModel(net, num_data=64)
+        guide = DirichletGuide(model)
+        guides.append(guide)
+        if len(data) == 2:
+            fit(model, guide, data, seed=0, progress=False)
+        else:
+            with pytest.raises(NumericalError, match=r"the ELBO became non-finite \(loss nan\) at step 3 of switch "
+                                                     r"learning \(hidden\); that step was not applied, the guide "
+                                                     r"keeps the state of step 2"):
+                fit(model, guide, data, seed=0, progress=False)
+    reference, survived = (g.concentrations()["hidden"] for g in guides)
+    assert torch.isfinite(survived).all() and not torch.equal(survived, torch.full((4,), 10.0, dtype=torch.float64))
+    assert torch.equal(survived, reference)
+    means = posterior_of(model, guides[1]).means["hidden"]
+    assert math.isfinite(evaluate(net, split)["nll"]) and torch.isfinite(means).all()
 
 
 class HardCodedView(nn.Module):

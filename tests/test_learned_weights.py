@@ -101,7 +101,8 @@ def test_fit_learns_weights_and_leaves_the_network_untouched(setup):
     fit(model, guide, [(x, y)] * 10, epochs=1, seed=0, progress=False, weight_lr=1e-2)
     w_hat = guide.weights()
     assert all(torch.equal(net.state_dict()[k], before[k]) for k in before)
-    assert not any(p.requires_grad for p in net.parameters())
+    flags = [p.requires_grad for p in net.parameters()]
+    assert all(flags) and not any(m._forward_hooks for m in net.modules())  # as build_model made it
     moved = [k for k in before if not torch.allclose(w_hat[k], before[k])]
     assert sorted(moved) == sorted(before), f"weights that did not learn: {set(before) - set(moved)}"
 

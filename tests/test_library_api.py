@@ -175,3 +175,40 @@ def test_switch_posterior_json_round_trip():
                          samples={"a": torch.tensor([[0.1, 0.9], [0.6, 0.4], [0.3, 0.7]], dtype=torch.float64)})
     back = SwitchPosterior.from_json(json.loads(json.dumps(mc.to_json())))
     assert torch.equal(back.prob_below(1.0)["a"], mc.prob_below(1.0)["a"]) and back.concentrations is None
+
+
+def test_module_local_autoguide_in_your_own_layer_by_layer_loop():
+    """README's advice for an autoguide in your own loop, ``ModuleLocal(AutoNormal(model))``, in
+    the layer-by-layer loop: the guide is built on every layer, each stage moves the active
+    layer's parameters only, Pyro warns of no site missing, and ``posterior_of`` reads every layer."""
+    import warnings
+
+    from pyro.infer import SVI
+
+    from pyro_dirichlet_prune import ModuleLocal
+
+    net, ds = _net_and_data()
+    model = SwitchModel(net, num_data=N)
+    guide = ModuleLocal(AutoNormal(model, init_loc_fn=init_to_mean))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    x, y = ds.tensors
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Found vars in model but not guide" would fail here
+        for layer in model.layers:
+            with model.switching([layer]):
+                if guide.prototype_trace is not None:
+                    before = {n: p.detach().clone() for n, p in guide.named_parameters()}
+                for _ in range(3):
+                    svi.step(x[:32], y[:32])
+            if layer == model.layers[0]:
+                assert {_layer_of(n) for n, _ in guide.named_parameters()} == set(model.layers)
+                continue
+            moved = {_layer_of(n) for n, p in guide.named_parameters() if not torch.equal(p, before[n])}
+            assert moved == {layer}, (layer, moved)
+    post = posterior_of(model, guide, num_samples=20)
+    assert set(post.means) == set(model.layers)
+
+
+def _layer_of(param_name: str) -> str:
+    """``guide.locs.switch.conv1_unconstrained`` → ``conv1``."""
+    return param_name.split("switch.", 1)[1].removesuffix("_unconstrained")

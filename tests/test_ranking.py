@@ -70,7 +70,6 @@ def test_posterior_rankings_equal_the_formulas_of_an_independent_fit(lenet, trai
     assert ranking.details["switch_config"]["guide"] == "dirichlet" and ranking.details["steps"] == 8
     switched = SwitchedNetwork(copy.deepcopy(lenet))
     fit = fit_switches(switched, train, dataclasses.replace(SWITCH, seed=3))
-    switched.remove_hooks()
     phi = fit.concentrations
     for layer, a in phi.items():
         assert torch.equal(scores[layer], (a / a.sum()).double()), layer  # E[s_lj] = phi_lj / phi_l0

@@ -3,8 +3,8 @@ command line, and no module file longer than ``MAX_LINES`` except the debt liste
 
 The import graph is read from the source with ``ast`` (nothing is imported): an edge a -> b for
 every ``import``/``from ... import`` of a module of the package in a, at module level or inside a
-function (a lazy import still ties the two modules together); imports under ``if TYPE_CHECKING:``
-are left out, since they never run.
+function (a lazy import still ties the two modules together) or under ``if TYPE_CHECKING:`` (a
+type that names another module ties the two as well, and hides a cycle from the interpreter only).
 """
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path], toplevel_only: bool = False) -> set[str]:
     """The modules of the package that module ``name`` imports (top-level names of imports such
     as ``argparse`` are returned too, prefixed with ``"ext:"``)."""
@@ -56,11 +51,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path], toplevel_only: boo
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                for stmt in child.orelse:
-                    visit_one(stmt)
-                continue
-            visit_one(child)
+            visit_one(child)  # imports under ``if TYPE_CHECKING:`` count too: a cycle hidden there is a cycle
 
     def visit_one(node: ast.AST) -> None:
         if toplevel_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):

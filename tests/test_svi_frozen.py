@@ -38,9 +38,8 @@ def test_fit_switches_leaves_weights_and_store_alone(kw):
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), f"network tensor {k} changed"
-    assert all(not p.requires_grad for p in net.parameters())
-    for p in net.parameters():
-        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    assert all(p.requires_grad for p in net.parameters())  # the flags as they were: frozen only inside a forward
+    assert all(p.grad is None for p in net.parameters())  # and no gradient ever reached the weights
 
     assert not list(pyro.get_param_store().keys())  # the fitted state lives in the guide, not the global store
     weight_ptrs = {p.data_ptr() for p in net.parameters()}

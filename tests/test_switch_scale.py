@@ -65,6 +65,7 @@ def test_bad_gains_are_refused():
 
 def test_switch_gain_reaches_the_model_from_the_command_line():
     from pyro_dirichlet_prune import cli
+    from pyro_dirichlet_prune.cli.options import switch_config
 
     args = cli.build_parser().parse_args(["prune", "--switch-gain", "4", "--out", "x"])
-    assert cli._switch_config(args).gain == 4.0
+    assert switch_config(args).gain == 4.0

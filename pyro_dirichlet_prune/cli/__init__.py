@@ -22,7 +22,6 @@ from ..allocator import retain_freed_memory
 from ..errors import NumericalError, UserError
 from . import compare_guides, evaluate, export, pretrain, prune, search
 from .options import PROG, ArgumentParser, flag_words, parse_seeds, print_error, set_threads
-from .options import switch_config as _switch_config
 from .search import add_search_parser, parse_methods, run_search_cli, search_config_from_args
 
 COMMANDS = {"pretrain": pretrain, "prune": prune, "compare-guides": compare_guides, "search": search,

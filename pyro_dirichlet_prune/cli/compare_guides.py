@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.svi import GUIDES
+from ..inference.builders import GUIDES
 from ..models import MODELS
 from .options import (add_checkpoint_arg, add_data_args, add_out_args, add_runner_args, add_switch_args, choice_list,
                       nonneg_int, parse_seeds, positive_float, positive_int, rate, switch_config)

@@ -9,7 +9,8 @@ import sys
 from typing import NoReturn
 
 from ..data import DATASETS
-from ..inference.svi import ELBOS, GUIDES, SCHEDULES, SwitchConfig
+from ..inference.builders import GUIDES
+from ..inference.svi import ELBOS, SCHEDULES, SwitchConfig
 from ..models.switched import SAMPLINGS, SCALES
 from ..training import OPTIMIZERS
 

@@ -63,7 +63,11 @@ class MeanSwitchELBO(ELBO):
                 # a point estimate (learned weights): its term is the prior's log-density, MAP
                 elbo = elbo + (site["scale"] * site["fn"].log_prob(site["value"])).sum()
             elif name in latent:
-                kl = kl_divergence(latent[name]["fn"], site["fn"]).sum()
+                q, p = latent[name]["fn"], site["fn"]
+                if isinstance(q, dist.Dirichlet) and isinstance(p, dist.Dirichlet):  # the closed form above
+                    kl = dirichlet_kl(q.concentration, p.concentration).sum()
+                else:
+                    kl = kl_divergence(q, p).sum()
                 elbo = elbo - site["scale"] * kl
             else:
                 elbo = elbo + (site["scale"] * site["fn"].log_prob(site["value"])).sum()

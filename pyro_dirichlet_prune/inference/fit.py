@@ -12,9 +12,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pyro
 import pyro.optim
@@ -22,70 +21,17 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import split_batch
 from ..errors import NumericalError
 from ..models.switched import SwitchModel
 from ..runstate import LoopPosition, RunState, open_loop
-from .guides import DirichletGuide, LayerwiseGuide, all_layers
+from .callbacks import Callback, FitResult, FitStep, Progress, as_callbacks, tell
+from .guards import NonFiniteStep, check_collapse, diagnose_nonfinite
+from .guides import DirichletGuide, all_layers, follows_active_layers
 
 SCHEDULES = ("joint", "sequential")
-AT_FLOOR = 0.01  # a concentration within 1% of the floor counts as collapsed onto it
-
-
-@dataclass
-class FitResult:
-    """The loss (-ELBO estimate) of every step, the stages (layers, steps, seconds) and the
-    total time. The fitted state itself lives in the guide."""
-
-    losses: list[float] = field(default_factory=list)
-    stages: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def diagnose_nonfinite(model: SwitchModel, guide, *args) -> str:
-    """Say what made the ELBO non-finite: the frozen network itself on this batch, the
-    concentrations of a layer (after a non-finite gradient step), or the site whose log-density
-    is not finite under the current guide."""
-    with torch.no_grad():
-        if not torch.isfinite(model.network(args[0])).all():
-            return "the network's logits are not finite on this batch even without switches (check the checkpoint and the data)"
-    if isinstance(guide, DirichletGuide):
-        bad = [layer for layer, phi in guide.concentrations().items() if not torch.isfinite(phi).all()]
-        if bad:
-            return f"concentrations of layer {', '.join(bad)} are not finite"
-    with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-        for where, trace in (("model", model_trace), ("guide", guide_trace)):
-            for name, site in trace.nodes.items():
-                if site["type"] == "sample":
-                    lp = site["fn"].log_prob(site["value"])
-                    if not torch.isfinite(lp).all():
-                        return f"the {where} log-density of site {name} is not finite"
-                    if name == "obs" and not torch.isfinite(site["fn"].logits).all():
-                        return "the network's logits are not finite"
-    return "no single site is non-finite on a fresh draw (an unlucky sample or too large a learning rate)"
-
-
-def check_collapse(guide: DirichletGuide, layers: Iterable[str], step: int, label: str) -> None:
-    """Raise ``NumericalError`` if every concentration of one of ``layers`` sits at the floor:
-    the posterior mean is then uniform and ranks nothing."""
-    for layer in layers:
-        phi = guide.concentrations()[layer]
-        if bool(((phi - guide.floor) <= AT_FLOOR * guide.floor).all()):
-            raise NumericalError(
-                f"all {phi.numel()} concentrations of layer {layer} collapsed to the floor {guide.floor} "
-                f"by step {step} of switch learning ({label}); the posterior ranks nothing. "
-                f"Lower the learning rate, raise alpha0 above the floor, or check that the layer affects the output"
-            )
-
-
-def collapsed_fraction(concentrations: dict[str, torch.Tensor], floor: float) -> dict[str, float]:
-    """Fraction of each layer's concentrations within 1% of the floor."""
-    return {k: float(((v - floor) <= AT_FLOOR * floor).double().mean()) for k, v in concentrations.items()}
 
 
 class _SVI(SVI):
@@ -111,9 +57,14 @@ class _SVI(SVI):
         for site in capture.trace.nodes.values():
             value = site["value"]
             params.add(value.unconstrained() if hasattr(value, "unconstrained") else value)
+        loss = torch_item(loss)
+        bad_grad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params)
+        if not math.isfinite(loss) or bad_grad:  # the step is not taken: the last good state survives
+            pyro.infer.util.zero_grads(params)
+            raise NonFiniteStep(loss, "the ELBO" if not math.isfinite(loss) else "its gradient")
         self.optim(params)
         pyro.infer.util.zero_grads(params)
-        return torch_item(loss)
+        return loss
 
 
 class _Adam(pyro.optim.PyroOptim):
@@ -167,6 +118,7 @@ def fit(
     state: RunState | None = None,
     loop: str = "switches",
     weight_lr: float = 1e-3,
+    callback: Callback | Sequence[Callback] | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
 
@@ -182,11 +134,22 @@ def fit(
         lr: Adam's learning rate of the guide's parameters; ``weight_lr`` that of the learned
             weights of a model with ``weight_scale`` (a ``DirichletGuide``'s ``point_weights``).
         seed: seeds Pyro's (and torch's) generators first, when given.
+        progress: show progress on stderr: a bar on a terminal, else one line per epoch (``Progress``).
+        callback: a callable, or a list of them, called after every step with a ``FitStep``;
+            one that returns True ends the current stage there (e.g. a convergence rule; the
+            stage's ``stopped`` is then True). A callback that raises stops the fit, the guide
+            keeping its state after the last step taken.
         checkpoint: a folder where the loop saves its state every ``checkpoint_every`` steps and
             at every epoch end; when a state is there, the loop continues from it, to the same
             result as an uninterrupted run when ``data`` can restore its position
             (``state_dict``/``load_state_dict``) or reshuffles from torch's global generator, as a
             ``DataLoader(shuffle=True)`` without its own generator does.
+        checkpoint_every: steps between two saves of the state.
+        state: a ``runstate.RunState`` shared by several loops of one run (the command line's
+            ``prune`` keeps switch learning and fine-tuning in one state file); ``checkpoint``
+            makes one for this fit alone. ``loop`` is this fit's name in that state.
+
+    Returns a ``FitResult`` (the losses and every stage's steps, epochs and time).
 
     Under ``torchrun`` (a process group of several ranks, ``pyro_dirichlet_prune.distributed``),
     each rank fits on the minibatches of ``data`` it is given (its share of each global
@@ -201,15 +164,17 @@ def fit(
         raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if schedule == "sequential" and not isinstance(guide, (DirichletGuide, LayerwiseGuide)):
+    if schedule == "sequential" and not follows_active_layers(guide):
         raise ValueError("schedule 'sequential' needs a guide that samples the active layers only: a DirichletGuide, "
-                         "or LayerwiseGuide(model, factory) for an autoguide")
+                         "LayerwiseGuide(model, factory), ModuleLocal(autoguide), or a guide whose "
+                         "follows_active_layers attribute is True")
     for name, value in (("epochs", epochs), ("num_particles", num_particles), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     for name, value in (("lr", lr), ("weight_lr", weight_lr)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
+    callbacks = as_callbacks(callback)
     if model.weight_prior is not None and not isinstance(guide, DirichletGuide):
         raise ValueError("guide: a model with learned weights (weight_scale) needs a DirichletGuide, which holds "
                          "their point estimate")
@@ -252,32 +217,43 @@ def fit(
             }
 
         total = epochs * per_epoch if per_epoch is not None else None
-        bar = tqdm(total=total, initial=step, desc=f"switches {label}", leave=False,
-                   disable=None if progress and distributed.is_main() else True)  # rank 0 draws the bar
-        with model.switching(layers):
-            while at.epoch < epochs:
-                for x, y, *idx in at.batches(data):
-                    loss_value = svi.step(x, y, *idx)
-                    step += 1
-                    if not math.isfinite(loss_value):
-                        bar.close()
-                        raise NumericalError(
-                            f"ELBO became {loss_value} at step {step} of switch learning ({label}): "
-                            f"{diagnose_nonfinite(model, guide, x, y, *idx)}"
-                        )
-                    result.losses.append(loss_value)
-                    bar.update()
-                    if step % 50 == 0:
-                        bar.set_postfix(loss=f"{loss_value:.4g}")
-                    if state is not None:
-                        state.step(loop, len(result.losses), snapshot)
-                at.next_epoch()
-                if isinstance(guide, DirichletGuide):
-                    check_collapse(guide, layers, step, label)
-                if state is not None and at.epoch < epochs:
-                    state.save(loop, snapshot())
-        bar.close()
-        result.stages.append({"layers": layers, "steps": step, "seconds": time.perf_counter() - t0})
+        shown = Progress(label, total, step, epochs, progress)
+        watchers = [shown, *callbacks]
+        stopped = False
+        try:
+            with model.switching(layers):
+                while at.epoch < epochs and not stopped:
+                    pending = None  # the last step's FitStep, told to the callbacks once we know it ended the epoch
+                    for x, y, *idx in at.batches(data):
+                        if pending is not None:
+                            stopped = tell(watchers, pending)
+                            if stopped:
+                                break
+                        try:
+                            loss_value = svi.step(x, y, *idx)
+                        except NonFiniteStep as bad:
+                            raise NumericalError(
+                                f"{bad.what} became non-finite (loss {bad.loss}) at step {step + 1} of switch "
+                                f"learning ({label}); that step was not applied, the guide keeps the state of step "
+                                f"{step}: {diagnose_nonfinite(model, guide, x, y, *idx)}"
+                            ) from None
+                        step += 1
+                        result.losses.append(loss_value)
+                        if state is not None:
+                            state.step(loop, len(result.losses), snapshot)
+                        pending = FitStep(stage_index, layers, at.epoch, step, loss_value, False, model, guide, result)
+                    if pending is not None and not stopped:
+                        pending.epoch_end = True
+                        stopped = tell(watchers, pending)
+                    at.next_epoch()
+                    if isinstance(guide, DirichletGuide):
+                        check_collapse(guide, layers, step, label)
+                    if state is not None and at.epoch < epochs and not stopped:
+                        state.save(loop, snapshot())
+        finally:
+            shown.close()
+        result.stages.append({"layers": layers, "steps": step, "epochs": at.epoch, "seconds": time.perf_counter() - t0,
+                              "stopped": stopped})
         at = LoopPosition()
         if state is not None:
             stage_index += 1

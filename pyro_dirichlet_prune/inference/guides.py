@@ -28,13 +28,18 @@ the switches of the model's active layers only (``SwitchModel.switching``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Callable, Iterator, Mapping
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroModule, PyroParam
+from scipy.stats import beta as beta_dist
 from torch.distributions import constraints, transform_to
 
 from ..models.switched import SWITCH_DTYPE, SwitchModel, switch_draws, switch_site
@@ -65,7 +70,14 @@ class LocalPyroModule(PyroModule):
 
 class ModuleLocal(LocalPyroModule):
     """Any guide (e.g. an autoguide) with module-local parameters: ``ModuleLocal(AutoNormal(model))``
-    is the same guide, whose parameters no other guide of the same name can share."""
+    is the same guide, whose parameters no other guide of the same name can share.
+
+    It also follows the model's active layers, as this package's guides do: an autoguide of a
+    ``SwitchModel`` is built on every switched layer (its first call runs with all layers
+    switched, whatever ``model.switching`` says then), and each call hides the switch sites of
+    the layers that are not active from the ELBO (``poutine.block``), so that in a layer-by-layer
+    loop (``with model.switching([layer]): svi.step(...)``) the guide fits the active layer and
+    leaves the others alone."""
 
     def __init__(self, guide) -> None:
         super().__init__()
@@ -76,7 +88,53 @@ class ModuleLocal(LocalPyroModule):
         return getattr(self.guide, "prototype_trace", True)
 
     def forward(self, *args, **kwargs):
-        return self.guide(*args, **kwargs)
+        model = guide_model(self.guide)
+        if model is None:
+            return self.guide(*args, **kwargs)
+        if getattr(self.guide, "prototype_trace", True) is None:  # build it on every layer, leaving the RNG alone
+            with torch.random.fork_rng(), all_layers(model), poutine.block():
+                self.guide(*args, **kwargs)
+        inactive = [switch_site(layer) for layer in model.layers if layer not in model.active_layers]
+        if not inactive:
+            return self.guide(*args, **kwargs)
+        if isinstance(self.guide, AutoContinuous):
+            raise ValueError(f"guide: {type(self.guide).__name__} draws every layer's switch from one joint latent, "
+                             f"so it cannot fit some layers while others ({', '.join(inactive)}) sit out; fit it on "
+                             f"all layers at once, or one per layer with LayerwiseGuide(model, factory)")
+        hidden = {*inactive, *(site + "_unconstrained" for site in inactive)}  # AutoNormal's latent sites too
+
+        def sits_out(msg: dict) -> bool:
+            """A sample site of an inactive layer, or a parameter of one (``guide.locs.switch.conv1``):
+            hidden, an optimiser stepping what the trace shows never moves it (Adam's momentum would)."""
+            name = msg["name"]
+            if msg["type"] == "param":
+                return any(name == site or name.endswith("." + site) for site in inactive)
+            return name in hidden
+
+        with poutine.block(hide_fn=sits_out):
+            out = self.guide(*args, **kwargs)
+        return {k: v for k, v in out.items() if k not in hidden} if isinstance(out, dict) else out
+
+
+def guide_model(guide) -> SwitchModel | None:
+    """The ``SwitchModel`` a guide was built for, where the guide says (this package's guides,
+    ``ModuleLocal`` and Pyro's autoguides keep it), else None."""
+    if isinstance(guide, ModuleLocal):
+        return guide_model(guide.guide)
+    return _unwrap_model(getattr(guide, "model", None))
+
+
+def _unwrap_model(found, depth: int = 0) -> SwitchModel | None:
+    """The ``SwitchModel`` behind a model that Pyro may have wrapped (an autoguide keeps its
+    model inside ``functools.partial``s of its messengers)."""
+    if isinstance(found, SwitchModel):
+        return found
+    if isinstance(found, functools.partial) and depth < 8:
+        for inner in (found.func, *found.args):
+            hit = _unwrap_model(inner, depth + 1)
+            if hit is not None:
+                return hit
+    return None
 
 
 def _attribute_names(layers: list[str], prefix: str) -> dict[str, str]:
@@ -182,6 +240,27 @@ class DirichletGuide(LocalPyroModule):
             unconstrained = getattr(self, self._attr[layer] + "_unconstrained")
             unconstrained.copy_(transform_to(self._constraint).inv(value))
 
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The exact marginal quantiles of every unit's switch, Pyro's autoguide protocol: a dict by
+        site (``switch.<layer>``) of ``(len(quantiles), D_l)`` float64 tensors. The marginal of a
+        Dirichlet is a Beta, s_lj ~ Beta(phi_lj, phi_l0 - phi_lj), so these are its inverse CDF
+        (``scipy.stats.beta.ppf``), not Monte-Carlo estimates. ``args`` are accepted and unused,
+        as Pyro's autoguides take the model's arguments."""
+        q = np.asarray([float(v) for v in (quantiles.tolist() if torch.is_tensor(quantiles) else quantiles)])
+        if q.ndim != 1 or not len(q) or not bool(((q > 0) & (q < 1)).all()):
+            raise ValueError(f"quantiles must be levels in (0, 1), got {quantiles!r}")
+        out = {}
+        for layer, phi in self.concentrations().items():
+            a = phi.numpy()
+            out[switch_site(layer)] = torch.from_numpy(beta_dist.ppf(q[:, None], a[None, :], a.sum() - a[None, :]))
+        return out
+
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The exact marginal median of every unit's switch, by site (``quantiles([0.5])``): a unit's
+        Beta median, so a layer's medians need not sum to one (its mean does)."""
+        return {site: v[0] for site, v in self.quantiles([0.5]).items()}
+
     def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
                 idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.sampling == "per-example" and x is None:
@@ -222,6 +301,14 @@ class LayerwiseGuide(LocalPyroModule):
         for layer in self.model.active_layers:
             out.update(self.guide(layer)(*args, **kwargs) or {})
         return out
+
+
+def follows_active_layers(guide) -> bool:
+    """Whether ``guide`` samples the switches of the model's active layers only
+    (``SwitchModel.switching``), as a layer-by-layer fit needs: this package's guides and
+    ``ModuleLocal`` do; any other guide says so with a true ``follows_active_layers`` attribute."""
+    return isinstance(guide, (DirichletGuide, LayerwiseGuide, ModuleLocal)) or \
+        bool(getattr(guide, "follows_active_layers", False))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro
+import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
@@ -25,7 +27,7 @@ from scipy.stats import beta as beta_dist
 
 from ..data import Split, SplitLoader
 from ..models.switched import SwitchModel, switch_site
-from .guides import DirichletGuide, all_layers
+from .guides import DirichletGuide, all_layers, guide_model
 
 
 CREDIBLE_LEVEL = 0.95
@@ -135,6 +137,11 @@ def monte_carlo_posterior(guide, widths: dict[str, int], *args, level: float = 0
     draws = {layer: [] for layer in widths}
     for _ in range(num_samples):
         trace = poutine.trace(guide).get_trace(*args)
+        missing = [switch_site(layer) for layer in widths if switch_site(layer) not in trace.nodes]
+        if missing:
+            found = sorted(n for n, site in trace.nodes.items() if site["type"] == "sample")
+            raise ValueError(f"guide samples no site {', '.join(missing)} (its sites: {', '.join(found) or 'none'}): "
+                             f"it was built for another model, or for some layers only")
         for layer in widths:
             draws[layer].append(trace.nodes[switch_site(layer)]["value"].double())
     tail = (1 - level) / 2
@@ -150,12 +157,25 @@ def monte_carlo_posterior(guide, widths: dict[str, int], *args, level: float = 0
 
 def posterior_of(model: SwitchModel, guide, level: float = CREDIBLE_LEVEL, num_samples: int = 1000,
                  name: str | None = None) -> SwitchPosterior:
-    """The switch posterior that ``guide`` holds for every switched layer of ``model``: exact Beta
-    marginals for a ``DirichletGuide`` (module docstring), else means, equal-tailed intervals and
-    ``prob_below`` from ``num_samples`` draws of the guide. The guide must have been run once
-    (an autoguide builds its parameters on its first call)."""
+    """The switch posterior that ``guide`` holds for every switched layer of ``model``.
+
+    Returns a ``SwitchPosterior``: per layer the posterior means ``means[l]`` (a ``(D_l,)``
+    tensor), the ends ``lower[l]``/``upper[l]`` of the equal-tailed marginal credible intervals at
+    ``level``, and ``prob_below(tau)``. For a ``DirichletGuide`` these are exact (the Beta
+    marginals of the module docstring; ``concentrations`` holds phi); for any other guide they
+    are Monte-Carlo estimates from ``num_samples`` draws (``samples`` holds them, ``exact`` is
+    False). After a layer-by-layer fit (``fit(schedule="sequential")``) layer l's marginal is
+    the one fitted while the other layers were the pre-trained network: a per-stage conditional
+    posterior, not the marginal of one joint posterior.
+
+    The guide must have been built for ``model`` (a ``ValueError`` otherwise) and run once (an
+    autoguide builds its parameters on its first call)."""
     if not isinstance(model, SwitchModel):
         raise TypeError(f"model must be a SwitchModel, got {type(model).__name__}")
+    built_for = guide_model(guide)
+    if built_for is not None and built_for is not model:
+        raise ValueError(f"guide was built for another SwitchModel (layers {', '.join(built_for.layers)}) than "
+                         f"model (layers {', '.join(model.layers)}): pass the model the guide was made with")
     if isinstance(guide, DirichletGuide):
         return dirichlet_posterior(guide.concentrations(), level, name or "dirichlet")
     if getattr(guide, "prototype_trace", True) is None:
@@ -172,15 +192,26 @@ def estimate_elbo(model, guide, data, batch_size: int = 256, num_particles: int 
     minibatches of ``data`` (a ``Split``, shuffled with ``seed`` into batches of ``batch_size``,
     or any iterable of ``(x, y[, idx])`` minibatches); each minibatch estimate is unbiased for
     the full-data ELBO, thanks to the plate's N/B scaling. Returns the mean and its standard
-    error over the minibatches. Only the model's active layers are switched."""
+    error over the minibatches. Only the model's active layers are switched.
+
+    ``seed`` also seeds the switch draws, so the same call gives the same number every time;
+    the caller's random generators are left as they were (a ``DataLoader`` that shuffles from
+    torch's global generator is the one exception: its order depends on that generator, so
+    seed it, or pass a ``Split``, for a repeatable number)."""
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
     values = []
     if isinstance(data, Split):
         data = SplitLoader(data, batch_size, True, torch.Generator().manual_seed(seed))
-    for i, batch in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            break
-        values.append(-elbo.loss(model, guide, *batch))
+    before = pyro.util.get_rng_state()
+    try:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            if i == 0:  # after the loader has drawn its order, so that the order is not changed
+                pyro.set_rng_seed(seed)
+            values.append(-elbo.loss(model, guide, *batch))
+    finally:
+        pyro.util.set_rng_state(before)
     t = torch.tensor(values, dtype=torch.float64)
     se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
     return float(t.mean()), se

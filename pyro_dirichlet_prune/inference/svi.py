@@ -7,10 +7,9 @@ same objects itself (``SwitchModel``, ``DirichletGuide``, ``fit``, ``posterior_o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import transform_to
 
 from .. import distributed
@@ -18,13 +17,11 @@ from ..data import Split, SplitLoader
 from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, switch_factors
 from ..pruning.surgery import fold_scales
 from ..runstate import RunState
-from .autoguides import AUTOGUIDES, make_autoguide
-from .elbo import MeanSwitchELBO
+from .builders import GuideBuilder, guide_builder, guide_name
 from .fit import SCHEDULES, FitResult, fit
-from .guides import DEFAULT_FLOOR, DirichletGuide, LayerwiseGuide, ModuleLocal, all_layers
+from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 
-GUIDES = ("dirichlet", "dirichlet-mean", *AUTOGUIDES)
 ELBOS = ("trace", "meanfield")
 
 
@@ -33,11 +30,12 @@ class SwitchConfig:
     """Settings of switch learning.
 
     guide: ``dirichlet`` (sampled switches, ``particles`` Monte-Carlo samples per step),
-        ``dirichlet-mean`` (the paper's mean variant, ``inference.elbo.MeanSwitchELBO``), or an
-        autoguide (``normal``, ``delta``, ``lowrank``; see ``inference.autoguides``).
+        ``dirichlet-mean`` (the paper's mean variant, ``inference.elbo.MeanSwitchELBO``), an
+        autoguide (``normal``, ``delta``, ``lowrank``; see ``inference.autoguides``), or a
+        ``GuideBuilder`` of your own (``inference.builders``).
     elbo: for the sampled guide, ``trace`` (``Trace_ELBO``: Monte-Carlo KL) or ``meanfield``
         (``TraceMeanField_ELBO``: closed-form Dirichlet KL).
-    scale, schedule: the switch model (``models.switched.DirichletSwitchModel``) and whether the
+    scale, schedule: the switch model (``models.switched.SwitchModel``) and whether the
         layers learn jointly or one at a time. The default, ``simplex`` and ``sequential``, is the
         paper's; ``dim``/``joint`` keeps the pre-trained network as the prior mean but ranks units
         about as well as chance and leaves the uncertainty cut-off nothing to remove
@@ -49,7 +47,7 @@ class SwitchConfig:
         Adam's learning rate of the weights.
     """
 
-    guide: str = "dirichlet"
+    guide: str | GuideBuilder = "dirichlet"
     elbo: str = "trace"
     particles: int = 1
     alpha0: float = 0.5
@@ -67,22 +65,21 @@ class SwitchConfig:
     weight_lr: float = 1e-3
 
     def validate(self) -> None:
-        if self.guide not in GUIDES:
-            raise ValueError(f"unknown guide {self.guide!r}; choose one of {', '.join(GUIDES)}")
+        builder = guide_builder(self.guide)
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
-        if self.guide in AUTOGUIDES and self.elbo != "trace":
+        if self.elbo != "trace" and not builder.closed_form_kl:
             raise ValueError(
-                f"guide {self.guide} needs elbo='trace': TraceMeanField_ELBO mis-handles the log-density of "
-                f"the autoguides' Delta sites in Pyro 1.9 and optimises another objective"
+                f"guide {builder.name} needs elbo='trace' (TraceMeanField_ELBO mis-handles the log-density of "
+                f"the autoguides' Delta sites in Pyro 1.9 and optimises another objective)"
             )
         if self.scale not in SCALES:
             raise ValueError(f"unknown switch scale {self.scale!r}; choose one of {', '.join(SCALES)}")
         switch_factors({}, self.scale, self.gain)  # raises on a bad gain
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown switch sampling {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
-        if self.sampling == "per-example" and self.guide != "dirichlet":
-            raise ValueError(f"per-example switch sampling needs guide='dirichlet', not {self.guide}")
+        if self.sampling == "per-example" and not builder.per_example:
+            raise ValueError(f"per-example switch sampling needs guide='dirichlet', not {builder.name}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for key in ("particles", "epochs", "batch_size"):
@@ -94,9 +91,9 @@ class SwitchConfig:
         if self.weight_scale is not None:
             if not (float(self.weight_scale) > 0 and math.isfinite(self.weight_scale)):
                 raise ValueError(f"weight_scale must be positive, got {self.weight_scale}")
-            if self.guide not in ("dirichlet", "dirichlet-mean"):
+            if not builder.learns_weights:
                 raise ValueError(f"learned weights (weight_scale) need guide 'dirichlet' or 'dirichlet-mean', "
-                                 f"not {self.guide!r}: the Dirichlet guide holds their point estimate")
+                                 f"not {builder.name!r}: the Dirichlet guide holds their point estimate")
             if self.schedule != "joint":
                 raise ValueError("learned weights (weight_scale) need schedule='joint': layer by layer, the "
                                  "weights would learn under one layer's switch and then lose it")
@@ -156,21 +153,13 @@ class SwitchFit:
 
 
 def make_elbo(cfg: SwitchConfig):
-    """The Pyro ELBO object a configuration asks for."""
-    if cfg.guide == "dirichlet-mean":
-        return MeanSwitchELBO()
-    cls = Trace_ELBO if cfg.elbo == "trace" else TraceMeanField_ELBO
-    return cls(num_particles=cfg.particles, vectorize_particles=False)
+    """The objective of the configuration's guide (``GuideBuilder.loss``)."""
+    return guide_builder(cfg.guide).loss(cfg)
 
 
 def make_guide(cfg: SwitchConfig, model: SwitchModel):
-    """The guide a configuration names: a ``DirichletGuide`` (also for the mean variant), or the
-    autoguide, one per layer (``LayerwiseGuide``) when the layers learn one at a time."""
-    if cfg.guide in AUTOGUIDES:
-        if cfg.schedule == "sequential":
-            return LayerwiseGuide(model, lambda m: make_autoguide(cfg.guide, m))
-        return ModuleLocal(make_autoguide(cfg.guide, model))
-    return DirichletGuide(model, cfg.init_concentration, cfg.floor)
+    """The guide a configuration names, built for ``model`` (``GuideBuilder.build``)."""
+    return guide_builder(cfg.guide).build(model, cfg)
 
 
 def switch_model(cfg: SwitchConfig, network: SwitchedNetwork, num_data: int) -> SwitchModel:
@@ -211,7 +200,7 @@ def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, train: Split, elbo_parti
     which is what ranks the guides of such a fit (with every layer multiplied by s at once, the
     whole model of the ``simplex`` scale is a degenerate network)."""
     model, guide = fit.model, fit.guide
-    post = posterior_of(model, guide, name=cfg.guide)
+    post = posterior_of(model, guide, name=guide_name(cfg.guide))
     if elbo_particles > 0:
         with all_layers(model):
             post.elbo, post.elbo_se = estimate_elbo(model, guide, train, cfg.batch_size, elbo_particles,
@@ -237,6 +226,3 @@ def guide_parameters(guide) -> dict[str, list]:
         out[name] = value.detach().tolist()
     return out
 
-
-def config_dict(cfg: SwitchConfig) -> dict:
-    return asdict(cfg)

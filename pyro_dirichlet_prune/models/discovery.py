@@ -154,18 +154,28 @@ def _analyse(graph: tp.DependencyGraph, module: nn.Module, names: dict[nn.Module
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         return None, "it is a grouped convolution"
     group = graph.get_pruning_group(module, _out_fn(module), idxs=list(range(_width(module))))
-    tied = []
+    tied, grouped = [], []
     for dep, _ in group:
         target = dep.target.module
         if isinstance(target, nn.modules.conv._ConvNd) and target is not module and target.groups != 1:
-            return None, f"its units feed the grouped convolution {names.get(target, '?')}"
-        if (target is not module and isinstance(target, (nn.modules.conv._ConvNd, nn.Linear))
+            grouped.append(names.get(target, "?"))
+        elif (target is not module and isinstance(target, (nn.modules.conv._ConvNd, nn.Linear))
                 and graph.is_out_channel_pruning_fn(dep.handler)):
             tied.append(names.get(target, type(target).__name__))
+    reasons = []
     if tied:
-        shown = ", ".join(sorted(set(tied))[:3]) + (", ..." if len(set(tied)) > 3 else "")
-        return None, f"its units are tied to those of {shown} (a residual addition or another shared use)"
+        reasons.append(f"its units are tied to those of {_shown(tied)} (a residual addition or another shared use)")
+    if grouped:
+        reasons.append(f"its units feed the grouped convolution {_shown(grouped)}")
+    if reasons:
+        return None, "; ".join(reasons)
     return _walk(graph, module)
+
+
+def _shown(names: list[str]) -> str:
+    """Up to three distinct names, sorted, then ``...``."""
+    distinct = sorted(set(names))
+    return ", ".join(distinct[:3]) + (", ..." if len(distinct) > 3 else "")
 
 
 def analyse_layers(net: nn.Module, input_shape: Sequence[int]) -> list[LayerFinding]:

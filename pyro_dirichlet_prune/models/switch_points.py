@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from .discovery import discover_switch_points
 from .points import SwitchPoint, point_widths, rebind
 
-__all__ = ["SwitchPoint", "point_widths", "rebind", "switch_points"]
+__all__ = ["SwitchPoint", "check_input_shape", "point_widths", "rebind", "switch_points"]
 
 
 def switch_points(net: nn.Module, input_shape: Sequence[int] | None = None) -> list[SwitchPoint]:
@@ -27,3 +28,30 @@ def switch_points(net: nn.Module, input_shape: Sequence[int] | None = None) -> l
         raise TypeError(f"{type(net).__name__} does not declare its prunable layers (no switch_points()) "
                         f"and input_shape was not given to discover them")
     return discover_switch_points(net, input_shape)
+
+
+def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints, checked by running ``net`` once on a zero
+    input of that shape (in eval mode, without gradients, on the network's device; its mode is
+    restored); a ``TypeError``/``ValueError`` naming ``input_shape`` when it is not one input's
+    shape or the network cannot take it."""
+    if input_shape is None or isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__"):
+        raise TypeError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
+    shape = tuple(input_shape)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"input_shape must be positive ints, the shape of one input without the batch "
+                         f"dimension, e.g. (1, 28, 28), got {input_shape!r}")
+    param = next(iter(net.parameters()), None)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *shape, device=param.device if param is not None else None,
+                            dtype=param.dtype if param is not None and param.is_floating_point() else None))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"input_shape {shape} does not fit {type(net).__name__}: one input of that shape "
+                         f"fails in its forward ({first})") from None
+    finally:
+        net.train(was_training)
+    return shape

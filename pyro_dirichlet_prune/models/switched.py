@@ -43,8 +43,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .discovery import discover_switch_points
-from .switch_points import SwitchPoint, switch_points
+from ..data import check_labels
+from .discovery import discover_switch_points, left_out_layers
+from .switch_points import SwitchPoint, check_input_shape, switch_points
 from .weight_prior import WeightPrior
 
 SWITCH_DTYPE = torch.float64
@@ -79,8 +80,11 @@ class SwitchedNetwork(nn.Module):
 
     ``with net.scaled({"conv1": scale}): net(x)`` multiplies the output of conv1 by
     ``scale`` (shape ``(D,)`` shared by the batch, or ``(B, D)`` per example); layers not
-    named are left unchanged. Outside the context the network is the plain network. The
-    scales may live on the CPU while the network runs on a GPU (``forward``).
+    named are left unchanged. The network is left as it was outside the context: its forward
+    hooks are registered on entry and removed on exit, and its parameters stop requiring grad
+    only inside (the weights are frozen while switches learn, and the flags come back as they
+    were), so a network that was switched can be pickled, ``torch.save``d and trained as any
+    other. The scales may live on the CPU while the network runs on a GPU (``forward``).
     """
 
     def __init__(self, net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> None:
@@ -90,10 +94,10 @@ class SwitchedNetwork(nn.Module):
         names = [p.name for p in self.points]
         if len(set(names)) != len(names):
             raise ValueError(f"switch point names must be unique, got {names}")
-        for p in net.parameters():
-            p.requires_grad_(False)
         self._scales: dict[str, torch.Tensor] = {}
-        self._handles = [p.hooked.register_forward_hook(self._hook(p.name)) for p in self.points]
+        self._depth = 0
+        self._handles: list = []
+        self._flags: list[tuple[nn.Parameter, bool]] = []
 
     @property
     def widths(self) -> dict[str, int]:
@@ -121,10 +125,35 @@ class SwitchedNetwork(nn.Module):
             raise KeyError(f"no switch point named {sorted(unknown)}")
         previous = self._scales
         self._scales = dict(scales)
+        self._enter()
         try:
             yield self
         finally:
+            self._exit()
             self._scales = previous
+
+    def _enter(self) -> None:
+        """On the outermost entry: freeze the weights and register the hooks."""
+        self._depth += 1
+        if self._depth > 1:
+            return
+        self._flags = [(p, p.requires_grad) for p in self.net.parameters()]
+        for p, _ in self._flags:
+            p.requires_grad_(False)
+        # prepended: the layer's own forward hooks (a user's, a feature-map probe) see the switched output
+        self._handles = [p.hooked.register_forward_hook(self._hook(p.name), prepend=True) for p in self.points]
+
+    def _exit(self) -> None:
+        """On the outermost exit: remove the hooks and give the weights their flags back."""
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+        self._flags = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output on the device of ``x``. A network moved to a GPU runs there
@@ -134,11 +163,6 @@ class SwitchedNetwork(nn.Module):
         if device == x.device:
             return self.net(x)
         return self.net(x.to(device)).to(x.device)
-
-    def remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 def switch_factors(widths: Mapping[str, int], scale: str, gain: float = 1.0) -> dict[str, float]:
@@ -155,8 +179,10 @@ class SwitchModel:
     Pyro model for ``pyro.infer.SVI`` with any guide of its sites ``switch.<layer>``.
 
     Args:
-        net: the pre-trained network (frozen in place: its parameters stop requiring grad), or a
-            ``SwitchedNetwork`` to share with another model.
+        net: the pre-trained network, or a ``SwitchedNetwork`` to share with another model. The
+            model never changes it: its weights are frozen and its layers hooked only while the
+            model runs (``SwitchedNetwork``), so ``net`` and the networks pruned from it keep no
+            hook and their ``requires_grad`` flags.
         input_shape: the shape of one input, e.g. ``(1, 28, 28)``; needed to discover the
             prunable layers of a network that does not declare them (``switch_points()``).
         num_data: N, the size of the training set the minibatches are scaled to.
@@ -204,6 +230,8 @@ class SwitchModel:
             raise TypeError(f"num_data must be an int (the size of the training set), got {num_data!r}")
         if num_data < 1:
             raise ValueError(f"num_data must be positive, got {num_data}")
+        if input_shape is not None:
+            input_shape = check_input_shape(net.net if isinstance(net, SwitchedNetwork) else net, input_shape)
         if isinstance(net, SwitchedNetwork):
             network = net
         else:
@@ -237,6 +265,16 @@ class SwitchModel:
     def net(self) -> nn.Module:
         """The pre-trained network."""
         return self.network.net
+
+    def left_out_layers(self) -> dict[str, str]:
+        """Every conv/linear layer of the network that has no switch in this model, in call
+        order, with the reason (``models.discovery.left_out_layers``: tied to another layer by a
+        residual addition, feeding a grouped convolution, producing the output, ..., or prunable
+        but not among the ``layers`` named). Needs the model's ``input_shape``."""
+        if self.input_shape is None:
+            raise ValueError("input_shape: the model was made without one; give SwitchModel(net, input_shape, ...) "
+                             "the shape of one input to trace the network")
+        return left_out_layers(self.net, self.input_shape, self.points)
 
     def prior(self, layer: str) -> dist.Dirichlet:
         """p(s_l) = Dirichlet(alpha0 · 1_{D_l})."""
@@ -275,6 +313,8 @@ class SwitchModel:
                 logits = self.network(x)
             else:
                 logits = torch.func.functional_call(self.network, {f"net.{k}": v for k, v in weights.items()}, (x,))
+        if y is not None:
+            check_labels(y, logits.shape[-1])
         if idx is None:
             idx = torch.arange(x.shape[0])
         with pyro.plate("data", self.num_data, subsample=idx):

@@ -41,16 +41,6 @@ def weight_norm_scores(net: nn.Module, p: float, points: Sequence[SwitchPoint] |
     }
 
 
-def l1_scores(net: nn.Module) -> dict[str, torch.Tensor]:
-    """score_j = sum_i |W_ji| over unit j's incoming weights (bias excluded)."""
-    return weight_norm_scores(net, 1)
-
-
-def l2_scores(net: nn.Module) -> dict[str, torch.Tensor]:
-    """score_j = sqrt(sum_i W_ji^2) over unit j's incoming weights (bias excluded)."""
-    return weight_norm_scores(net, 2)
-
-
 def random_scores(net: nn.Module, seed: int, points: Sequence[SwitchPoint] | None = None) -> dict[str, torch.Tensor]:
     """score_j ~ Uniform[0, 1), independently per unit, from one generator seeded with ``seed``
     and drawn layer by layer in the order of ``points`` (default: the ones ``net`` declares)."""
@@ -61,18 +51,14 @@ def random_scores(net: nn.Module, seed: int, points: Sequence[SwitchPoint] | Non
 
 @contextlib.contextmanager
 def _probe(net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> Iterator[SwitchedNetwork]:
-    """A switched view of ``net`` in eval mode; the net's hooks, ``requires_grad`` flags and mode
-    are restored on exit."""
-    flags = [p.requires_grad for p in net.parameters()]
+    """A switched view of ``net`` in eval mode (its weights frozen inside ``scaled``); the net's
+    mode is restored on exit."""
     was_training = net.training
-    switched = SwitchedNetwork(net, points)  # freezes the weights
+    switched = SwitchedNetwork(net, points)
     net.eval()
     try:
         yield switched
     finally:
-        switched.remove_hooks()
-        for p, flag in zip(net.parameters(), flags):
-            p.requires_grad_(flag)
         net.train(was_training)
 
 

@@ -122,7 +122,15 @@ def arch_cutoff(ranking, arch: str | Sequence[int] | Mapping[str, int]) -> dict[
     if isinstance(arch, str):
         counts = parse_arch(arch, widths)
     elif isinstance(arch, Mapping):
-        counts = parse_arch("-".join(str(int(arch[k])) for k in widths) if set(arch) == set(widths) else "x", widths)
+        missing, unknown = [k for k in widths if k not in arch], [k for k in arch if k not in widths]
+        if missing or unknown:
+            raise ValueError(f"arch: a mapping must give a count for every layer ({', '.join(widths)}); "
+                             + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                         + ([f"unknown {', '.join(map(str, unknown))}"] if unknown else [])))
+        bad = {k: v for k, v in arch.items() if isinstance(v, bool) or not isinstance(v, int)}
+        if bad:
+            raise TypeError(f"arch: counts must be ints, got {bad}")
+        counts = parse_arch("-".join(str(arch[k]) for k in widths), widths)
     else:
         counts = parse_arch("-".join(str(int(k)) for k in arch), widths)
     return keep_top(scores, counts)

@@ -218,14 +218,10 @@ def decision_cutoff(
     """``decision_keep`` on ``network`` (the network to prune, e.g. ``SwitchFit.fitted_network()``)
     and its switch ``points``, with the log-likelihood of the examples ``(x, y)`` and the size
     measured on physically pruned copies. ``network`` is not changed."""
-    flags = [p.requires_grad for p in network.parameters()]
     was_training = network.training
     switched = SwitchedNetwork(network.eval(), points)
     try:
         return decision_keep(loglik_function(switched, points, x, y, draws), {p.name: p.width for p in points},
                              size_function(network, input_shape, points), lam=lam, target=target, measure=measure)
     finally:
-        switched.remove_hooks()
         network.train(was_training)
-        for p, flag in zip(network.parameters(), flags):
-            p.requires_grad_(flag)

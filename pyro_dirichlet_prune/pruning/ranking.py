@@ -40,6 +40,7 @@ from torch import nn
 
 from ..data import Split
 from ..errors import NumericalError
+from ..inference.builders import GuideBuilder, guide_name
 from ..inference.posterior import SwitchPosterior
 from ..inference.svi import SwitchConfig, SwitchFit, fit_switches, switch_posterior
 from ..models.switch_points import SwitchPoint, rebind, switch_points
@@ -168,7 +169,7 @@ class SwitchRanking(Ranking):
     needs_posterior = False
 
     def __init__(self, switch: SwitchConfig | None = None, fitted: FittedSwitches | None = None,
-                 guide: str | None = None) -> None:
+                 guide: str | GuideBuilder | None = None) -> None:
         super().__init__()
         if switch is not None and not isinstance(switch, SwitchConfig):
             raise TypeError(f"switch must be a SwitchConfig, got {type(switch).__name__}")
@@ -177,7 +178,7 @@ class SwitchRanking(Ranking):
         switch = switch or (fitted.config if fitted is not None else SwitchConfig())
         self.switch = dataclasses.replace(switch, guide=guide) if guide is not None else switch
         self.switch.validate()
-        matches = fitted is not None and fitted.config.guide == self.switch.guide
+        matches = fitted is not None and guide_name(fitted.config.guide) == guide_name(self.switch.guide)
         if matches and self.needs_posterior and fitted.posterior is None:
             raise ValueError(f"fitted: the {self.name} ranking needs the fitted posterior (FittedSwitches.posterior)")
         self.fitted = fitted if matches else None
@@ -190,10 +191,7 @@ class SwitchRanking(Ranking):
         cfg = dataclasses.replace(self.switch, seed=seed)
         work = copy.deepcopy(net)
         switched = SwitchedNetwork(work, rebind(points, net, work))
-        try:
-            fit = fit_switches(switched, _need_train(train, self.name), cfg)
-        finally:
-            switched.remove_hooks()
+        fit = fit_switches(switched, _need_train(train, self.name), cfg)
         post = switch_posterior(fit, cfg, train, elbo_particles=0) if self.needs_posterior else None
         self.details = {"switch_config": dataclasses.asdict(cfg), "steps": len(fit.losses),
                         "final_loss": float(np.mean(fit.losses[-20:])) if fit.losses else None}

@@ -14,7 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import NumericalError
-from ..models.switch_points import SwitchPoint, rebind, switch_points
+from ..models.switch_points import SwitchPoint, check_input_shape, rebind, switch_points
 
 
 def _prune_fn(module: nn.Module):
@@ -61,9 +61,7 @@ def prune_units(
     pruned = copy.deepcopy(net)
     pruned.eval()
     points = {p.name: p for p in _points_of(pruned, net, points, input_shape)}
-    unknown = set(keep) - set(points)
-    if unknown:
-        raise KeyError(f"no prunable layer named {sorted(unknown)}")
+    check_keep(keep, {name: p.width for name, p in points.items()})
     # The dependency graph is traced through autograd, so a frozen copy must require grad
     # while it is built; the flags are restored afterwards.
     requires_grad = {n: p.requires_grad for n, p in pruned.named_parameters()}
@@ -74,10 +72,6 @@ def prune_units(
     for name, kept in keep.items():
         point = points[name]
         kept = sorted(set(int(i) for i in kept))
-        if not kept:
-            raise NumericalError(f"the cut-off would remove every unit of layer {name}; a layer keeps at least one")
-        if kept[0] < 0 or kept[-1] >= point.width:
-            raise ValueError(f"layer {name}: kept units {kept} not within 0..{point.width - 1}")
         remove = [j for j in range(point.width) if j not in set(kept)]
         if remove:
             group = graph.get_pruning_group(point.module, _prune_fn(point.module), idxs=remove)
@@ -85,6 +79,26 @@ def prune_units(
     for n, p in pruned.named_parameters():
         p.requires_grad_(requires_grad.get(n, True))
     return pruned
+
+
+def check_keep(keep: Mapping[str, Sequence[int]], widths: Mapping[str, int]) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``keep`` unless it maps prunable layers (of
+    ``widths``) to non-empty collections of distinct unit indices within each layer."""
+    if not isinstance(keep, Mapping):
+        raise TypeError(f"keep must map layer names to kept unit indices, got {type(keep).__name__}")
+    unknown = [k for k in keep if k not in widths]
+    if unknown:
+        raise ValueError(f"keep: no prunable layer named {', '.join(map(repr, unknown))}; "
+                         f"the layers are {', '.join(widths)}")
+    for name, kept in keep.items():
+        try:
+            indices = [int(i) for i in kept]
+        except (TypeError, ValueError):
+            raise TypeError(f"keep[{name!r}] must be a collection of unit indices, got {kept!r}") from None
+        if not indices:
+            raise ValueError(f"keep[{name!r}] is empty: a layer keeps at least one of its {widths[name]} units")
+        if min(indices) < 0 or max(indices) >= widths[name]:
+            raise ValueError(f"keep[{name!r}]: unit indices must lie in 0..{widths[name] - 1}, got {sorted(indices)}")
 
 
 @torch.no_grad()
@@ -144,8 +158,7 @@ def prune(net: nn.Module, keep: Mapping[str, Sequence[int]], input_shape: Sequen
     ``points`` the network's switch points (default: declared or discovered, e.g. ``model.points``)."""
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    if input_shape is None or len(tuple(input_shape)) < 1:
-        raise ValueError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
+    check_input_shape(net, input_shape)
     small = prune_units(net, keep, tuple(input_shape), points)
     if verify:
         verify_surgery(net, small, keep, tuple(input_shape), points=points)

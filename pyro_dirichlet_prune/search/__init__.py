@@ -28,7 +28,7 @@ lives in ``cli``; nothing here parses arguments.
 from __future__ import annotations
 
 from .config import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, DIRICHLET_METHODS, FINETUNE_LR, METHODS, SearchConfig,
-                     switch_config, switch_settings)
+                     switch_settings)
 from .pools import POOLS, lenet5_108, load_pool, parse_pool_text
 from .records import (differing_keys, is_unfinished_search, load_records, prepare_folder, read_json, record_key,
                       write_json_durable)
@@ -40,6 +40,6 @@ __all__ = [
     "AUGMENT_SHIFT", "DEFAULT_FINETUNE_EPOCHS", "DIRICHLET_METHODS", "FINETUNE_LR", "METHODS", "POOLS", "TIE_TOL",
     "SearchConfig", "describe", "differing_keys", "is_unfinished_search", "lenet5_108", "load_pool",
     "load_records", "load_summary", "method_scores", "paired_comparison", "parse_pool_text", "prepare_folder",
-    "read_json", "record_key", "run_record", "run_search", "summarize", "summary_markdown", "switch_config",
+    "read_json", "record_key", "run_record", "run_search", "summarize", "summary_markdown",
     "switch_settings", "t_interval", "write_json_durable", "write_summary",
 ]

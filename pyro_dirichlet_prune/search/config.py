@@ -97,14 +97,3 @@ def switch_settings(overrides: Mapping[str, Any]) -> SwitchConfig:
     except ValueError as exc:
         raise UserError(f"switch: {exc}") from None
     return cfg
-
-
-def switch_config(method: str, seed: int, overrides: Mapping[str, Any]) -> SwitchConfig:
-    """The ``SwitchConfig`` that the switch ranking ``method`` (``dirichlet`` or
-    ``dirichlet-mean``) fits for ``seed``: ``switch_settings(overrides)`` with the method's guide."""
-    cfg = dataclasses.replace(switch_settings(overrides), guide=method, seed=int(seed))
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise UserError(f"{method}: {exc}") from None
-    return cfg

@@ -1,0 +1,94 @@
+"""``fit`` as a user watches and steers it (callbacks, progress in a log), ``estimate_elbo``'s
+seed, and the autoguide protocol (``quantiles``, ``median``) of ``DirichletGuide``."""
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from pyro_dirichlet_prune import DirichletGuide, FitStep, SwitchModel, estimate_elbo, fit
+from pyro_dirichlet_prune.models import build_model
+
+N = 64
+
+
+def _setup():
+    g = torch.Generator().manual_seed(0)
+    net = build_model("lenet5", widths=(3, 4, 5, 2)).eval()
+    with torch.no_grad():
+        net.fc3.weight.mul_(20.0)
+    x = torch.randn(N, 1, 28, 28, generator=g)
+    y = net(x).argmax(1)
+    return net, [(x[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]  # 4 minibatches an epoch
+
+
+def test_callbacks_see_every_step_and_can_end_a_stage():
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    seen: list[FitStep] = []
+
+    def stop_after_six(info: FitStep) -> bool:
+        seen.append(info)
+        return info.step == 6
+
+    result = fit(model, DirichletGuide(model), data, epochs=3, schedule="sequential", seed=0, progress=False,
+                 callback=[stop_after_six])
+    assert [s["steps"] for s in result.stages] == [6] * 4 and all(s["stopped"] for s in result.stages)
+    assert len(result.losses) == 24 and [i.loss for i in seen] == result.losses
+    assert [(i.stage, i.epoch, i.step, i.epoch_end) for i in seen[:6]] == [
+        (0, 0, 1, False), (0, 0, 2, False), (0, 0, 3, False), (0, 0, 4, True), (0, 1, 5, False), (0, 1, 6, False)]
+    assert [i.layers for i in seen[::6]] == [[layer] for layer in model.layers]
+    assert list(result.stage_losses()) == model.layers and result.final_loss(2) == pytest.approx(
+        sum(result.losses[-2:]) / 2)
+
+    whole = fit(model, DirichletGuide(model), data, epochs=2, seed=0, progress=False, callback=lambda info: None)
+    assert whole.stages[0]["steps"] == 8 and whole.stages[0]["epochs"] == 2 and not whole.stages[0]["stopped"]
+    with pytest.raises(TypeError, match="callback must be a callable or a list of callables, got 3"):
+        fit(model, DirichletGuide(model), data, progress=False, callback=3)
+
+
+def test_progress_writes_a_line_per_epoch_when_stderr_is_not_a_terminal(capsys):
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    fit(model, DirichletGuide(model), data, epochs=2, seed=0)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("switches conv1+conv2+fc1+fc2: epoch 1/2, 4 steps, loss ")
+    assert lines[1].startswith("switches conv1+conv2+fc1+fc2: epoch 2/2, 8 steps, loss ")
+    fit(model, DirichletGuide(model), data, seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_estimate_elbo_with_a_seed_is_one_number_and_leaves_the_generators_alone():
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    guide = DirichletGuide(model)
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    pyro.set_rng_seed(123)
+    state = torch.get_rng_state()
+    first = estimate_elbo(model, guide, loader, num_particles=2, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert estimate_elbo(model, guide, loader, num_particles=2, seed=0) == first
+    assert estimate_elbo(model, guide, loader, num_particles=2, seed=1) != first
+
+
+def test_dirichlet_guide_quantiles_and_median_are_the_exact_beta_marginals():
+    net, _ = _setup()
+    model = SwitchModel(net, num_data=N)
+    guide = DirichletGuide(model)
+    g = torch.Generator().manual_seed(1)
+    phis = {k: torch.rand(d, generator=g, dtype=torch.float64) * 4 + 0.3 for k, d in model.widths.items()}
+    guide.set_concentrations(phis)
+    levels = [0.025, 0.5, 0.975]
+    q = guide.quantiles(levels)
+    assert set(q) == {f"switch.{k}" for k in model.layers}  # keyed by site, as an autoguide's are
+    torch.manual_seed(0)
+    for layer, phi in phis.items():
+        draws = torch.distributions.Dirichlet(phi).sample((200_000,))
+        empirical = torch.quantile(draws[:, :], torch.tensor(levels, dtype=torch.float64), dim=0)
+        torch.testing.assert_close(q[f"switch.{layer}"], empirical, atol=4e-3, rtol=0)
+        torch.testing.assert_close(guide.median()[f"switch.{layer}"], q[f"switch.{layer}"][1])
+    with pytest.raises(ValueError, match=r"quantiles must be levels in \(0, 1\), got \[0.5, 1.0\]"):
+        guide.quantiles([0.5, 1.0])
