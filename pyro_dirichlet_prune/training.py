@@ -100,10 +100,11 @@ class TrainConfig:
     lowest validation error is kept (early stopping on the validation split). Augmentation as in
     ``data.batches``; ``device`` is where the network trains (the data stay on the CPU,
     minibatches are moved). With ``distill`` the loss is ``distillation_loss`` against a teacher
-    network's logits (``temperature``, ``distill_weight``)."""
+    network's logits (``temperature``, ``distill_weight``). The defaults are ``finetune``'s, the
+    LeNet recipe of ``pretraining.train_defaults`` (which gives every model and data set its own)."""
 
-    epochs: int = 10
-    lr: float = 1e-3
+    epochs: int = 40
+    lr: float = 2e-3
     batch_size: int = 128
     weight_decay: float = 0.0
     augment_shift: int = 0
@@ -168,21 +169,21 @@ def finetune(
     train_data: Iterable,
     val_data: Split | Iterable | None = None,
     *,
-    epochs: int = 40,
-    lr: float = 2e-3,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    device: str = "cpu",
+    epochs: int = TrainConfig.epochs,
+    lr: float = TrainConfig.lr,
+    optimizer: str = TrainConfig.optimizer,
+    weight_decay: float = TrainConfig.weight_decay,
+    device: str = TrainConfig.device,
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
     desc: str = "fine-tune",
     state: RunState | None = None,
     loop: str = "finetune",
-    schedule: str = "cosine",
+    schedule: str = TrainConfig.schedule,
     teacher: nn.Module | None = None,
-    temperature: float = 4.0,
-    distill_weight: float = 0.9,
+    temperature: float = TrainConfig.temperature,
+    distill_weight: float = TrainConfig.distill_weight,
 ) -> TrainResult:
     """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
     with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a

@@ -42,7 +42,8 @@ def test_callbacks_see_every_step_and_can_end_a_stage():
     assert list(result.stage_losses()) == model.layers and result.final_loss(2) == pytest.approx(
         sum(result.losses[-2:]) / 2)
 
-    whole = fit(model, DirichletGuide(model), data, epochs=2, seed=0, progress=False, callback=lambda info: None)
+    whole = fit(model, DirichletGuide(model), data, epochs=2, schedule="joint", seed=0, progress=False,
+                callback=lambda info: None)
     assert whole.stages[0]["steps"] == 8 and whole.stages[0]["epochs"] == 2 and not whole.stages[0]["stopped"]
     with pytest.raises(TypeError, match="callback must be a callable or a list of callables, got 3"):
         fit(model, DirichletGuide(model), data, progress=False, callback=3)
@@ -51,7 +52,7 @@ def test_callbacks_see_every_step_and_can_end_a_stage():
 def test_progress_writes_a_line_per_epoch_when_stderr_is_not_a_terminal(capsys):
     net, data = _setup()
     model = SwitchModel(net, num_data=N)
-    fit(model, DirichletGuide(model), data, epochs=2, seed=0)
+    fit(model, DirichletGuide(model), data, epochs=2, schedule="joint", seed=0)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("switches conv1+conv2+fc1+fc2: epoch 1/2, 4 steps, loss ")
@@ -92,3 +93,19 @@ def test_dirichlet_guide_quantiles_and_median_are_the_exact_beta_marginals():
         torch.testing.assert_close(guide.median()[f"switch.{layer}"], q[f"switch.{layer}"][1])
     with pytest.raises(ValueError, match=r"quantiles must be levels in \(0, 1\), got \[0.5, 1.0\]"):
         guide.quantiles([0.5, 1.0])
+
+
+def test_fit_defaults_to_the_papers_schedule_as_the_config_and_the_command_line_do():
+    from pyro_dirichlet_prune.cli import build_parser
+    from pyro_dirichlet_prune.cli.options import switch_config
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig
+
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    result = fit(model, DirichletGuide(model), data, seed=0, progress=False)
+    assert [s["layers"] for s in result.stages] == [[layer] for layer in model.layers]
+    cli = switch_config(build_parser().parse_args(["prune", "--out", "x"]))
+    assert SwitchConfig().schedule == cli.schedule == "sequential"
+    learned = SwitchModel(net, num_data=N, scale="dim", weight_scale=0.05)
+    with pytest.raises(ValueError, match="schedule: a model with learned weights .* needs schedule='joint'"):
+        fit(learned, DirichletGuide(learned), data, progress=False)

@@ -98,7 +98,7 @@ def test_fit_learns_weights_and_leaves_the_network_untouched(setup):
     before = copy.deepcopy(net.state_dict())
     model = SwitchModel(net, num_data=N, scale="dim", weight_scale=SIGMA)
     guide = DirichletGuide(model)
-    fit(model, guide, [(x, y)] * 10, epochs=1, seed=0, progress=False, weight_lr=1e-2)
+    fit(model, guide, [(x, y)] * 10, epochs=1, schedule="joint", seed=0, progress=False, weight_lr=1e-2)
     w_hat = guide.weights()
     assert all(torch.equal(net.state_dict()[k], before[k]) for k in before)
     flags = [p.requires_grad for p in net.parameters()]
@@ -116,7 +116,8 @@ def test_weight_lr_sets_the_step_of_the_weights(setup):
         model = SwitchModel(copy.deepcopy(net), num_data=N, scale="dim", weight_scale=SIGMA)
         guide = DirichletGuide(model)
         w0 = guide.weights()
-        fit(model, guide, [(x, y)], epochs=1, seed=0, progress=False, lr=0.05, weight_lr=weight_lr)
+        fit(model, guide, [(x, y)], epochs=1, schedule="joint", seed=0, progress=False, lr=0.05,
+            weight_lr=weight_lr)
         steps[weight_lr] = max(float((guide.weights()[k] - w0[k]).abs().max()) for k in w0)
     assert steps[1e-4] == pytest.approx(1e-4, rel=0.05)
     assert steps[1e-2] == pytest.approx(1e-2, rel=0.05)
@@ -191,7 +192,7 @@ def test_fit_refuses_an_autoguide_for_learned_weights(setup):
     net, x, y = setup
     model = SwitchModel(net, num_data=N, scale="dim", weight_scale=SIGMA)
     with pytest.raises(ValueError, match="guide"):
-        fit(model, ModuleLocal(make_autoguide("normal", model)), [(x, y)], progress=False)
+        fit(model, ModuleLocal(make_autoguide("normal", model)), [(x, y)], schedule="joint", progress=False)
     with pytest.raises(ValueError, match="scale"):
         SwitchModel(net, num_data=N, weight_scale=0.0)
 

@@ -120,5 +120,5 @@ def test_a_joint_autoguide_cannot_sit_out_layers():
             ValueError, match=r"AutoLowRankMultivariateNormal draws every layer's switch from one joint latent, so "
                               r"it cannot fit some layers while others \(switch.conv2, switch.fc1, switch.fc2\) sit out"):
         svi.step(x, y)
-    fit(model, guide, [(x, y)], progress=False)  # with every layer switched it fits
+    fit(model, guide, [(x, y)], schedule="joint", progress=False)  # with every layer switched it fits
     assert set(posterior_of(model, guide, num_samples=4).means) == set(model.layers)

@@ -32,6 +32,8 @@ from .guards import NonFiniteStep, check_collapse, diagnose_nonfinite
 from .guides import DirichletGuide, all_layers, follows_active_layers
 
 SCHEDULES = ("joint", "sequential")
+DEFAULT_SCHEDULE = "sequential"
+"""The paper's: one layer at a time, input first (``fit``, ``SwitchConfig`` and the command line)."""
 
 
 class _SVI(SVI):
@@ -107,7 +109,7 @@ def fit(
     data: Iterable,
     *,
     epochs: int = 1,
-    schedule: str = "joint",
+    schedule: str = DEFAULT_SCHEDULE,
     loss=None,
     lr: float = 0.05,
     num_particles: int = 1,
@@ -127,9 +129,10 @@ def fit(
         guide: any guide of it: ``DirichletGuide``, ``LayerwiseGuide``, or a Pyro autoguide
             (``AutoNormal(model)``, ...) for the joint schedule.
         data: an iterable of ``(x, y)`` or ``(x, y, idx)`` minibatches, e.g. a ``DataLoader``.
-        schedule: ``"joint"`` (all layers at once) or ``"sequential"`` (one layer after another,
-            ``epochs`` passes each; needs a guide that samples the active layers only:
-            ``DirichletGuide`` or ``LayerwiseGuide``).
+        schedule: ``"sequential"`` (the default, the paper's: one layer after another, ``epochs``
+            passes each; needs a guide that samples the active layers only: ``DirichletGuide``,
+            ``LayerwiseGuide`` or ``ModuleLocal``) or ``"joint"`` (all layers at once; a model
+            with learned weights needs it).
         loss: the ELBO, default ``Trace_ELBO(num_particles)``; ``MeanSwitchELBO()`` for the mean variant.
         lr: Adam's learning rate of the guide's parameters; ``weight_lr`` that of the learned
             weights of a model with ``weight_scale`` (a ``DirichletGuide``'s ``point_weights``).
@@ -175,6 +178,9 @@ def fit(
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
     callbacks = as_callbacks(callback)
+    if model.weight_prior is not None and schedule != "joint":
+        raise ValueError("schedule: a model with learned weights (weight_scale) needs schedule='joint': layer by "
+                         "layer, the weights would learn under one layer's switch and then lose it")
     if model.weight_prior is not None and not isinstance(guide, DirichletGuide):
         raise ValueError("guide: a model with learned weights (weight_scale) needs a DirichletGuide, which holds "
                          "their point estimate")

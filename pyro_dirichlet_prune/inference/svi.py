@@ -18,7 +18,7 @@ from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, s
 from ..pruning.surgery import fold_scales
 from ..runstate import RunState
 from .builders import GuideBuilder, guide_builder, guide_name
-from .fit import SCHEDULES, FitResult, fit
+from .fit import DEFAULT_SCHEDULE, SCHEDULES, FitResult, fit
 from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 
@@ -56,7 +56,7 @@ class SwitchConfig:
     lr: float = 0.05
     epochs: int = 1
     batch_size: int = 256
-    schedule: str = "sequential"
+    schedule: str = DEFAULT_SCHEDULE
     scale: str = "simplex"
     sampling: str = "shared"
     seed: int = 0
