@@ -1,11 +1,16 @@
 """``fit``: the SVI loop for those who do not write their own.
 
-It maximises the ELBO of a ``SwitchModel`` under a guide with ``pyro.infer.SVI`` over the
-minibatches of any iterable of ``(x, y)`` or ``(x, y, idx)`` batches (a ``torch`` ``DataLoader``,
-or ``data.SplitLoader`` for tensors in memory), either for all layers jointly or one layer at a
-time (``schedule="sequential"``: input layer first; while layer l learns the other layers carry
-no switch, i.e. the pre-trained network, as in the paper), with the numerical guards of this
-package and resumable state.
+It maximises the ELBO of a ``SwitchModel`` under a guide over the minibatches of any iterable
+of ``(x, y)`` or ``(x, y, idx)`` batches (a ``torch`` ``DataLoader``, or ``data.SplitLoader`` for
+tensors in memory), one layer at a time (``schedule="sequential"``, the default and the paper's:
+input layer first; while layer l learns the other layers carry no switch, i.e. the pre-trained
+network) or all layers jointly, with the numerical guards of this package and resumable state.
+
+A step is Pyro's SVI step written as Pyro's ``examples/svi_lightning.py`` writes it: the ELBO as
+a module (``Trace_ELBO()(model, guide)``, whose parameters are the guide's module-local ones),
+its differentiable loss backward, and one ``torch.optim.Adam`` step; the same module is what DDP
+wraps across processes (``distributed``). Its update is ``SVI(model, guide, pyro.optim.Adam,
+loss).step``'s (Adam works element by element), without the per-step parameter capture.
 """
 from __future__ import annotations
 
@@ -16,10 +21,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyro
-import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.util import torch_item
 
 from .. import distributed
@@ -36,71 +40,35 @@ DEFAULT_SCHEDULE = "sequential"
 """The paper's: one layer at a time, input first (``fit``, ``SwitchConfig`` and the command line)."""
 
 
-class _SVI(SVI):
-    """``pyro.infer.SVI`` whose step also takes the plain ``nn.Parameter``s of a module-local guide
-    (Pyro 1.9's ``SVI.step`` expects every captured param to carry ``unconstrained``, which
-    ``AutoLowRankMultivariateNormal``'s plain parameters lack in module-local mode). With
-    ``ddp_loss`` (the ELBO as a module, ``loss(model, guide)``, wrapped in DDP) the step runs
-    it on this rank's share of the minibatch (``pyro_dirichlet_prune.distributed``)."""
-
-    def __init__(self, model, guide, optim, loss, ddp_loss=None) -> None:
-        super().__init__(model, guide, optim, loss=loss)
-        self.ddp_loss = ddp_loss
-
-    def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as capture:
-            if self.ddp_loss is None:
-                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            else:  # several ranks: DDP averages the gradients; the loss is the ranks' mean
-                local = self.ddp_loss(*args, **kwargs)
-                local.backward()
-                loss = distributed.all_mean(torch_item(local))
-        params = set()
-        for site in capture.trace.nodes.values():
-            value = site["value"]
-            params.add(value.unconstrained() if hasattr(value, "unconstrained") else value)
-        loss = torch_item(loss)
-        bad_grad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params)
-        if not math.isfinite(loss) or bad_grad:  # the step is not taken: the last good state survives
-            pyro.infer.util.zero_grads(params)
-            raise NonFiniteStep(loss, "the ELBO" if not math.isfinite(loss) else "its gradient")
-        self.optim(params)
-        pyro.infer.util.zero_grads(params)
-        return loss
-
-
-class _Adam(pyro.optim.PyroOptim):
-    """``pyro.optim.Adam(lr)`` whose parameters in ``rates`` (by identity) get their own learning
-    rate: the learned weights of a model (``PointWeights``) learn far more slowly than the
-    concentrations. Pyro's per-parameter callables look parameters up in the global param store,
-    which module-local guides never enter."""
-
-    def __init__(self, lr: float, rates: dict[int, float]) -> None:
-        super().__init__(torch.optim.Adam, {"lr": lr})
-        self._rates = rates
-
-    def _get_optim_args(self, param):
-        return {"lr": self._rates.get(id(param), self.pt_optim_args["lr"])}
-
-
-def _weight_rates(guide, weight_lr: float) -> dict[int, float]:
-    """``{id(parameter): weight_lr}`` for the learned weights a guide holds (none when frozen)."""
+def _adam(guide, lr: float, weight_lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam`` over the guide's parameters at ``lr``, the learned weights a guide holds
+    (``PointWeights``) in a group of their own at ``weight_lr``: they learn far more slowly than
+    the concentrations. Adam works element by element, so this is the update of Pyro's
+    per-parameter ``pyro.optim.Adam``; parameters without a gradient (layers that sit out a
+    stage) are left alone."""
     weights = getattr(guide, "point_weights", None)
-    return {id(p): weight_lr for p in weights.parameters()} if weights is not None else {}
+    held = {id(p) for p in weights.parameters()} if weights is not None else set()
+    groups = [{"params": [p for p in guide.parameters() if id(p) not in held], "lr": lr}]
+    if held:
+        groups.append({"params": list(weights.parameters()), "lr": weight_lr})
+    return torch.optim.Adam([g for g in groups if g["params"]])
 
 
-def _optim_state(optim: pyro.optim.PyroOptim, guide) -> dict:
-    """The per-parameter optimiser states, keyed by the guide's parameter names."""
-    names = {p: n for n, p in guide.named_parameters()}
-    return {names[p]: copy.deepcopy(o.state_dict()) for p, o in optim.optim_objs.items() if p in names}
-
-
-def _load_optim_state(optim: pyro.optim.PyroOptim, guide, state: dict) -> None:
-    for name, p in guide.named_parameters():
-        if name in state:
-            optim.optim_objs[p] = optim._get_optim(p)
-            optim.grad_clip[p] = optim._get_grad_clip(p)
-            optim.optim_objs[p].load_state_dict(state[name])
+def _step(elbo: torch.nn.Module, optimizer: torch.optim.Optimizer, *args) -> float:
+    """One SVI step in plain PyTorch: the ELBO module's ``differentiable_loss`` (one rank's share of
+    the minibatch under DDP, which averages the gradients), backward, and the optimiser's step,
+    which is not taken when the loss or a gradient is not finite (``NonFiniteStep``): the guide
+    keeps its last good state. Returns the loss (the ranks' mean across processes)."""
+    optimizer.zero_grad(set_to_none=True)
+    local = elbo(*args)
+    local.backward()
+    loss = distributed.all_mean(torch_item(local)) if distributed.active() else torch_item(local)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not math.isfinite(loss) or not all(bool(torch.isfinite(p.grad).all()) for p in params):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(loss, "the ELBO" if not math.isfinite(loss) else "its gradient")
+    optimizer.step()
+    return loss
 
 
 def fit(
@@ -200,23 +168,22 @@ def fit(
             return result
         at = LoopPosition.restored(saved)
         stage_index, optim_state, seconds_before = saved["stage"], saved["optim"], saved["seconds"]
-    ddp_loss = _ddp_loss(model, guide, loss, data, unused=len(stages) > 1)
+    elbo = _elbo_module(model, guide, loss, data, unused=len(stages) > 1)
     per_epoch = len(data) if hasattr(data, "__len__") else None
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
         label = "+".join(layers)
-        optim = _Adam(lr, _weight_rates(guide, weight_lr))
+        optimizer = _adam(guide, lr, weight_lr)  # a fresh one each stage
         if optim_state is not None:
-            _load_optim_state(optim, guide, optim_state)
+            optimizer.load_state_dict(optim_state)
             optim_state = None
-        svi = _SVI(model, guide, optim, loss=loss, ddp_loss=ddp_loss)
         t0 = time.perf_counter()
         step = at.epoch * per_epoch + at.batch if per_epoch is not None else 0
 
         def snapshot(done: bool = False) -> dict:
             return {
-                "done": done, "guide": copy.deepcopy(guide.state_dict()), "optim": _optim_state(optim, guide),
+                "done": done, "guide": copy.deepcopy(guide.state_dict()), "optim": copy.deepcopy(optimizer.state_dict()),
                 **at.save(data), "stage": stage_index, "losses": list(result.losses),
                 "stages": list(result.stages), "seconds": seconds_before + time.perf_counter() - start,
                 "global_step": len(result.losses),
@@ -236,7 +203,7 @@ def fit(
                             if stopped:
                                 break
                         try:
-                            loss_value = svi.step(x, y, *idx)
+                            loss_value = _step(elbo, optimizer, x, y, *idx)
                         except NonFiniteStep as bad:
                             raise NumericalError(
                                 f"{bad.what} became non-finite (loss {bad.loss}) at step {step + 1} of switch "
@@ -268,17 +235,19 @@ def fit(
     return result
 
 
-def _ddp_loss(model: SwitchModel, guide, loss, data: Iterable, unused: bool):
-    """The ELBO as a module wrapped in DDP when several ranks run (``distributed``), else None.
-    A lazily built guide is run once first, so that its parameters exist for DDP to register;
-    DDP then broadcasts rank 0's. Layers that sit out a stage leave their parameters unused."""
+def _elbo_module(model: SwitchModel, guide, loss, data: Iterable, unused: bool) -> torch.nn.Module:
+    """The ELBO as a module, ``loss(model, guide)`` (Pyro's ``ELBOModule``: its forward is the
+    differentiable loss, its parameters the guide's), wrapped in DDP when several ranks run
+    (``distributed``; DDP broadcasts rank 0's parameters; layers that sit out a stage leave theirs
+    unused). A lazily built guide (an autoguide) is run once first, so that its parameters exist
+    for the optimiser and DDP."""
+    _warm_up(model, guide, data)
     if not distributed.active():
-        return None
+        return loss(model, guide)
     if model.sampling != "shared":
         raise ValueError(f"model: sampling {model.sampling!r} draws one switch per example; across ranks that "
                          f"share a seed the draws of different examples would repeat. Use sampling='shared' with "
                          f"several processes")
-    _warm_up(model, guide, data)
     return distributed.ddp(loss(model, guide), find_unused_parameters=unused)
 
 
