@@ -9,6 +9,8 @@ alike, median over ``--repeats`` rounds:
 
 * ``svi``: ``pyro.infer.SVI.step`` with the Dirichlet guide and ``Trace_ELBO`` (one particle):
   sample the float64 switches, run the switched network, score, backward, Adam update of phi.
+* ``elbo_module``: the step ``fit`` takes: the same ELBO as a module (``Trace_ELBO()(model,
+  guide)``), its differentiable loss backward, the guards, one ``torch.optim.Adam`` step.
 * ``plain``: a plain PyTorch forward + cross-entropy + backward of the network with its
   weights requiring grad (the cost of one ordinary training step, without the optimiser).
 * ``plain_switched``: the network part of ``svi`` without Pyro: fixed channel scales
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_dirichlet_prune import DirichletGuide, SwitchModel, retain_freed_memory
+from pyro_dirichlet_prune.inference.fit import _adam, _step
 from pyro_dirichlet_prune.inference.svi import SwitchConfig
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.report import versions, write_json
@@ -96,6 +99,14 @@ def main() -> None:
     def svi_step() -> None:
         svi.step(x, y, idx)
 
+    # the fit's step: the ELBO as a module and torch's Adam, with its own guide
+    module_guide = DirichletGuide(model)
+    elbo_module = Trace_ELBO()(model, module_guide)
+    module_adam = _adam(module_guide, 0.05, 1e-3)
+
+    def elbo_module_step() -> None:
+        _step(elbo_module, module_adam, x, y, idx)
+
     # the same computation without Pyro
     scales = {n: torch.ones(d, requires_grad=True) for n, d in switched.widths.items()}
 
@@ -124,7 +135,7 @@ def main() -> None:
         (-(loglik + kl_terms)).backward()
         adam.step()
 
-    steps = {"svi": svi_step, "plain": plain_step, "plain_switched": plain_switched_step, "plain_svi": plain_svi_step}
+    steps = {"svi": svi_step, "elbo_module": elbo_module_step, "plain": plain_step, "plain_switched": plain_switched_step, "plain_svi": plain_svi_step}
     for _ in range(args.warmup):
         for f in steps.values():
             f()
@@ -142,12 +153,14 @@ def main() -> None:
     ratio = med["svi"] / med["plain"]
     ratio_switched = med["svi"] / med["plain_switched"]
     ratio_plain_svi = med["svi"] / med["plain_svi"]
+    ratio_module = med["elbo_module"] / med["plain_svi"]
     for k, v in med.items():
         print(f"{k:15s} median {1e3 * v:8.3f} ms  (p10 {1e3 * sorted(times[k])[len(times[k]) // 10]:.3f} ms)  "
               f"{faults_per_step[k]:8.1f} minor page faults/step")
     print(f"ratio svi / plain forward+backward          = {ratio:.3f}")
     print(f"ratio svi / plain switched forward+backward = {ratio_switched:.3f}")
     print(f"ratio svi / the same ELBO step without Pyro  = {ratio_plain_svi:.3f}")
+    print(f"ratio fit's ELBO-module step / the same      = {ratio_module:.3f}")
     write_json(
         args.out,
         {
@@ -159,6 +172,7 @@ def main() -> None:
             "ratio_svi_over_plain": ratio,
             "ratio_svi_over_plain_switched": ratio_switched,
             "ratio_svi_over_plain_svi": ratio_plain_svi,
+            "ratio_elbo_module_over_plain_svi": ratio_module,
             "threads": torch.get_num_threads(),
             "versions": versions(),
         },
