@@ -10,7 +10,8 @@ alike, median over ``--repeats`` rounds:
 * ``svi``: ``pyro.infer.SVI.step`` with the Dirichlet guide and ``Trace_ELBO`` (one particle):
   sample the float64 switches, run the switched network, score, backward, Adam update of phi.
 * ``elbo_module``: the step ``fit`` takes: the same ELBO as a module (``Trace_ELBO()(model,
-  guide)``), its differentiable loss backward, the guards, one ``torch.optim.Adam`` step.
+  guide)``), its differentiable loss backward, the guards, one ``torch.optim.Adam`` step, with
+  Pyro's validation checks off as on every step of a stage but its first.
 * ``plain``: a plain PyTorch forward + cross-entropy + backward of the network with its
   weights requiring grad (the cost of one ordinary training step, without the optimiser).
 * ``plain_switched``: the network part of ``svi`` without Pyro: fixed channel scales
@@ -104,8 +105,8 @@ def main() -> None:
     elbo_module = Trace_ELBO()(model, module_guide)
     module_adam = _adam(module_guide, 0.05, 1e-3)
 
-    def elbo_module_step() -> None:
-        _step(elbo_module, module_adam, x, y, idx)
+    def elbo_module_step() -> None:  # as every step of a stage but its first (fit validates that one)
+        _step(elbo_module, module_adam, x, y, idx, validate=False)
 
     # the same computation without Pyro
     scales = {n: torch.ones(d, requires_grad=True) for n, d in switched.widths.items()}

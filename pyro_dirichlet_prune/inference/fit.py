@@ -10,7 +10,10 @@ A step is Pyro's SVI step written as Pyro's ``examples/svi_lightning.py`` writes
 a module (``Trace_ELBO()(model, guide)``, whose parameters are the guide's module-local ones),
 its differentiable loss backward, and one ``torch.optim.Adam`` step; the same module is what DDP
 wraps across processes (``distributed``). Its update is ``SVI(model, guide, pyro.optim.Adam,
-loss).step``'s (Adam works element by element), without the per-step parameter capture.
+loss).step``'s (Adam works element by element), without the per-step parameter capture. Pyro's
+validation checks (site shapes, model/guide agreement, NaN warnings) run on the first step of
+every stage, where a wrong guide shows itself; later steps skip them, and the numerical guard
+checks every step's loss and gradients.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyro
+import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
@@ -54,13 +58,16 @@ def _adam(guide, lr: float, weight_lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([g for g in groups if g["params"]])
 
 
-def _step(elbo: torch.nn.Module, optimizer: torch.optim.Optimizer, *args) -> float:
+def _step(elbo: torch.nn.Module, optimizer: torch.optim.Optimizer, *args, validate: bool = True) -> float:
     """One SVI step in plain PyTorch: the ELBO module's ``differentiable_loss`` (one rank's share of
     the minibatch under DDP, which averages the gradients), backward, and the optimiser's step,
     which is not taken when the loss or a gradient is not finite (``NonFiniteStep``): the guide
-    keeps its last good state. Returns the loss (the ranks' mean across processes)."""
+    keeps its last good state. Returns the loss (the ranks' mean across processes). Without
+    ``validate`` Pyro's validation checks are off for the step (``fit`` validates the first step
+    of every stage; the guard above checks every step)."""
     optimizer.zero_grad(set_to_none=True)
-    local = elbo(*args)
+    with pyro.validation_enabled(validate and pyro.util.is_validation_enabled()):
+        local = elbo(*args)
     local.backward()
     loss = distributed.all_mean(torch_item(local)) if distributed.active() else torch_item(local)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -180,6 +187,7 @@ def fit(
             optim_state = None
         t0 = time.perf_counter()
         step = at.epoch * per_epoch + at.batch if per_epoch is not None else 0
+        first = step  # Pyro's validation checks run on the stage's first step (or the first after a resume)
 
         def snapshot(done: bool = False) -> dict:
             return {
@@ -203,7 +211,7 @@ def fit(
                             if stopped:
                                 break
                         try:
-                            loss_value = _step(elbo, optimizer, x, y, *idx)
+                            loss_value = _step(elbo, optimizer, x, y, *idx, validate=step == first)
                         except NonFiniteStep as bad:
                             raise NumericalError(
                                 f"{bad.what} became non-finite (loss {bad.loss}) at step {step + 1} of switch "
