@@ -109,3 +109,28 @@ def test_fit_defaults_to_the_papers_schedule_as_the_config_and_the_command_line_
     learned = SwitchModel(net, num_data=N, scale="dim", weight_scale=0.05)
     with pytest.raises(ValueError, match="schedule: a model with learned weights .* needs schedule='joint'"):
         fit(learned, DirichletGuide(learned), data, progress=False)
+
+
+def test_pyro_validation_runs_on_the_first_step_of_a_stage_and_keeps_the_callers_setting(monkeypatch):
+    """fit validates each stage's first step (a wrong guide shows itself there) and skips Pyro's
+    checks afterwards; a caller who switched validation off keeps it off, before and after."""
+    import pyro.infer.util
+
+    from pyro_dirichlet_prune.inference import fit as fit_module
+
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    seen = []
+    real_step = fit_module._step
+
+    def spy(*args, validate=True):
+        seen.append(validate)
+        return real_step(*args, validate=validate)
+
+    monkeypatch.setattr(fit_module, "_step", spy)
+    fit(model, DirichletGuide(model), data, epochs=2, seed=0, progress=False)
+    assert seen == ([True] + [False] * 7) * 4  # 4 stages of 2 epochs of 4 minibatches
+    assert pyro.infer.util.is_validation_enabled()
+    with pyro.validation_enabled(False):
+        fit(model, DirichletGuide(model), data, seed=0, progress=False)
+        assert not pyro.infer.util.is_validation_enabled()

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyro
-import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.util import torch_item
+from pyro.infer.util import is_validation_enabled, torch_item
 
 from .. import distributed
 from ..data import split_batch
@@ -66,7 +65,7 @@ def _step(elbo: torch.nn.Module, optimizer: torch.optim.Optimizer, *args, valida
     ``validate`` Pyro's validation checks are off for the step (``fit`` validates the first step
     of every stage; the guard above checks every step)."""
     optimizer.zero_grad(set_to_none=True)
-    with pyro.validation_enabled(validate and pyro.util.is_validation_enabled()):
+    with pyro.validation_enabled(validate and is_validation_enabled()):
         local = elbo(*args)
     local.backward()
     loss = distributed.all_mean(torch_item(local)) if distributed.active() else torch_item(local)
