@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models.switch_points import as_input_shape, shape_mismatch
 from .training import device_of
 
 
@@ -31,20 +32,16 @@ def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
     Counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per MAC; bias additions,
     activations and pooling are not counted, as in the paper's FLOPs column).
     """
-    if input_shape is None or not hasattr(input_shape, "__len__") or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape) or not len(input_shape):
-        raise ValueError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
+    shape = as_input_shape(input_shape)
     was_training = net.training
     net.eval()
-    x = torch.zeros(1, *input_shape, device=device_of(net))
+    x = torch.zeros(1, *shape, device=device_of(net))
     counter = FlopCounterMode(display=False)
     try:
         with counter:
             net(x)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"input_shape {tuple(input_shape)} does not fit {type(net).__name__}: one input of that "
-                         f"shape fails in its forward ({first})") from None
+        raise shape_mismatch(net, shape, exc) from None
     finally:
         net.train(was_training)
     flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in _MAC_OPS)

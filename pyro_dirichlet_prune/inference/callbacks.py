@@ -72,8 +72,8 @@ class Progress:
     def __init__(self, label: str, total: int | None, initial: int, epochs: int, enabled: bool) -> None:
         self.enabled = enabled and distributed.is_main()
         self.label, self.epochs, self.t0 = label, epochs, time.perf_counter()
-        self.tty = self.enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc=f"switches {label}", leave=False) if self.tty else None
+        on_terminal = self.enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=f"switches {label}", leave=False) if on_terminal else None
 
     def __call__(self, info: FitStep) -> None:
         if self.bar is not None:

@@ -82,13 +82,14 @@ class ModuleLocal(LocalPyroModule):
     def __init__(self, guide) -> None:
         super().__init__()
         self.guide = guide
+        self._model = guide_model(guide)  # found once: the guide's model does not change
 
     @property
     def prototype_trace(self):
         return getattr(self.guide, "prototype_trace", True)
 
     def forward(self, *args, **kwargs):
-        model = guide_model(self.guide)
+        model = self._model
         if model is None:
             return self.guide(*args, **kwargs)
         if getattr(self.guide, "prototype_trace", True) is None:  # build it on every layer, leaving the RNG alone
@@ -120,7 +121,7 @@ def guide_model(guide) -> SwitchModel | None:
     """The ``SwitchModel`` a guide was built for, where the guide says (this package's guides,
     ``ModuleLocal`` and Pyro's autoguides keep it), else None."""
     if isinstance(guide, ModuleLocal):
-        return guide_model(guide.guide)
+        return guide._model
     return _unwrap_model(getattr(guide, "model", None))
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from .discovery import discover_switch_points
 from .points import SwitchPoint, point_widths, rebind
 
-__all__ = ["SwitchPoint", "check_input_shape", "point_widths", "rebind", "switch_points"]
+__all__ = ["SwitchPoint", "as_input_shape", "check_input_shape", "point_widths", "rebind", "shape_mismatch",
+           "switch_points"]
 
 
 def switch_points(net: nn.Module, input_shape: Sequence[int] | None = None) -> list[SwitchPoint]:
@@ -35,12 +36,7 @@ def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tupl
     input of that shape (in eval mode, without gradients, on the network's device; its mode is
     restored); a ``TypeError``/``ValueError`` naming ``input_shape`` when it is not one input's
     shape or the network cannot take it."""
-    if input_shape is None or isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__"):
-        raise TypeError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
-    shape = tuple(input_shape)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-        raise ValueError(f"input_shape must be positive ints, the shape of one input without the batch "
-                         f"dimension, e.g. (1, 28, 28), got {input_shape!r}")
+    shape = as_input_shape(input_shape)
     param = next(iter(net.parameters()), None)
     was_training = net.training
     net.eval()
@@ -49,9 +45,26 @@ def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tupl
             net(torch.zeros(1, *shape, device=param.device if param is not None else None,
                             dtype=param.dtype if param is not None and param.is_floating_point() else None))
     except (RuntimeError, ValueError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"input_shape {shape} does not fit {type(net).__name__}: one input of that shape "
-                         f"fails in its forward ({first})") from None
+        raise shape_mismatch(net, shape, exc) from None
     finally:
         net.train(was_training)
     return shape
+
+
+def as_input_shape(input_shape) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints (the shape of one input, without the batch
+    dimension); a ``TypeError``/``ValueError`` naming ``input_shape`` otherwise."""
+    if input_shape is None or isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__"):
+        raise TypeError(f"input_shape must be the shape of one input, e.g. (1, 28, 28), got {input_shape!r}")
+    shape = tuple(input_shape)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"input_shape must be positive ints, the shape of one input without the batch "
+                         f"dimension, e.g. (1, 28, 28), got {input_shape!r}")
+    return shape
+
+
+def shape_mismatch(net: nn.Module, shape: tuple[int, ...], exc: Exception) -> ValueError:
+    """The error that says an input of ``shape`` failed in ``net``'s forward with ``exc``."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ValueError(f"input_shape {shape} does not fit {type(net).__name__}: one input of that shape fails in its "
+                      f"forward ({first})")

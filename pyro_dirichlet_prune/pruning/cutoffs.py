@@ -36,7 +36,7 @@ from ..models.switch_points import SwitchPoint, point_widths, switch_points
 from .budget import budget_keep, size_function
 from .cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
 from .decision import DEFAULT_EXAMPLES, DEFAULT_LAM, MEASURES, decision_cutoff, decision_examples
-from .ranking import DEFAULT_RANKING, FittedSwitches, Ranking, get_ranking
+from .ranking import FittedSwitches, Ranking, get_ranking
 from .surgery import check_keep
 
 Keep = dict[str, list[int]]
@@ -152,6 +152,10 @@ class _CountCutoff(Cutoff):
             raise TypeError(f"ranking must be a Ranking or a ranking name, got {type(ranking).__name__}")
         self.ranking = ranking
 
+    def settings(self) -> dict[str, Any]:
+        """The ranking, when one was given (the default, the posterior means, goes unnamed)."""
+        return {"ranking": _name(self.ranking)} if self.ranking is not None else {}
+
     @abstractmethod
     def counts(self, widths: dict[str, int]) -> dict[str, int]:
         """Units kept per layer."""
@@ -182,7 +186,7 @@ class ArchCutoff(_CountCutoff):
         self.arch = arch
 
     def settings(self) -> dict[str, Any]:
-        return {"arch": self.arch, **({"ranking": _name(self.ranking)} if self.ranking is not None else {})}
+        return {"arch": self.arch, **super().settings()}
 
     def counts(self, widths: dict[str, int]) -> dict[str, int]:
         return parse_arch(self.arch, widths)
@@ -200,7 +204,7 @@ class RateCutoff(_CountCutoff):
         self.rate = rate
 
     def settings(self) -> dict[str, Any]:
-        return {"rate": self.rate, **({"ranking": _name(self.ranking)} if self.ranking is not None else {})}
+        return {"rate": self.rate, **super().settings()}
 
     def counts(self, widths: dict[str, int]) -> dict[str, int]:
         return rate_widths(self.rate, widths)
@@ -269,4 +273,3 @@ def relative_draws(fit, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 
 CUTOFF_CLASSES = {c.kind: c for c in (UncertaintyCutoff, BudgetCutoff, ArchCutoff, RateCutoff, DecisionCutoff)}
-DEFAULT_CUTOFF_RANKING = DEFAULT_RANKING
