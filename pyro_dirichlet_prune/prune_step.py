@@ -70,12 +70,14 @@ def prune_and_finetune(
     splits: Sequence[str] = SPLITS,
     state: RunState | None = None,
     desc: str = "fine-tune",
+    progress: bool = True,
 ) -> PruneResult:
     """Prune ``net`` to ``keep``, check the surgery, fine-tune with ``finetune`` and evaluate on
     ``splits`` before and after (module docstring). ``points``: the switch points of ``net``
     (default: the ones it declares, or discovery finds); ``seed``: the surgery check's batch;
     ``state``: a ``RunState`` that fine-tuning saves to and resumes from. With
-    ``finetune.distill`` the network before surgery is the teacher. Raises
+    ``finetune.distill`` the network before surgery is the teacher; ``progress``: fine-tuning's
+    (``finetune``). Raises
     ``NumericalError`` when the surgery check fails, ``ValueError`` naming ``splits`` or
     ``finetune`` when they are wrong."""
     if not isinstance(finetune, TrainConfig):
@@ -94,7 +96,8 @@ def prune_and_finetune(
     size = network_size(pruned, shape, pruned_points)
     before = _evaluate(pruned, data, splits)
     t = time.perf_counter()
-    result = train(pruned, data, finetune, desc=desc, state=state, teacher=net if finetune.distill else None)
+    result = train(pruned, data, finetune, desc=desc, state=state, teacher=net if finetune.distill else None,
+                   progress=progress)
     finetune_seconds = time.perf_counter() - t
     return PruneResult(net=pruned, keep={k: list(v) for k, v in keep.items()}, points=pruned_points,
                        surgery_max_abs_diff=diff, size=size, pruned=before, finetuned=_evaluate(pruned, data, splits),

@@ -5,16 +5,16 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import distributed
 from .data import DataBundle, Split, SplitLoader, batches, check_labels, split_batch
 from .errors import UserError
+from .loop import Checkpoint, EpochLoop, LoopCallback, LoopEvent, Progress, as_callbacks
 from .runstate import LoopPosition, RunState, open_loop
 
 
@@ -147,11 +147,13 @@ def train(
     state: RunState | None = None,
     loop: str = "finetune",
     teacher: nn.Module | None = None,
+    progress: bool = True,
+    callback=None,
 ) -> TrainResult:
     """``finetune`` with the settings of ``cfg`` on the in-memory splits of ``data``: minibatches
     of ``cfg.batch_size`` in an order (and augmentation) drawn from a generator seeded with
     ``cfg.seed``; the validation split chooses the epoch kept. ``cfg.distill`` needs the
-    ``teacher``."""
+    ``teacher``; ``progress`` and ``callback`` are ``finetune``'s."""
     cfg.validate()
     if cfg.distill and teacher is None:
         raise ValueError("teacher: distillation (distill=True) needs the teacher network")
@@ -161,7 +163,7 @@ def train(
     return finetune(net, loader, data.val, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
                     weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop,
                     schedule=cfg.schedule, teacher=teacher if cfg.distill else None, temperature=cfg.temperature,
-                    distill_weight=cfg.distill_weight)
+                    distill_weight=cfg.distill_weight, progress=progress, callback=callback)
 
 
 def finetune(
@@ -184,6 +186,7 @@ def finetune(
     teacher: nn.Module | None = None,
     temperature: float = TrainConfig.temperature,
     distill_weight: float = TrainConfig.distill_weight,
+    callback=None,
 ) -> TrainResult:
     """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
     with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a
@@ -202,7 +205,13 @@ def finetune(
 
     ``checkpoint`` (a folder) saves the loop's state every ``checkpoint_every`` steps and at every
     epoch end, and continues from a saved state (exactly, for data that restore their position
-    or reshuffle from torch's global generator; see ``inference.fit.fit``)."""
+    or reshuffle from torch's global generator; see ``inference.fit.fit``).
+
+    ``progress`` shows a bar on a terminal, else one line per epoch on stderr (``loop.Progress``).
+    ``callback`` (a callable, a ``loop.LoopCallback``, or a list of them) is told after every
+    step with a ``TrainStep``; one that returns True ends the fine-tuning there (the epoch's
+    validation still runs and the best epoch is kept). Returns a ``TrainResult``: the history of
+    the epochs (mean training loss, validation error) and the epoch kept."""
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
@@ -214,9 +223,8 @@ def finetune(
         p.requires_grad_(True)
     net.to(dev)
     params = list(net.parameters())
-    result = TrainResult()
     if epochs <= 0 or not params:
-        return result
+        return TrainResult()
     state, saved = open_loop(state, checkpoint, checkpoint_every, loop)
     if saved is not None and saved.get("done"):
         net.load_state_dict(saved["net"])
@@ -236,76 +244,117 @@ def finetune(
     teach = _teacher(teacher, dev)
     model = distributed.ddp(net)  # several ranks: DDP averages the gradients (``distributed``)
     ranks = distributed.world_size()
-    at, total, count = LoopPosition(), 0.0, 0
-    best_err, best_state = math.inf, None
+    epochs_ = _Epochs(net, val_data)
+    position = None
     if saved is not None:
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
-        at = LoopPosition.restored(saved)
-        total, count = saved["total"], saved["count"]
-        best_err, best_state = saved["best_err"], saved["best_state"]
-        result = TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
+        position = LoopPosition.restored(saved)
+        epochs_.load(saved)
+    result = epochs_.result
+
+    def event(epoch: int, step: int, loss: float, epoch_end: bool) -> TrainStep:
+        return TrainStep(epoch, step, loss, epoch_end, net, result)
+
+    loop_ = EpochLoop(train_data, epochs, position, 0, event)
+    loop_.steps = loop_.at.epoch * per_epoch + loop_.at.batch
+
+    def step(x: torch.Tensor, y: torch.Tensor, *_) -> float:
+        x, y = x.to(dev), y.to(dev)
+        logits = model(x)
+        check_labels(y, logits.shape[-1])
+        if teach is None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                target = teach(x)
+            loss = distillation_loss(logits, target, y, temperature, distill_weight)
+        opt.zero_grad(set_to_none=True)
+        if ranks > 1:  # this rank's share of the whole minibatch's mean: sum over the share / B, times W
+            whole = distributed.all_sum([len(y)])[0]
+            (loss * (len(y) * ranks / whole)).backward()
+        else:
+            loss.backward()
+        opt.step()
+        sched.step()
+        value = loss.item()
+        epochs_.add(value, len(y))
+        return value
 
     def snapshot(done: bool = False) -> dict:
-        return {
-            "done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-            "sched": sched.state_dict(), **at.save(train_data), "total": total, "count": count, "best_err": best_err,
-            "best_state": best_state, "history": list(result.history), "best_epoch": result.best_epoch,
-            "global_step": global_step,
-        }
+        return {"done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+                "sched": sched.state_dict(), **loop_.at.save(train_data), **epochs_.save(),
+                "global_step": loop_.steps}
 
-    global_step = at.epoch * per_epoch + at.batch
-    bar = tqdm(total=steps, initial=global_step, desc=desc, leave=False,
-               disable=None if progress and distributed.is_main() else True)  # rank 0 draws the bar
-    while at.epoch < epochs:
-        net.train()
-        for x, y, *_ in at.batches(train_data):
-            x, y = x.to(dev), y.to(dev)
-            logits = model(x)
-            check_labels(y, logits.shape[-1])
-            if teach is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.no_grad():
-                    target = teach(x)
-                loss = distillation_loss(logits, target, y, temperature, distill_weight)
-            opt.zero_grad(set_to_none=True)
-            if ranks > 1:  # this rank's share of the whole minibatch's mean: sum over the share / B, times W
-                whole = distributed.all_sum([len(y)])[0]
-                (loss * (len(y) * ranks / whole)).backward()
-            else:
-                loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(y)
-            count += len(y)
-            global_step += 1
-            bar.update()
-            if state is not None:
-                state.step(loop, global_step, snapshot)
-        at.next_epoch()
-        if ranks > 1:  # the whole epoch's mean loss, over every rank's share
-            total, count = distributed.all_sum([total, count])
-        record = {"epoch": at.epoch, "train_loss": total / max(count, 1)}
-        if val_data is not None:
-            record["val_error"] = evaluate(net, val_data, across_ranks=True)["error"]
-            bar.set_postfix(val_error=f"{record['val_error']:.4f}")
-            if record["val_error"] < best_err:
-                best_err, best_state, result.best_epoch = record["val_error"], copy.deepcopy(net.state_dict()), at.epoch
-        else:
-            result.best_epoch = at.epoch
-        result.history.append(record)
-        total, count = 0.0, 0
-        if state is not None:
-            state.save(loop, snapshot())
-    bar.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    watchers = [epochs_, *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]
+    if state is not None:
+        watchers.append(Checkpoint(state, loop, snapshot, loop_))
+    net.train()  # evaluate() puts the mode back after each validation
+    loop_.run(step, watchers)
+    epochs_.restore_best()
     net.eval()
     if state is not None:
         state.save(loop, snapshot(done=True))
     return result
+
+
+@dataclass
+class TrainStep(LoopEvent):
+    """What a ``finetune`` callback is given after every step (``LoopEvent``), with the network
+    and the result so far (the history of finished epochs)."""
+
+    net: Optional[nn.Module] = None
+    result: Optional[TrainResult] = None
+
+
+class _Epochs(LoopCallback):
+    """Fine-tuning's epoch bookkeeping: the mean training loss of the epoch (over every rank's
+    share), the validation error, and the best epoch's state (the lowest validation error; the
+    last epoch without ``val_data``), which ``restore_best`` puts back."""
+
+    def __init__(self, net: nn.Module, val_data) -> None:
+        self.net, self.val_data = net, val_data
+        self.total, self.count, self.best_err, self.best_state = 0.0, 0, math.inf, None
+        self.result = TrainResult()
+
+    def add(self, loss: float, n: int) -> None:
+        self.total += loss * n
+        self.count += n
+
+    def on_epoch_end(self, event: LoopEvent) -> None:
+        if distributed.world_size() > 1:  # the whole epoch's mean loss, over every rank's share
+            self.total, self.count = distributed.all_sum([self.total, self.count])
+        record = {"epoch": event.epoch + 1, "train_loss": self.total / max(self.count, 1)}
+        if self.val_data is not None:
+            record["val_error"] = evaluate(self.net, self.val_data, across_ranks=True)["error"]
+            if record["val_error"] < self.best_err:
+                self.best_err, self.best_state = record["val_error"], copy.deepcopy(self.net.state_dict())
+                self.result.best_epoch = event.epoch + 1
+        else:
+            self.result.best_epoch = event.epoch + 1
+        self.result.history.append(record)
+        self.total, self.count = 0.0, 0
+
+    def describe(self, event: LoopEvent) -> str:
+        if not event.epoch_end or len(self.result.history) <= event.epoch:
+            return f"loss {event.loss:.4g}"
+        record = self.result.history[-1]
+        val = f", val error {record['val_error']:.4f}" if "val_error" in record else ""
+        return f"train loss {record['train_loss']:.4g}{val}"
+
+    def save(self) -> dict:
+        return {"total": self.total, "count": self.count, "best_err": self.best_err, "best_state": self.best_state,
+                "history": list(self.result.history), "best_epoch": self.result.best_epoch}
+
+    def load(self, saved: dict) -> None:
+        self.total, self.count = saved["total"], saved["count"]
+        self.best_err, self.best_state = saved["best_err"], saved["best_state"]
+        self.result = TrainResult(history=list(saved["history"]), best_epoch=saved["best_epoch"])
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
 
 
 def _teacher(teacher: nn.Module | None, device: torch.device) -> nn.Module | None:

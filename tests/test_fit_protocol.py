@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_dirichlet_prune import DirichletGuide, FitStep, SwitchModel, estimate_elbo, fit
+from pyro_dirichlet_prune import DirichletGuide, FitStep, SwitchModel, estimate_elbo, evaluate, finetune, fit
+from pyro_dirichlet_prune.loop import LoopCallback
+from pyro_dirichlet_prune.training import TrainStep
 from pyro_dirichlet_prune.models import build_model
 
 N = 64
@@ -59,6 +61,44 @@ def test_progress_writes_a_line_per_epoch_when_stderr_is_not_a_terminal(capsys):
     assert lines[1].startswith("switches conv1+conv2+fc1+fc2: epoch 2/2, 8 steps, loss ")
     fit(model, DirichletGuide(model), data, seed=0, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_fit_and_finetune_share_one_loop_with_epoch_callbacks(capsys):
+    """A ``LoopCallback`` hears every epoch end of a fit's stage and of fine-tuning; fine-tuning
+    stopped by one after its second epoch keeps the best of those two epochs, and says each
+    epoch in a line on stderr (no terminal)."""
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+
+    class Ends(LoopCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_epoch_end(self, event):
+            self.ends.append((event.epoch, event.step, event.epoch_end))
+
+    ends = Ends()
+    fit(model, DirichletGuide(model), data, epochs=2, schedule="sequential", seed=0, progress=False, callback=ends)
+    assert ends.ends == [(0, 4, True), (1, 8, True)] * 4
+
+    class StopAtTwo(Ends):
+        def on_epoch_end(self, event):
+            super().on_epoch_end(event)
+            assert isinstance(event, TrainStep) and len(event.result.history) == event.epoch + 1
+            return event.epoch == 1
+
+    small = build_model("lenet5", widths=(3, 4, 5, 2))
+    stop = StopAtTwo()
+    torch.manual_seed(0)
+    result = finetune(small, data, data, epochs=5, callback=stop)
+    assert stop.ends == [(0, 4, True), (1, 8, True)]
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    errors = [r["val_error"] for r in result.history]
+    assert result.best_epoch == 1 + errors.index(min(errors))
+    assert evaluate(small, data)["error"] == pytest.approx(min(errors))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["fine-tune: epoch 1/5", "fine-tune: epoch 2/5"]
+    assert "train loss" in lines[0] and "val error" in lines[0]
 
 
 def test_estimate_elbo_with_a_seed_is_one_number_and_leaves_the_generators_alone():

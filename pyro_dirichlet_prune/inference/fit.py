@@ -32,10 +32,11 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from .. import distributed
 from ..data import split_batch
 from ..errors import NumericalError
+from ..loop import Checkpoint, EpochLoop, LoopCallback, Progress, as_callbacks
 from ..models.switched import SwitchModel
 from ..runstate import LoopPosition, RunState, open_loop
-from .callbacks import Callback, FitResult, FitStep, Progress, as_callbacks, tell
-from .guards import NonFiniteStep, check_collapse, diagnose_nonfinite
+from .callbacks import Callback, FitResult, FitStep
+from .guards import CollapseGuard, NonFiniteStep, diagnose_nonfinite
 from .guides import DirichletGuide, all_layers, follows_active_layers
 
 SCHEDULES = ("joint", "sequential")
@@ -94,7 +95,7 @@ def fit(
     state: RunState | None = None,
     loop: str = "switches",
     weight_lr: float = 1e-3,
-    callback: Callback | Sequence[Callback] | None = None,
+    callback: Callback | LoopCallback | Sequence[Callback | LoopCallback] | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
 
@@ -114,7 +115,8 @@ def fit(
         progress: show progress on stderr: a bar on a terminal, else one line per epoch (``Progress``).
         callback: a callable, or a list of them, called after every step with a ``FitStep``;
             one that returns True ends the current stage there (e.g. a convergence rule; the
-            stage's ``stopped`` is then True). A callback that raises stops the fit, the guide
+            stage's ``stopped`` is then True). A ``loop.LoopCallback`` is also told every epoch
+            end (``on_epoch_end``) and closed when the stage ends. A callback that raises stops the fit, the guide
             keeping its state after the last step taken.
         checkpoint: a folder where the loop saves its state every ``checkpoint_every`` steps and
             at every epoch end; when a state is there, the loop continues from it, to the same
@@ -175,7 +177,6 @@ def fit(
         at = LoopPosition.restored(saved)
         stage_index, optim_state, seconds_before = saved["stage"], saved["optim"], saved["seconds"]
     elbo = _elbo_module(model, guide, loss, data, unused=len(stages) > 1)
-    per_epoch = len(data) if hasattr(data, "__len__") else None
     start = time.perf_counter()
     for stage_index in range(stage_index, len(stages)):
         layers = stages[stage_index]
@@ -184,57 +185,46 @@ def fit(
         if optim_state is not None:
             optimizer.load_state_dict(optim_state)
             optim_state = None
-        t0 = time.perf_counter()
-        step = at.epoch * per_epoch + at.batch if per_epoch is not None else 0
-        first = step  # Pyro's validation checks run on the stage's first step (or the first after a resume)
 
-        def snapshot(done: bool = False) -> dict:
+        def event(epoch: int, step: int, loss: float, epoch_end: bool, stage=stage_index, layers=layers) -> FitStep:
+            return FitStep(epoch, step, loss, epoch_end, stage, layers, model, guide, result)
+
+        per_epoch = len(data) if hasattr(data, "__len__") else None
+        loop_ = EpochLoop(data, epochs, at, at.epoch * per_epoch + at.batch if per_epoch is not None else 0, event)
+        first = loop_.steps  # Pyro's validation checks run on the stage's first step (or the first after a resume)
+
+        def snapshot(done: bool = False, loop_=loop_, optimizer=optimizer) -> dict:
             return {
                 "done": done, "guide": copy.deepcopy(guide.state_dict()), "optim": copy.deepcopy(optimizer.state_dict()),
-                **at.save(data), "stage": stage_index, "losses": list(result.losses),
+                **loop_.at.save(data), "stage": stage_index, "losses": list(result.losses),
                 "stages": list(result.stages), "seconds": seconds_before + time.perf_counter() - start,
                 "global_step": len(result.losses),
             }
 
-        total = epochs * per_epoch if per_epoch is not None else None
-        shown = Progress(label, total, step, epochs, progress)
-        watchers = [shown, *callbacks]
-        stopped = False
-        try:
-            with model.switching(layers):
-                while at.epoch < epochs and not stopped:
-                    pending = None  # the last step's FitStep, told to the callbacks once we know it ended the epoch
-                    for x, y, *idx in at.batches(data):
-                        if pending is not None:
-                            stopped = tell(watchers, pending)
-                            if stopped:
-                                break
-                        try:
-                            loss_value = _step(elbo, optimizer, x, y, *idx, validate=step == first)
-                        except NonFiniteStep as bad:
-                            raise NumericalError(
-                                f"{bad.what} became non-finite (loss {bad.loss}) at step {step + 1} of switch "
-                                f"learning ({label}); that step was not applied, the guide keeps the state of step "
-                                f"{step}: {diagnose_nonfinite(model, guide, x, y, *idx)}"
-                            ) from None
-                        step += 1
-                        result.losses.append(loss_value)
-                        if state is not None:
-                            state.step(loop, len(result.losses), snapshot)
-                        pending = FitStep(stage_index, layers, at.epoch, step, loss_value, False, model, guide, result)
-                    if pending is not None and not stopped:
-                        pending.epoch_end = True
-                        stopped = tell(watchers, pending)
-                    at.next_epoch()
-                    if isinstance(guide, DirichletGuide):
-                        check_collapse(guide, layers, step, label)
-                    if state is not None and at.epoch < epochs and not stopped:
-                        state.save(loop, snapshot())
-        finally:
-            shown.close()
-        result.stages.append({"layers": layers, "steps": step, "epochs": at.epoch, "seconds": time.perf_counter() - t0,
-                              "stopped": stopped})
-        at = LoopPosition()
+        def step(x, y, *idx, loop_=loop_, optimizer=optimizer, label=label) -> float:
+            try:
+                value = _step(elbo, optimizer, x, y, *idx, validate=loop_.steps == first)
+            except NonFiniteStep as bad:
+                raise NumericalError(
+                    f"{bad.what} became non-finite (loss {bad.loss}) at step {loop_.steps + 1} of switch learning "
+                    f"({label}); that step was not applied, the guide keeps the state of step {loop_.steps}: "
+                    f"{diagnose_nonfinite(model, guide, x, y, *idx)}"
+                ) from None
+            result.losses.append(value)
+            return value
+
+        watchers = [Progress(f"switches {label}", epochs * per_epoch if per_epoch is not None else None, loop_.steps,
+                             epochs, progress), *callbacks]
+        if isinstance(guide, DirichletGuide):
+            watchers.append(CollapseGuard(guide, layers, label))
+        if state is not None:
+            watchers.append(Checkpoint(state, loop, snapshot, loop_, steps=lambda: len(result.losses)))
+        t0 = time.perf_counter()
+        with model.switching(layers):
+            stopped = loop_.run(step, watchers)
+        result.stages.append({"layers": layers, "steps": loop_.steps, "epochs": loop_.at.epoch,
+                              "seconds": time.perf_counter() - t0, "stopped": stopped})
+        at = loop_.at = LoopPosition()  # the next stage starts at its beginning (and is saved so)
         if state is not None:
             stage_index += 1
             state.save(loop, snapshot(done=stage_index == len(stages)))

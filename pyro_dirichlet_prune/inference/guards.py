@@ -1,7 +1,7 @@
 """The numerical guards of switch learning: a step whose ELBO or gradient is not finite is not
 taken (``NonFiniteStep``, raised by ``fit``'s SVI step before the optimiser moves anything) and
 ``diagnose_nonfinite`` says why; a layer whose concentrations all sit at the floor ranks nothing
-(``check_collapse``)."""
+(``check_collapse``, ``CollapseGuard`` at every epoch end)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 
 from ..errors import NumericalError
+from ..loop import LoopCallback, LoopEvent
 from ..models.switched import SwitchModel
 from .guides import DirichletGuide
 
@@ -60,6 +61,16 @@ def check_collapse(guide: DirichletGuide, layers: Iterable[str], step: int, labe
                 f"by step {step} of switch learning ({label}); the posterior ranks nothing. "
                 f"Lower the learning rate, raise alpha0 above the floor, or check that the layer affects the output"
             )
+
+
+class CollapseGuard(LoopCallback):
+    """``check_collapse`` of the stage's ``layers`` at every epoch end of a fit."""
+
+    def __init__(self, guide: DirichletGuide, layers: Iterable[str], label: str) -> None:
+        self.guide, self.layers, self.label = guide, list(layers), label
+
+    def on_epoch_end(self, event: LoopEvent) -> None:
+        check_collapse(self.guide, self.layers, event.step, self.label)
 
 
 def collapsed_fraction(concentrations: dict[str, torch.Tensor], floor: float) -> dict[str, float]:

@@ -56,7 +56,7 @@ def run_record(
     widths = {p.name: p.width for p in switch_points(net)}
     keep = keep_top(scores, parse_arch(arch, widths))
     tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, augment_shift=cfg.augment_shift, seed=seed)
-    r = prune_and_finetune(net, keep, data, tcfg, seed=seed)
+    r = prune_and_finetune(net, keep, data, tcfg, seed=seed, progress=False)  # hundreds of records: no epoch lines
     return {
         "method": method, "seed": int(seed), "arch": arch,
         "test_error": r.finetuned["test"]["error"], "val_error": r.finetuned["val"]["error"],
