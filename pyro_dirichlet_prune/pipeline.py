@@ -45,11 +45,10 @@ from .pretraining import PretrainConfig, run_pretrain, seed_everything, subset_t
 from .prune_step import prune_and_finetune
 from .pruning.budget import check_reachable, size_function
 from .pruning.cutoff import arch_string
-from .pruning.cutoffs import Cutoff
 from .pruning.surgery import prune
 from .pruning.ranking import FittedSwitches
 from .prune_config import CUTOFFS, DELTA, TAU, PruneConfig
-from .unit_choice import budget_targets, choose_units, kept_counts, resolve_cutoff
+from .unit_choice import CutoffStep, cutoff_of, resolve_cutoff
 from .report import check_output, now, output_folder, versions, write_json
 from .run_outputs import point_table, save_outputs
 from .runstate import RunState
@@ -100,9 +99,9 @@ def _select_layers(points: list[SwitchPoint], layers: list[str] | None) -> list[
     return [p for p in points if p.name in set(layers)]
 
 
-def _check_options(cfg: PruneConfig) -> str:
+def _check_options(cfg: PruneConfig) -> CutoffStep:
     """The cut-off, after checking every option that needs no data (no work done before)."""
-    cutoff = resolve_cutoff(cfg)
+    cutoff = cutoff_of(cfg)
     try:
         cfg.switch.validate()
     except ValueError as exc:
@@ -171,16 +170,16 @@ class _Chosen:
     rounds: list[dict]
 
 
-def _fit_and_choose(cfg: PruneConfig, cutoff: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
-                    switch_cfg: SwitchConfig, state: RunState, timings: dict[str, float],
+def _fit_and_choose(cutoff: CutoffStep, rounds_at_most: int, net: torch.nn.Module, points: list[SwitchPoint],
+                    data: DataBundle, switch_cfg: SwitchConfig, state: RunState, timings: dict[str, float],
                     device: torch.device) -> _Chosen:
-    """Fit the switches and apply the cut-off, ``cfg.rounds`` times at most: after a round that
+    """Fit the switches and apply the cut-off, ``rounds_at_most`` times at most: after a round that
     removed units, the smaller network (surgery, checked against the masked one) is fitted again,
     its weights from the round before when they learned; the rounds stop early when the cut-off
     removes nothing."""
     units = {p.name: list(range(p.width)) for p in points}
     rounds: list[dict] = []
-    for r in range(cfg.rounds):
+    for r in range(rounds_at_most):
         fit, post = _learn_switches(net, points, data, switch_cfg, state, timings,
                                     "switches" if r == 0 else f"switches.round{r + 1}")
         if fit.learns_weights:  # prune the network the posterior describes: W_hat, switch means folded in
@@ -188,13 +187,13 @@ def _fit_and_choose(cfg: PruneConfig, cutoff: str, net: torch.nn.Module, points:
             points, net = rebind(points, net, fitted_net), fitted_net
         t = time.perf_counter()
         fitted = FittedSwitches.of(fit, switch_cfg, post)
-        prob_below = post.prob_below(cfg.tau)
-        keep, cut = choose_units(cfg, cutoff, net, points, data, fitted, post, fit)
+        prob_below = post.prob_below(cutoff.tau)
+        keep, cut = cutoff.choose(net, points, data, fitted, post, fit, switch_cfg.seed)
         timings["cutoff"] = timings.get("cutoff", 0.0) + time.perf_counter() - t
         removed = sum(p.width - len(keep[p.name]) for p in points)
         rounds.append({"round": r + 1, "widths": "-".join(str(p.width) for p in points), "kept": arch_string(keep),
                        "removed": removed, "elbo": post.elbo, "switch_seconds": fit.seconds})
-        if r + 1 == cfg.rounds or removed == 0:
+        if r + 1 == rounds_at_most or removed == 0:
             break
         smaller = prune(net, keep, data.input_shape, points)
         units = {layer: [units[layer][j] for j in sorted(keep[layer])] for layer in units}
@@ -218,11 +217,12 @@ def run_prune(
     cfg, net, info, points, ckpt, label = _load_network(cfg)
     left_out = left_out_layers(net, info["input_shape"], points)
     widths = point_widths(points)
-    given = not isinstance(cfg.cutoff, Cutoff)  # the options name the cut-off (an object checked itself)
-    if given and cutoff in ("arch", "rate"):  # a wrong arch or rate fails before any work
-        kept_counts(cfg, cutoff, widths)
-    if given and cutoff in ("budget", "decision") and budget_targets(cfg):  # refuse an unreachable budget before any work
-        check_reachable(size_function(net, info["input_shape"], points), widths, budget_targets(cfg))
+    try:
+        cutoff.counts(widths)  # a wrong arch or rate fails before any work
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cutoff.targets():  # refuse an unreachable budget before any work
+        check_reachable(size_function(net, info["input_shape"], points), widths, cutoff.targets())
     check_output(out, overwrite, resume)
 
     timings: dict[str, float] = {}
@@ -239,7 +239,7 @@ def run_prune(
         net.to(device)  # the data and the switches stay on the CPU (SwitchedNetwork.forward)
         base = {**network_size(net, data.input_shape, points), "test": evaluate(net, data.test), "val": evaluate(net, data.val)}
         base_net = net
-        chosen = _fit_and_choose(cfg, cutoff, net, points, data, switch_cfg, state, timings, device)
+        chosen = _fit_and_choose(cutoff, cfg.rounds, net, points, data, switch_cfg, state, timings, device)
         net, points, fit, post, keep, cut = chosen.net, chosen.points, chosen.fit, chosen.post, chosen.keep, chosen.cut
         adapted = None
         if fit.learns_weights:  # the network pruned in the end, before surgery
@@ -265,7 +265,7 @@ def run_prune(
             "config": dataclasses.asdict(cfg) | {"switch": dataclasses.asdict(switch_cfg), "finetune": dataclasses.asdict(finetune_cfg)},
             "checkpoint": str(ckpt),
             "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff},
+            "architecture": {"base": base["arch"], "pruned": arch_string(keep), "cutoff": cutoff.kind},
             **({"rounds": chosen.rounds} if cfg.rounds > 1 else {}),
             "switch_points": point_table(net, points),
             "left_out_layers": [{"layer": name, "reason": why} for name, why in left_out.items()],

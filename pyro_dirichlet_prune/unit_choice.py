@@ -1,6 +1,10 @@
-"""The cut-off step of a ``prune`` run: which units of every layer stay (``choose_units``), by
-the cut-off that ``resolve_cutoff`` names, with the report's description of it."""
+"""The cut-off step of a ``prune`` run: the ``Cutoff`` its options name, settled before any work
+(``cutoff_of``, whose options ``resolve_cutoff`` checks), and which units of every layer it keeps
+after each fit (``CutoffStep.choose``), with the report's description of it."""
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -9,9 +13,9 @@ from .errors import UserError
 from .inference.posterior import SwitchPosterior
 from .inference.svi import SwitchFit
 from .models.switch_points import SwitchPoint
-from .prune_config import CUTOFFS, PruneConfig
-from .pruning.cutoff import parse_arch, rate_widths
-from .pruning.cutoffs import ArchCutoff, BudgetCutoff, Cutoff, DecisionCutoff, RateCutoff, UncertaintyCutoff
+from .prune_config import CUTOFFS, TAU, PruneConfig
+from .pruning.cutoffs import (ArchCutoff, BudgetCutoff, CountCutoff, Cutoff, DecisionCutoff, RateCutoff,
+                              UncertaintyCutoff)
 from .pruning.decision import MEASURES
 from .pruning.ranking import DEFAULT_RANKING, RANKINGS, FittedSwitches, get_ranking
 
@@ -89,35 +93,57 @@ def budget_targets(cfg: PruneConfig) -> dict[str, int]:
     return {k: v for k, v in (("macs", cfg.target_macs), ("params", cfg.target_params)) if v is not None}
 
 
-def kept_counts(cfg: PruneConfig, cutoff: str, widths: dict[str, int]) -> dict[str, int]:
-    """How many units every layer keeps under the ``arch`` or ``rate`` cut-off."""
-    return parse_arch(cfg.arch, widths) if cutoff == "arch" else rate_widths(cfg.rate, widths)
+@dataclass
+class CutoffStep:
+    """The cut-off of a run, settled from its options before any work (``cutoff_of``): the
+    ``Cutoff`` object, its ``kind``, ``tau`` (the threshold of the report's P(D_l·s_lj < tau)),
+    and for an ``arch``/``rate`` cut-off named by options the ``ranking`` it reads from each fit
+    (``choose``). A ``Cutoff`` object a user gave is called as it is."""
+
+    cutoff: Cutoff
+    kind: str
+    tau: float = TAU
+    ranking: str | None = None
+    from_options: bool = True
+
+    def counts(self, widths: dict[str, int]) -> dict[str, int] | None:
+        """Units kept per layer by an ``arch``/``rate`` cut-off named by options (None otherwise)."""
+        return self.cutoff.counts(widths) if self.from_options and isinstance(self.cutoff, CountCutoff) else None
+
+    def targets(self) -> dict[str, int]:
+        """The size budget of a ``budget``/``decision`` cut-off named by options (empty otherwise)."""
+        return dict(getattr(self.cutoff, "target", None) or {}) if self.from_options else {}
+
+    def choose(self, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle, fitted: FittedSwitches,
+               posterior: SwitchPosterior, fit: SwitchFit, seed: int) -> tuple[dict[str, list[int]], dict]:
+        """The units the cut-off keeps in ``net`` (the network to prune), and the report's
+        description of the cut-off (``Cutoff.describe``). An ``arch``/``rate`` cut-off named by
+        options ranks with its ranking (default the posterior means) built on this fit."""
+        chooser = self.cutoff
+        if self.from_options and isinstance(self.cutoff, CountCutoff):
+            ranking = get_ranking(self.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=self.tau)
+            chooser = copy.copy(self.cutoff)
+            chooser.ranking = ranking
+        keep = chooser(posterior, net, data.input_shape, points=points, train=data.train, seed=seed, fit=fit)
+        return keep, (chooser.describe() if chooser is self.cutoff else self.cutoff.describe())
 
 
-def cutoff_of(cfg: PruneConfig, kind: str, fitted: FittedSwitches) -> Cutoff:
-    """The ``Cutoff`` object of a configuration: ``cfg.cutoff`` itself when it is one, else the
-    one its options name (``resolve_cutoff``); the ``arch``/``rate`` cut-offs rank with
-    ``cfg.ranking`` (default the posterior means of the fit), reading the fitted posterior."""
+def cutoff_of(cfg: PruneConfig) -> CutoffStep:
+    """The cut-off step of a configuration (``resolve_cutoff`` checks its options): ``cfg.cutoff``
+    itself when it is a ``Cutoff``, else the object its options name."""
+    kind = resolve_cutoff(cfg)
     if isinstance(cfg.cutoff, Cutoff):
-        return cfg.cutoff
-    if kind == "uncertainty":
-        return UncertaintyCutoff(cfg.tau, cfg.delta)
-    if kind == "budget":
-        return BudgetCutoff(cfg.target_macs, cfg.target_params, cfg.tau)
-    if kind == "decision":
-        return DecisionCutoff(cfg.lam, budget_targets(cfg) or None, cfg.decision_measure, cfg.decision_examples,
-                              cfg.decision_draws)
-    ranking = get_ranking(cfg.ranking or DEFAULT_RANKING, switch=fitted.config, fitted=fitted, tau=cfg.tau)
-    return ArchCutoff(cfg.arch, ranking) if kind == "arch" else RateCutoff(cfg.rate, ranking)
-
-
-def choose_units(cfg: PruneConfig, kind: str, net: torch.nn.Module, points: list[SwitchPoint], data: DataBundle,
-                 fitted: FittedSwitches, posterior: SwitchPosterior, fit: SwitchFit) -> tuple[dict[str, list[int]], dict]:
-    """The units the cut-off keeps in ``net`` (the network to prune), and the report's
-    description of the cut-off (``Cutoff.describe``)."""
-    cutoff = cutoff_of(cfg, kind, fitted)
-    keep = cutoff(posterior, net, data.input_shape, points=points, train=data.train, seed=cfg.seed, fit=fit)
-    described = cutoff.describe()
-    if kind in ("arch", "rate") and not isinstance(cfg.cutoff, Cutoff) and cfg.ranking is None:
-        described.pop("ranking", None)  # the default ranking, as the report has always said nothing of it
-    return keep, described
+        return CutoffStep(cfg.cutoff, kind, cfg.tau, from_options=False)
+    try:
+        if kind == "uncertainty":
+            cutoff: Cutoff = UncertaintyCutoff(cfg.tau, cfg.delta)
+        elif kind == "budget":
+            cutoff = BudgetCutoff(cfg.target_macs, cfg.target_params, cfg.tau)
+        elif kind == "decision":
+            cutoff = DecisionCutoff(cfg.lam, budget_targets(cfg) or None, cfg.decision_measure, cfg.decision_examples,
+                                    cfg.decision_draws)
+        else:
+            cutoff = ArchCutoff(cfg.arch, cfg.ranking) if kind == "arch" else RateCutoff(cfg.rate, cfg.ranking)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return CutoffStep(cutoff, kind, cfg.tau, cfg.ranking)

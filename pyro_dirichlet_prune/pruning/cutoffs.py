@@ -142,7 +142,7 @@ class BudgetCutoff(Cutoff):
         return keep
 
 
-class _CountCutoff(Cutoff):
+class CountCutoff(Cutoff):
     """Keep a number of units per layer, those of highest score by ``ranking`` (a ``Ranking``, a
     registered name, or None for the posterior means of the posterior given)."""
 
@@ -174,7 +174,7 @@ class _CountCutoff(Cutoff):
         return keep_top(scores, counts)
 
 
-class ArchCutoff(_CountCutoff):
+class ArchCutoff(CountCutoff):
     """Keep ``arch`` units per layer (``"6-8-40-20"``, layers in the network's order)."""
 
     kind = "arch"
@@ -192,7 +192,7 @@ class ArchCutoff(_CountCutoff):
         return parse_arch(self.arch, widths)
 
 
-class RateCutoff(_CountCutoff):
+class RateCutoff(CountCutoff):
     """Remove a fraction ``rate`` of every layer: keep max(1, round(D_l · (1 - rate))) units."""
 
     kind = "rate"
