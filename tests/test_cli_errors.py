@@ -344,7 +344,7 @@ def test_pretrain_negative_weight_decay_is_refused(tmp_path, capsys):
 
 
 def test_public_functions_validate(tmp_path):
-    from pyro_dirichlet_prune.training import TrainConfig, train
+    from pyro_dirichlet_prune.training import TrainConfig
     from pyro_dirichlet_prune.inference.svi import SwitchConfig
 
     with pytest.raises(ValueError):

@@ -10,13 +10,12 @@ where s_l is one fixed draw from q(s_l) = Dir(phi_l) (the guide's trace, replaye
 """
 from __future__ import annotations
 
-import pyro
 import pytest
 import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from torch.distributions import Dirichlet, constraints, kl_divergence
+from torch.distributions import Dirichlet, kl_divergence
 
 from helpers import lenet5_forward
 from pyro_dirichlet_prune.inference.elbo import MeanSwitchELBO

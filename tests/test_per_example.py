@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from torch.distributions import Dirichlet, constraints, kl_divergence
+from torch.distributions import Dirichlet, kl_divergence
 
 from helpers import lenet5_forward, tiny_lenet
 from pyro_dirichlet_prune.inference.guides import DirichletGuide

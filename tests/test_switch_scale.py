@@ -2,7 +2,6 @@
 prior mean 1/D leaves the network unchanged), ``simplex`` multiplies it by s itself."""
 from __future__ import annotations
 
-import pyro
 import pytest
 import torch
 from pyro import poutine

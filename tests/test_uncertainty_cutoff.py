@@ -3,7 +3,6 @@ Monte Carlo), the keep rule P >= 1 - delta with its never-empty guard, and the b
 against an exhaustive greedy reference on LeNet-5's hand-counted MACs and params."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
