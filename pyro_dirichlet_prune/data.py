@@ -347,9 +347,12 @@ def check_labels(y: torch.Tensor, num_classes: int) -> None:
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"y: labels must be an integer tensor of class indices, got "
                         f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    if not y.numel():
+        return
+    lo, hi = (int(v) for v in torch.aminmax(y))  # one pass over the labels, one sync
+    if lo < 0 or hi >= num_classes:
         raise ValueError(f"y: labels must be class indices in 0..{num_classes - 1} (the network has "
-                         f"{num_classes} outputs), got values from {int(y.min())} to {int(y.max())}")
+                         f"{num_classes} outputs), got values from {lo} to {hi}")
 
 
 def resume_epoch(data: Iterable, skip: int, loader_state: dict | None, epoch_rng: torch.Tensor | None):

@@ -70,8 +70,8 @@ def _step(elbo: torch.nn.Module, optimizer: torch.optim.Optimizer, *args, valida
         local = elbo(*args)
     local.backward()
     loss = distributed.all_mean(torch_item(local)) if distributed.active() else torch_item(local)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not math.isfinite(loss) or not all(bool(torch.isfinite(p.grad).all()) for p in params):
+    grads = [p.grad.reshape(-1) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not math.isfinite(loss) or (grads and not bool(torch.isfinite(torch.cat(grads)).all())):  # one sync
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteStep(loss, "the ELBO" if not math.isfinite(loss) else "its gradient")
     optimizer.step()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import weakref
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.runtime import effectful
 from scipy.stats import beta as beta_dist
 from torch.distributions import constraints, transform_to
 
@@ -47,6 +49,15 @@ from ..models.weight_prior import WeightPrior, weight_site
 
 DEFAULT_FLOOR = 0.05
 DEFAULT_INIT = 10.0
+
+
+def _constrained(name: str, *, constraint, event_dim, value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+_module_local_param = effectful(_constrained, type="param")
+"""A module-local ``pyro.param`` statement of an already constrained value (``PyroModule``'s, with
+the same message: ``args=(name,)``, ``constraint`` and ``event_dim``), its wrapper built once."""
 
 
 def local_params() -> contextlib.AbstractContextManager:
@@ -222,8 +233,19 @@ class DirichletGuide(LocalPyroModule):
         return self.model.sampling
 
     def concentration(self, layer: str) -> torch.Tensor:
-        """phi_l (differentiable inside a Pyro run)."""
-        return getattr(self, self._attr[layer])
+        """phi_l = floor + exp(u_l), differentiable in the unconstrained u_l, which is the
+        ``PyroParam``'s (``transform_to(greater_than(floor))``, bitwise). Inside a Pyro run it
+        is announced as the module-local param site ``phi_<layer>`` that ``PyroModule`` makes of
+        it (so ``SVI`` finds u_l through the trace), through one wrapper built once instead of
+        ``PyroModule.__getattr__``'s new transform and wrapper on every access."""
+        name = self._attr[layer]
+        unconstrained = self._parameters[name + "_unconstrained"]
+        value = self.floor + unconstrained.exp()
+        if not self._pyro_context.active:
+            return value
+        value.unconstrained = weakref.ref(unconstrained)
+        fullname = self._pyro_get_fullname(name)
+        return _module_local_param(fullname, constraint=self._constraint, event_dim=None, value=value, name=fullname)
 
     def concentrations(self) -> dict[str, torch.Tensor]:
         """The current phi_l of every layer, detached copies."""
