@@ -92,3 +92,16 @@ def test_example_prunes_a_residual_cnn_by_uncertainty_and_budget(mnist_dir):
     budget = re.search(r"budget +kept [0-9-]+: (\d+) MACs", out)
     assert budget and int(budget.group(1)) <= base // 2, out
     assert re.search(r"uncertainty kept [0-9-]+: \d+ MACs", out), out
+
+
+def test_example_reads_two_guides_with_arviz(mnist_dir, tmp_path):
+    out = _run([str(ROOT / "examples" / "arviz_posterior.py"), "--examples", "1500", "--draws", "400", "--out",
+                str(tmp_path)], mnist_dir, ROOT)
+    rows = re.findall(r"^switch\.conv1\[(\d)\] +([0-9.]+) +([0-9.]+) +([0-9.]+) +([0-9.]+)$", out, re.M)
+    assert len(rows) == 2 * 10, out
+    for _, mean, sd, low, high in rows:
+        assert float(low) < float(mean) < float(high) and float(sd) > 0
+    dirichlet = [float(r[1]) for r in rows[:10]]
+    assert max(dirichlet) > 0.11 and min(dirichlet) < 0.09  # the fit moved conv1 away from the uniform 0.1
+    assert "per-stage conditional" in out and "one joint variational posterior" in out
+    assert (tmp_path / "forest_conv1.png").stat().st_size > 10_000 and (tmp_path / "posterior_conv1.png").is_file()
