@@ -273,7 +273,9 @@ def run_prune(
             **({"adapted": adapted} if adapted is not None else {}),
             "pruned": result.metrics("pruned"),
             "finetuned": result.metrics("finetuned") | {"best_epoch": result.training.best_epoch,
-                                                        "history": result.training.history},
+                                                        "history": result.training.history,
+                                                        **({"stopped_early": result.training.stopped_early}
+                                                           if finetune_cfg.patience is not None else {})},
             "compression": {
                 "params_ratio": base["params"] / result.size["params"],
                 "macs_ratio": base["macs"] / result.size["macs"],

@@ -117,6 +117,8 @@ class TrainConfig:
     distill: bool = False
     temperature: float = 4.0
     distill_weight: float = 0.9
+    patience: int | None = None
+    min_epochs: int = 0
 
     def validate(self) -> None:
         if int(self.epochs) < 0 or int(self.batch_size) < 1 or int(self.augment_shift) < 0 or int(self.augment_crop) < 0:
@@ -131,12 +133,22 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
+        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
+            raise ValueError(f"min_epochs must be a non-negative int, got {self.min_epochs!r}")
 
 
 @dataclass
 class TrainResult:
+    """What fine-tuning did: per epoch its mean training loss and validation error (``history``),
+    the epoch kept (``best_epoch``, from 1), and whether early stopping ended it before its
+    epochs were done (``stopped_early``)."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    stopped_early: bool = False
 
 
 def train(
@@ -163,7 +175,8 @@ def train(
     return finetune(net, loader, data.val, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
                     weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop,
                     schedule=cfg.schedule, teacher=teacher if cfg.distill else None, temperature=cfg.temperature,
-                    distill_weight=cfg.distill_weight, progress=progress, callback=callback)
+                    distill_weight=cfg.distill_weight, progress=progress, callback=callback, patience=cfg.patience,
+                    min_epochs=cfg.min_epochs)
 
 
 def finetune(
@@ -187,6 +200,8 @@ def finetune(
     temperature: float = TrainConfig.temperature,
     distill_weight: float = TrainConfig.distill_weight,
     callback=None,
+    patience: int | None = TrainConfig.patience,
+    min_epochs: int = TrainConfig.min_epochs,
 ) -> TrainResult:
     """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
     with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a
@@ -207,6 +222,11 @@ def finetune(
     epoch end, and continues from a saved state (exactly, for data that restore their position
     or reshuffle from torch's global generator; see ``inference.fit.fit``).
 
+    ``patience`` (with ``val_data``) stops early: at the first epoch end where the validation
+    error has not improved on its best for ``patience`` epochs and at least ``min_epochs`` epochs
+    ran (``EarlyStopping``; the schedule stays the one planned over ``epochs``, the best epoch is
+    kept). None (the default) runs all ``epochs``.
+
     ``progress`` shows a bar on a terminal, else one line per epoch on stderr (``loop.Progress``).
     ``callback`` (a callable, a ``loop.LoopCallback``, or a list of them) is told after every
     step with a ``TrainStep``; one that returns True ends the fine-tuning there (the epoch's
@@ -215,7 +235,10 @@ def finetune(
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
-                temperature=temperature, distill_weight=distill_weight).validate()
+                temperature=temperature, distill_weight=distill_weight, patience=patience,
+                min_epochs=min_epochs).validate()
+    if patience is not None and val_data is None:
+        raise ValueError("patience: early stopping watches the validation error; give val_data")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     dev = check_device(device)
@@ -229,7 +252,8 @@ def finetune(
     if saved is not None and saved.get("done"):
         net.load_state_dict(saved["net"])
         net.eval()
-        return TrainResult(history=saved["history"], best_epoch=saved["best_epoch"])
+        return TrainResult(history=saved["history"], best_epoch=saved["best_epoch"],
+                           stopped_early=saved.get("stopped_early", False))
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     else:
@@ -287,11 +311,12 @@ def finetune(
                 "sched": sched.state_dict(), **loop_.at.save(train_data), **epochs_.save(),
                 "global_step": loop_.steps}
 
-    watchers = [epochs_, *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]
+    watchers = [epochs_, *([EarlyStopping(epochs_, patience, min_epochs)] if patience is not None else []),
+                *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]
     if state is not None:
         watchers.append(Checkpoint(state, loop, snapshot, loop_))
     net.train()  # evaluate() puts the mode back after each validation
-    loop_.run(step, watchers)
+    result.stopped_early = loop_.run(step, watchers) or result.stopped_early
     epochs_.restore_best()
     net.eval()
     if state is not None:
@@ -306,6 +331,19 @@ class TrainStep(LoopEvent):
 
     net: Optional[nn.Module] = None
     result: Optional[TrainResult] = None
+
+
+class EarlyStopping(LoopCallback):
+    """End fine-tuning at an epoch end once the validation error has not improved on its best
+    for ``patience`` epochs and at least ``min_epochs`` epochs have run; the best epoch is then
+    kept, as always. The learning-rate schedule stays the one planned over all epochs."""
+
+    def __init__(self, epochs: "_Epochs", patience: int, min_epochs: int = 0) -> None:
+        self.epochs, self.patience, self.min_epochs = epochs, patience, min_epochs
+
+    def on_epoch_end(self, event: LoopEvent) -> bool:
+        done = event.epoch + 1
+        return done >= self.min_epochs and done - self.epochs.result.best_epoch >= self.patience
 
 
 class _Epochs(LoopCallback):
@@ -345,12 +383,14 @@ class _Epochs(LoopCallback):
 
     def save(self) -> dict:
         return {"total": self.total, "count": self.count, "best_err": self.best_err, "best_state": self.best_state,
-                "history": list(self.result.history), "best_epoch": self.result.best_epoch}
+                "history": list(self.result.history), "best_epoch": self.result.best_epoch,
+                "stopped_early": self.result.stopped_early}
 
     def load(self, saved: dict) -> None:
         self.total, self.count = saved["total"], saved["count"]
         self.best_err, self.best_state = saved["best_err"], saved["best_state"]
-        self.result = TrainResult(history=list(saved["history"]), best_epoch=saved["best_epoch"])
+        self.result = TrainResult(history=list(saved["history"]), best_epoch=saved["best_epoch"],
+                                  stopped_early=saved.get("stopped_early", False))
 
     def restore_best(self) -> None:
         if self.best_state is not None:

@@ -387,3 +387,10 @@ def test_prune_help_describes_the_model_the_code_fits(capsys):
                   "those with the highest posterior means", "the units with the lowest posterior means"):
         assert words in text, words
     assert "rank units by posterior mean" not in text
+
+
+def test_min_epochs_without_patience(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--finetune-min-epochs", "3"),
+                "--finetune-min-epochs goes with --finetune-patience")
+    _no_output(out)

@@ -174,3 +174,40 @@ def test_pyro_validation_runs_on_the_first_step_of_a_stage_and_keeps_the_callers
     with pyro.validation_enabled(False):
         fit(model, DirichletGuide(model), data, seed=0, progress=False)
         assert not pyro.infer.util.is_validation_enabled()
+
+
+def _best_so_far(errors: list[float]) -> list[int]:
+    """The epoch kept (from 1, the first lowest) after each epoch."""
+    best, out = 0, []
+    for e, err in enumerate(errors, start=1):
+        if best == 0 or err < errors[best - 1]:
+            best = e
+        out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("patience,min_epochs", [(1, 0), (2, 0), (2, 6)])
+def test_early_stopping_ends_fine_tuning_at_the_first_epoch_without_progress(patience, min_epochs):
+    net, data = _setup()
+    g = torch.Generator().manual_seed(1)
+    val = [(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))]  # unlearnable
+    small = build_model("lenet5", widths=(3, 4, 5, 2))
+    torch.manual_seed(0)
+    result = finetune(small, data, val, epochs=12, lr=0.05, patience=patience, min_epochs=min_epochs, progress=False)
+    errors = [r["val_error"] for r in result.history]
+    best = _best_so_far(errors)
+    n = len(errors)
+    # it ran until the first epoch (at least min_epochs) that is `patience` epochs past the best so far
+    should_stop = [e for e in range(1, 13) if e >= min_epochs and e <= n and e - best[e - 1] >= patience]
+    assert result.stopped_early == (n < 12 or bool(should_stop and should_stop[0] == 12))
+    assert (should_stop[0] if should_stop else 12) == n
+    assert result.best_epoch == best[-1] and n >= min_epochs
+    assert evaluate(small, val)["error"] == pytest.approx(min(errors))
+
+
+def test_early_stopping_needs_validation_data_and_a_positive_patience():
+    net, data = _setup()
+    with pytest.raises(ValueError, match="patience: early stopping watches the validation error; give val_data"):
+        finetune(build_model("lenet5", widths=(3, 4, 5, 2)), data, None, epochs=2, patience=2)
+    with pytest.raises(ValueError, match="patience must be a positive int or None, got 0"):
+        finetune(build_model("lenet5", widths=(3, 4, 5, 2)), data, data, epochs=2, patience=0)

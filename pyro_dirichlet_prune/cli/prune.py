@@ -92,6 +92,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=nonneg_int, default=None,
                    help="fine-tuning epochs, best validation epoch kept (default 40; 80 for the LeNets on "
                         "Fashion-MNIST, chosen on the validation split: docs/finetuning.md)")
+    p.add_argument("--finetune-patience", type=positive_int, default=None,
+                   help="stop fine-tuning once the validation error has not improved for N epochs (the best epoch "
+                        "is kept; default: run all --finetune-epochs)")
+    p.add_argument("--finetune-min-epochs", type=nonneg_int, default=None,
+                   help="with --finetune-patience, fine-tune at least N epochs (default 0)")
     p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="fine-tuning (peak) learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
     p.add_argument("--finetune-batch-size", type=positive_int, default=None,
@@ -123,6 +128,8 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--model-file replaces --model and --checkpoint; give one or the other")
     if args.model_file is None and args.input_shape is not None:
         raise UserError("--input-shape goes with --model-file")
+    if args.finetune_min_epochs is not None and args.finetune_patience is None:
+        raise UserError("--finetune-min-epochs goes with --finetune-patience")
     model = None if args.model_file is not None else (args.model or "lenet5")
     cfg = PruneConfig(
         model=model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
@@ -132,7 +139,8 @@ def run(args: argparse.Namespace) -> dict:
         finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr,
                               batch_size=args.finetune_batch_size, schedule=args.finetune_schedule,
                               distill=args.distill, temperature=args.distill_temperature,
-                              distill_weight=args.distill_weight),
+                              distill_weight=args.distill_weight, patience=args.finetune_patience,
+                              min_epochs=args.finetune_min_epochs),
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
         layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency, lam=args.lam,
