@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.switch_points import as_input_shape, shape_mismatch
-from .training import device_of
+from .devices import device_of
 
 
 def count_params(net: nn.Module) -> int:

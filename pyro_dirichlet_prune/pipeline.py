@@ -52,7 +52,8 @@ from .unit_choice import CutoffStep, cutoff_of, resolve_cutoff
 from .report import check_output, now, output_folder, versions, write_json
 from .run_outputs import point_table, save_outputs
 from .runstate import RunState
-from .training import check_device, evaluate
+from .devices import check_device
+from .training import evaluate
 
 __all__ = ["CUTOFFS", "DELTA", "TAU", "PretrainConfig", "PruneConfig", "resolve_checkpoint", "resolve_cutoff",
            "run_pretrain", "run_prune", "seed_everything", "subset_train", "train_defaults"]

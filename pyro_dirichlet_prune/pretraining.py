@@ -18,7 +18,8 @@ from .models.common import scale_widths
 from .pruning.cutoff import parse_widths
 from .report import check_output, now, output_folder, versions, write_json
 from .runstate import RunState
-from .training import TrainConfig, check_device, evaluate, train
+from .devices import check_device
+from .training import TrainConfig, evaluate, train
 
 
 def seed_everything(seed: int) -> None:

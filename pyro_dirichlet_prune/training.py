@@ -13,7 +13,7 @@ from torch import nn
 
 from . import distributed
 from .data import DataBundle, Split, SplitLoader, batches, check_labels, split_batch
-from .errors import UserError
+from .devices import check_device, device_of
 from .loop import Checkpoint, EpochLoop, LoopCallback, LoopEvent, Progress, as_callbacks
 from .runstate import LoopPosition, RunState, open_loop
 
@@ -36,29 +36,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Ten
     soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
                     reduction="batchmean", log_target=True)
     return (1.0 - weight) * hard + weight * temperature ** 2 * soft
-
-
-def check_device(device: str) -> torch.device:
-    """``device`` as a ``torch.device``: ``cpu``, or ``cuda``/``cuda:N`` when that GPU exists;
-    anything else is a ``UserError``."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device}: CUDA is not available on this machine (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise UserError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
-
-
-def device_of(net: nn.Module) -> torch.device:
-    """The device of a network's parameters (the CPU for a network without any)."""
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
