@@ -27,6 +27,7 @@ set_spin_count()  # before torch is imported: the command line's idle OpenMP thr
 
 from .allocator import retain_freed_memory  # noqa: E402
 from .data import SplitLoader, normalisation
+from .inference.convergence import ConvergenceRule
 from .inference.elbo import MeanSwitchELBO
 from .inference.fit import FitResult, FitStep, fit
 from .inference.guides import DirichletGuide, LayerwiseGuide, ModuleLocal
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SwitchModel", "DirichletGuide", "LayerwiseGuide", "ModuleLocal", "MeanSwitchELBO",
-    "fit", "FitResult", "FitStep", "posterior_of", "SwitchPosterior", "estimate_elbo",
+    "fit", "FitResult", "FitStep", "ConvergenceRule", "posterior_of", "SwitchPosterior", "estimate_elbo",
     "uncertainty_cutoff", "budget_cutoff", "PosteriorImportance", "arch_cutoff", "rate_cutoff", "prune", "finetune", "evaluate",
     "TrainResult", "load_pretrained", "build_model", "discover_switch_points", "left_out_layers", "SwitchPoint", "normalisation",
     "SplitLoader", "count_macs", "count_params", "retain_freed_memory", "Ranking", "RANKINGS", "get_ranking",

@@ -1,0 +1,136 @@
+"""When a fit has converged: a stopping rule for ``fit``'s stages, and the trace it keeps.
+
+``ConvergenceRule`` is a loop callback (``fit(..., callback=rule)``). It averages over windows of
+``window`` steps of a stage: the loss (the minibatch's -ELBO) and, for a ``DirichletGuide``, the
+log of every active layer's total concentration phi_l0 = sum_j phi_lj, which sets the widths of
+the layer's intervals (Var s_lj = m_j (1 - m_j) / (phi_l0 + 1)). At the end of each window it
+compares the window's means with the previous window's; the window is *still* when
+
+* the mean loss moved by less than ``loss_rtol`` of its size, and
+* every layer's mean log phi_l0 moved by less than ``phi_rtol`` (a relative change of phi_l0),
+
+or by less than twice the standard error of the difference of the two means, whichever is larger:
+a stochastic optimiser at its stationary point keeps jittering, by the minibatch's noise and by the
+step size. The standard errors are batch means (the window cut into ``BATCHES`` consecutive
+pieces), which allow for the autocorrelation of an optimiser's iterates.
+
+The stage has converged, and ends, at the first window end (after at least ``min_steps`` steps)
+that closes ``patience`` still windows in a row. Otherwise the stage runs to the epochs ``fit`` was
+given, its cap, and is recorded as not converged: that is what a run must report.
+
+For a guide other than a ``DirichletGuide`` only the loss is tested (``criteria`` says so): a
+still loss does not show that an autoguide's scales have stopped moving.
+
+``rule.stages`` holds, per stage, ``{"stage", "layers", "converged", "steps", "criteria",
+"trace"}``; the trace has one entry per window: its last step, the mean loss and its standard
+error, and, for a Dirichlet guide, each active layer's mean log phi_l0 and its standard error,
+phi_l0 (the window's geometric mean) and largest posterior mean (at the window's end).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import torch
+
+from ..loop import LoopCallback
+from .callbacks import FitStep
+from .guides import DirichletGuide
+
+
+BATCHES = 10
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its batch-means standard error (``BATCHES`` consecutive pieces)."""
+    size = len(values) // BATCHES
+    means = [statistics.fmean(values[i * size:(i + 1) * size]) for i in range(BATCHES)]
+    return statistics.fmean(values), statistics.stdev(means) / math.sqrt(BATCHES)
+
+
+def _check_int(name: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+
+
+class ConvergenceRule(LoopCallback):
+    """End each stage of a fit once the loss and the concentrations have stopped moving (module
+    docstring); ``stages`` keeps each stage's trace and whether it converged."""
+
+    def __init__(self, window: int = 200, loss_rtol: float = 1e-3, phi_rtol: float = 0.01, patience: int = 2,
+                 min_steps: int = 0) -> None:
+        _check_int("window", window, 2 * BATCHES)
+        _check_int("patience", patience, 1)
+        _check_int("min_steps", min_steps, 0)
+        for name, value in (("loss_rtol", loss_rtol), ("phi_rtol", phi_rtol)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        self.window, self.loss_rtol, self.phi_rtol = window, float(loss_rtol), float(phi_rtol)
+        self.patience, self.min_steps = patience, min_steps
+        self.stages: list[dict[str, Any]] = []
+        self._losses: list[float] = []
+        self._log_phi0: dict[str, list[float]] = {}
+        self._still = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The rule's parameters (for a report)."""
+        return {"window": self.window, "loss_rtol": self.loss_rtol, "phi_rtol": self.phi_rtol,
+                "patience": self.patience, "min_steps": self.min_steps}
+
+    @property
+    def converged(self) -> bool:
+        """Whether every stage seen so far converged (False before any)."""
+        return bool(self.stages) and all(s["converged"] for s in self.stages)
+
+    def _start(self, event: FitStep) -> dict[str, Any]:
+        dirichlet = isinstance(event.guide, DirichletGuide)
+        self.stages.append({"stage": event.stage, "layers": list(event.layers), "converged": False, "steps": 0,
+                            "criteria": ["loss", "phi0"] if dirichlet else ["loss"], "trace": []})
+        self._losses, self._still = [], 0
+        self._log_phi0 = {layer: [] for layer in event.layers} if dirichlet else {}
+        return self.stages[-1]
+
+    def on_step(self, event: FitStep) -> bool:
+        record = self.stages[-1] if self.stages and self.stages[-1]["stage"] == event.stage else self._start(event)
+        record["steps"] = event.step
+        self._losses.append(event.loss)
+        if self._log_phi0:
+            with torch.no_grad():
+                for layer, values in self._log_phi0.items():
+                    values.append(math.log(float(event.guide.concentration(layer).sum())))
+        if len(self._losses) % self.window:
+            return False
+        entry = self._summary(event)
+        trace = record["trace"]
+        trace.append(entry)
+        if len(trace) < 2:
+            return False
+        self._still = self._still + 1 if self._is_still(trace[-2], entry) else 0
+        if self._still >= self.patience and event.step >= self.min_steps:
+            record["converged"] = True
+            return True
+        return False
+
+    def _summary(self, event: FitStep) -> dict[str, Any]:
+        loss, loss_se = _mean_se(self._losses[-self.window:])
+        entry: dict[str, Any] = {"step": event.step, "loss": loss, "loss_se": loss_se}
+        if self._log_phi0:
+            log_phi0 = {k: _mean_se(v[-self.window:]) for k, v in self._log_phi0.items()}
+            entry["log_phi0"] = {k: m for k, (m, _) in log_phi0.items()}
+            entry["log_phi0_se"] = {k: se for k, (_, se) in log_phi0.items()}
+            entry["phi0"] = {k: math.exp(v) for k, v in entry["log_phi0"].items()}
+            with torch.no_grad():
+                phis = {k: event.guide.concentration(k) for k in self._log_phi0}
+            entry["max_mean"] = {k: float((phi / phi.sum()).max()) for k, phi in phis.items()}
+        return entry
+
+    def _is_still(self, before: dict[str, Any], now: dict[str, Any]) -> bool:
+        moved = abs(now["loss"] - before["loss"])
+        noise = 2 * math.hypot(now["loss_se"], before["loss_se"])
+        if moved > max(self.loss_rtol * abs(before["loss"]), noise):
+            return False
+        return all(abs(now["log_phi0"][k] - before["log_phi0"][k])
+                   <= max(self.phi_rtol, 2 * math.hypot(now["log_phi0_se"][k], before["log_phi0_se"][k]))
+                   for k in now.get("log_phi0", {}))
