@@ -284,6 +284,7 @@ def run_prune(
             "switches": {
                 "steps": len(fit.losses),
                 "stages": fit.stages,
+                **({"settled_concentrations": fit.settled} if fit.settled is not None else {}),
                 "final_loss": sum(fit.losses[-20:]) / len(fit.losses[-20:]),
                 "losses": fit.losses,
             },

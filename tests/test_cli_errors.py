@@ -394,3 +394,11 @@ def test_min_epochs_without_patience(ckpts, tmp_path, capsys):
     _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--finetune-min-epochs", "3"),
                 "--finetune-min-epochs goes with --finetune-patience")
     _no_output(out)
+
+
+def test_settled_concentrations_need_a_dirichlet_guide(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--guide", "normal", "--concentration", "settled"),
+                "--concentration settled needs guide 'dirichlet' or 'dirichlet-mean' and frozen weights "
+                "(no --learn-weights)")
+    _no_output(out)

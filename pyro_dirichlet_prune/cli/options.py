@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from ..data import DATASETS
 from ..inference.builders import GUIDES
-from ..inference.svi import ELBOS, SCHEDULES, SwitchConfig
+from ..inference.svi import CONCENTRATIONS, ELBOS, SCHEDULES, SwitchConfig
 from ..models.switched import SAMPLINGS, SCALES
 from ..training import OPTIMIZERS
 
@@ -254,6 +254,11 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--alpha0", d.alpha0, "concentration of the symmetric Dirichlet prior", type=positive_float)
     _option(p, "--init-concentration", d.init_concentration, "initial guide concentration of every unit",
             type=positive_float)
+    _option(p, "--concentration", d.concentration, "fitted: the guide's concentrations as switch learning left them "
+            "(their total still carries --init-concentration and the epoch budget); settled: each layer's total set "
+            "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
+            "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights)",
+            choices=CONCENTRATIONS)
     _option(p, "--floor", d.floor, "lower bound of guide concentrations", type=positive_float)
     _option(p, "--switch-lr", d.lr, "Adam learning rate of the concentrations", type=positive_float)
     _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the paper",
@@ -277,7 +282,7 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         init_concentration=args.init_concentration, floor=args.floor, lr=args.switch_lr,
         epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
         scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
-        weight_scale=args.weight_scale, weight_lr=args.weight_lr,
+        weight_scale=args.weight_scale, weight_lr=args.weight_lr, concentration=args.concentration,
     )
 
 

@@ -18,11 +18,13 @@ from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, s
 from ..pruning.surgery import fold_scales
 from ..runstate import RunState
 from .builders import GuideBuilder, guide_builder, guide_name
+from .concentration import settle_concentrations
 from .fit import DEFAULT_SCHEDULE, SCHEDULES, FitResult, fit
 from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 
 ELBOS = ("trace", "meanfield")
+CONCENTRATIONS = ("fitted", "settled")
 
 
 @dataclass
@@ -45,6 +47,11 @@ class SwitchConfig:
         with a MAP point estimate (``models.weight_prior``); needs a Dirichlet guide and the
         ``joint`` schedule (the weights learn under every switch at once). ``weight_lr`` is
         Adam's learning rate of the weights.
+    concentration: ``fitted`` (the guide's phi_l as the fit left them) or ``settled`` (a Dirichlet
+        guide's total concentrations set, after the fit, to the ELBO's optimum given the fitted means,
+        from the likelihood's curvature: ``inference.concentration``; the intervals then no longer
+        carry the initial value or the epoch budget, and for the mean variant, whose objective does
+        not identify phi_0, this is the stated rule that fixes it). Frozen weights only.
     """
 
     guide: str | GuideBuilder = "dirichlet"
@@ -63,9 +70,16 @@ class SwitchConfig:
     gain: float = 1.0
     weight_scale: float | None = None
     weight_lr: float = 1e-3
+    concentration: str = "fitted"
 
     def validate(self) -> None:
         builder = guide_builder(self.guide)
+        if self.concentration not in CONCENTRATIONS:
+            raise ValueError(f"unknown concentration {self.concentration!r}; choose one of {', '.join(CONCENTRATIONS)}")
+        if self.concentration == "settled" and (builder.name not in ("dirichlet", "dirichlet-mean")
+                                                or self.weight_scale is not None):
+            raise ValueError("concentration='settled' needs guide 'dirichlet' or 'dirichlet-mean' and frozen weights "
+                             "(no weight_scale)")
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
         if self.elbo != "trace" and not builder.closed_form_kl:
@@ -111,6 +125,7 @@ class SwitchFit:
     model: SwitchModel
     guide: object
     result: FitResult
+    settled: dict | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -181,7 +196,10 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr)
-    return SwitchFit(model, guide, result)
+    settled = None
+    if cfg.concentration == "settled":
+        settled = settle_concentrations(model, guide, train, schedule=cfg.schedule)  # every rank: all the data
+    return SwitchFit(model, guide, result, settled)
 
 
 def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, train: Split, elbo_particles: int = 1,

@@ -1,0 +1,134 @@
+"""The total concentration the ELBO wants, from the likelihood's curvature.
+
+A Dirichlet guide q(s_l) = Dirichlet(phi_l) splits into a mean m_l = phi_l / phi_l0 and a total
+concentration phi_l0 = sum_j phi_lj, which alone sets the widths of its intervals:
+Cov_q(s_l) = (diag(m_l) - m_l m_l^T) / (phi_l0 + 1). SVI finds m_l in an epoch or two, but moves
+phi_l0 slowly (each step's gradient in phi_l0 is mostly the noise of the sampled switch), so after a
+fixed budget phi_l0 still carries its initial value (docs/convergence.md). With m_l held, the
+ELBO (eq. 7) as a function of phi_l0 is, to second order in s_l - m_l,
+
+    L(phi_l0) = log p(D | m_l) - c_l / (phi_l0 + 1) - KL(Dirichlet(phi_l0 m_l) || Dirichlet(alpha0 1)),
+    c_l = 1/2 tr(H_l (diag(m_l) - m_l m_l^T)),
+
+with H_l the Hessian in s_l of the full-data negative log-likelihood at m_l (exact for a
+log-likelihood quadratic in s_l; nearly so once phi_l0 is large, as it is with thousands of
+examples). ``optimal_phi0`` maximises it (exact Dirichlet KL, bisection in log phi_l0);
+``settle_concentrations`` sets a guide's phi_l to phi_l0* m_l for every layer, keeping the means.
+On the reduced problem of ``benchmarks/nuts_reference.py`` phi_l0* is within 3% of what a
+full-batch fit reaches after 3000 steps (``benchmarks/phi0_optimum.py``).
+
+Under the layer-by-layer schedule each layer's likelihood is its stage's: only that layer switched,
+the others as the network has them; under the joint schedule the other layers sit at their
+posterior means (their spread is ignored, as a mean-field guide ignores it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Dirichlet, kl_divergence
+
+from ..data import Split, batches, split_batch
+from ..models.switched import SwitchModel
+from .guides import DirichletGuide
+
+
+def optimal_phi0(c: float, mean: torch.Tensor, alpha0: float) -> float:
+    """The phi_0 > 0 that maximises -c / (phi_0 + 1) - KL(Dirichlet(phi_0 mean) || Dirichlet(alpha0 1)).
+
+    ``c`` (the curvature term, >= 0) and ``mean`` (a point inside the simplex) as in the module
+    docstring. With no curvature (c = 0) the answer is the prior's total, D alpha0, when ``mean`` is
+    uniform, and as close to it as the KL allows otherwise."""
+    if not (c >= 0 and math.isfinite(c)):
+        raise ValueError(f"c must be a non-negative number, got {c!r}")
+    if not (alpha0 > 0 and math.isfinite(alpha0)):
+        raise ValueError(f"alpha0 must be positive, got {alpha0!r}")
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    if mean.dim() != 1 or not bool((mean > 0).all()) or abs(float(mean.sum()) - 1) > 1e-6:
+        raise ValueError("mean must be a vector of positive entries summing to one")
+    prior = Dirichlet(torch.full_like(mean, alpha0))
+
+    def slope(t: float) -> float:  # d L / d log phi_0
+        log_phi0 = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+        phi0 = log_phi0.exp()
+        value = -c / (phi0 + 1) - kl_divergence(Dirichlet(phi0 * mean), prior)
+        return float(torch.autograd.grad(value, log_phi0)[0])
+
+    lo, hi = math.log(1e-3), math.log(1e12)
+    if slope(lo) <= 0:
+        return math.exp(lo)
+    if slope(hi) >= 0:
+        return math.exp(hi)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
+                    others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 1000,
+                    max_examples: int | None = None) -> float:
+    """c_l = 1/2 tr(H_l (diag(m) - m m^T)) for ``layer`` at ``mean`` (module docstring).
+
+    H_l is the exact Hessian (one backward pass per unit and minibatch) of the negative
+    log-likelihood of ``data`` (a ``Split`` in batches of ``batch_size`` or an iterable of
+    ``(x, y[, idx])`` minibatches), scaled by ``model.num_data`` over the examples read, so that a
+    subsample (``max_examples``) estimates the full-data curvature. ``others``: the scales
+    (factor times switch) of other layers switched meanwhile."""
+    if layer not in model.widths:
+        raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
+    m = torch.as_tensor(mean, dtype=torch.float64).detach()
+    if m.shape != (model.widths[layer],):
+        raise ValueError(f"mean must have {model.widths[layer]} entries for {layer}, got shape {tuple(m.shape)}")
+    was_training = model.network.training
+    model.network.eval()
+    h = torch.zeros(len(m), len(m), dtype=torch.float64)
+    seen = 0
+    s = m.clone().requires_grad_(True)
+    for batch in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
+        x, y, *_ = split_batch(batch)
+        if max_examples is not None:
+            if seen >= max_examples:
+                break
+            x, y = x[:max_examples - seen], y[:max_examples - seen]
+        scales = {**(others or {}), layer: model.factors[layer] * s.to(torch.get_default_dtype())}
+        with model.network.scaled(scales):
+            nll = F.cross_entropy(model.network(x), y, reduction="sum")
+        grad = torch.autograd.grad(nll, s, create_graph=True)[0]
+        for j in range(len(m)):
+            h[j] += torch.autograd.grad(grad[j], s, retain_graph=j + 1 < len(m))[0].detach()
+        seen += len(y)
+    model.network.train(was_training)
+    if seen == 0:
+        raise ValueError("data holds no examples")
+    h = (h + h.T) / 2 * (model.num_data / seen)
+    return 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
+
+
+def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split | Iterable,
+                          layers: Sequence[str] | None = None, schedule: str = "sequential",
+                          batch_size: int = 1000, max_examples: int | None = None) -> dict[str, dict[str, float]]:
+    """Set every layer's phi_l to phi_l0* m_l: the fitted means kept, the total concentration the
+    ELBO's optimum gives them (module docstring; entries are kept above the guide's floor).
+    Returns, per layer, ``{"c", "phi0_before", "phi0"}``."""
+    if not isinstance(guide, DirichletGuide):
+        raise TypeError(f"guide must be a DirichletGuide, got {type(guide).__name__}")
+    if schedule not in ("sequential", "joint"):
+        raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")
+    layers = list(model.layers if layers is None else layers)
+    with torch.no_grad():
+        phis = {k: guide.concentration(k).detach().double() for k in model.layers}
+    means = {k: phi / phi.sum() for k, phi in phis.items()}
+    out = {}
+    for layer in layers:
+        others = None
+        if schedule == "joint":
+            others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
+        c = layer_curvature(model, layer, means[layer], data, others, batch_size, max_examples)
+        phi0 = optimal_phi0(c, means[layer], model.alpha0)
+        value = (phi0 * means[layer]).clamp_min(guide.floor * (1 + 1e-6))
+        guide.set_concentrations({layer: value})
+        out[layer] = {"c": c, "phi0_before": float(phis[layer].sum()), "phi0": float(value.sum())}
+    return out

@@ -1,0 +1,121 @@
+"""The total concentration from the curvature (``inference.concentration``): the solver against a
+grid, the curvature against its own pieces, and phi_0* against what a long full-batch fit reaches,
+from either initial value."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Dirichlet, kl_divergence
+
+from pyro_dirichlet_prune import DirichletGuide, SwitchModel, fit
+from pyro_dirichlet_prune.inference.concentration import layer_curvature, optimal_phi0, settle_concentrations
+from pyro_dirichlet_prune.models.switch_points import SwitchPoint
+
+N = 2000
+
+
+class MLP(nn.Module):
+    """10 → 12 (switched) → ReLU → 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(10, 12), nn.Linear(12, 4)
+
+    def switch_points(self) -> list[SwitchPoint]:
+        return [SwitchPoint("fc1", self.fc1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _problem():
+    torch.manual_seed(0)
+    net = MLP().eval()
+    with torch.no_grad():
+        net.fc2.weight.mul_(4.0)
+    x = torch.randn(N, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = torch.distributions.Categorical(logits=net(x)).sample()
+    return net, x, y
+
+
+def test_optimal_phi0_maximises_the_profile_on_a_grid():
+    mean = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    for c in (0.5, 20.0, 3000.0):
+        grid = torch.logspace(-1, 6, 20001, dtype=torch.float64)
+        prior = Dirichlet(torch.full((4,), 0.5, dtype=torch.float64))
+        values = torch.stack([-c / (p + 1) - kl_divergence(Dirichlet(p * mean), prior) for p in grid])
+        best = float(grid[values.argmax()])
+        assert optimal_phi0(c, mean, 0.5) == pytest.approx(best, rel=2e-3)
+    # more curvature, more concentration: about 2c / (D - 1) once large
+    assert optimal_phi0(3000.0, mean, 0.5) == pytest.approx(2 * 3000.0 / 3, rel=0.05)
+
+
+def test_the_curvature_adds_over_minibatches_and_scales_a_subsample_to_the_data():
+    net, x, y = _problem()
+    model = SwitchModel(net, num_data=N)
+    mean = torch.full((12,), 1 / 12, dtype=torch.float64)
+    whole = layer_curvature(model, "fc1", mean, [(x, y)])
+    assert whole > 0
+    assert layer_curvature(model, "fc1", mean, [(x[:700], y[:700]), (x[700:], y[700:])]) == pytest.approx(
+        whole, rel=1e-6)
+    half = layer_curvature(model, "fc1", mean, [(x[:1000], y[:1000]), (x[1000:], y[1000:])], max_examples=1000)
+    first = layer_curvature(SwitchModel(net, num_data=1000), "fc1", mean, [(x[:1000], y[:1000])])
+    assert half == pytest.approx(2 * first, rel=1e-6)
+
+
+def test_settled_phi0_is_where_a_long_full_batch_fit_goes_from_either_start():
+    net, x, y = _problem()
+    settled = {}
+    for init in (1.0, 10.0):
+        model = SwitchModel(net, num_data=N)
+        guide = DirichletGuide(model, init_concentration=init)
+        fit(model, guide, [(x, y)], epochs=3000, schedule="joint", seed=0, progress=False)
+        fitted = float(guide.concentration("fc1").detach().sum())
+        means = guide.concentration("fc1").detach() / fitted
+        out = settle_concentrations(model, guide, [(x, y)], schedule="joint")["fc1"]
+        assert out["phi0_before"] == pytest.approx(fitted)
+        assert out["phi0"] == pytest.approx(fitted, rel=0.1), (init, out)
+        after = guide.concentration("fc1").detach()
+        assert torch.allclose(after / after.sum(), means, atol=1e-6)  # the means are kept
+        settled[init] = out["phi0"]
+    assert settled[1.0] == pytest.approx(settled[10.0], rel=0.15)
+
+
+def test_errors_name_the_argument():
+    net, x, y = _problem()
+    model = SwitchModel(net, num_data=N)
+    with pytest.raises(ValueError, match="layer: no switched layer named 'fc9'; the layers are fc1"):
+        layer_curvature(model, "fc1".replace("1", "9"), torch.full((12,), 1 / 12), [(x, y)])
+    with pytest.raises(ValueError, match=r"mean must have 12 entries for fc1, got shape \(3,\)"):
+        layer_curvature(model, "fc1", torch.full((3,), 1 / 3), [(x, y)])
+    with pytest.raises(ValueError, match="c must be a non-negative number"):
+        optimal_phi0(-1.0, torch.full((3,), 1 / 3), 0.5)
+    with pytest.raises(ValueError, match="mean must be a vector of positive entries summing to one"):
+        optimal_phi0(1.0, torch.tensor([0.5, 0.6]), 0.5)
+    with pytest.raises(TypeError, match="guide must be a DirichletGuide"):
+        settle_concentrations(model, object(), [(x, y)])
+    assert math.isfinite(optimal_phi0(0.0, torch.full((3,), 1 / 3), 0.5))
+
+
+def test_switch_learning_can_settle_and_says_so():
+    from pyro_dirichlet_prune.data import Split
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches
+    from pyro_dirichlet_prune.models import SwitchedNetwork
+
+    net, x, y = _problem()
+    cfg = SwitchConfig(concentration="settled", batch_size=500, schedule="joint")
+    done = fit_switches(SwitchedNetwork(net), Split(x, y), cfg)
+    phi = done.guide.concentration("fc1").detach()
+    assert float(phi.sum()) == pytest.approx(done.settled["fc1"]["phi0"], rel=1e-5)
+    assert done.settled["fc1"]["phi0_before"] != pytest.approx(done.settled["fc1"]["phi0"], rel=0.05)
+    assert fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, schedule="joint")).settled is None
+    for bad in (SwitchConfig(concentration="settled", guide="normal"),
+                SwitchConfig(concentration="settled", weight_scale=0.1, schedule="joint")):
+        with pytest.raises(ValueError, match="concentration='settled' needs guide 'dirichlet' or 'dirichlet-mean'"):
+            bad.validate()
+    with pytest.raises(ValueError, match="unknown concentration 'exact'; choose one of fitted, settled"):
+        SwitchConfig(concentration="exact").validate()
