@@ -285,6 +285,7 @@ def run_prune(
                 "steps": len(fit.losses),
                 "stages": fit.stages,
                 **({"settled_concentrations": fit.settled} if fit.settled is not None else {}),
+                **({"convergence": fit.convergence} if fit.convergence is not None else {}),
                 "final_loss": sum(fit.losses[-20:]) / len(fit.losses[-20:]),
                 "losses": fit.losses,
             },

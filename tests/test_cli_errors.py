@@ -402,3 +402,20 @@ def test_settled_concentrations_need_a_dirichlet_guide(ckpts, tmp_path, capsys):
                 "--concentration settled needs guide 'dirichlet' or 'dirichlet-mean' and frozen weights "
                 "(no --learn-weights)")
     _no_output(out)
+
+
+def test_a_switch_fit_that_hits_its_cap_unconverged_says_so(ckpts, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    rc = cli.main(_prune(ckpts / "lenet5.pt", out, "--switch-until-converged", "--switch-epochs", "1",
+                         "--no-latency"))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert ("dirichlet-prune: warning: switch learning did not converge within --switch-epochs 1 in conv1, conv2, "
+            "fc1, fc2") in captured.err
+    report = json.loads((out / "report.json").read_text())
+    conv = report["switches"]["convergence"]
+    assert conv["converged"] is False and [s["layers"] for s in conv["stages"]] == [["conv1"], ["conv2"], ["fc1"],
+                                                                                   ["fc2"]]
+    assert [s["steps"] for s in conv["stages"]] == [s["steps"] for s in report["switches"]["stages"]]

@@ -119,3 +119,21 @@ def test_switch_learning_can_settle_and_says_so():
             bad.validate()
     with pytest.raises(ValueError, match="unknown concentration 'exact'; choose one of fitted, settled"):
         SwitchConfig(concentration="exact").validate()
+
+
+def test_switch_learning_until_converged_records_every_stage():
+    from pyro_dirichlet_prune.data import Split
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches
+    from pyro_dirichlet_prune.models import SwitchedNetwork
+
+    net, x, y = _problem()
+    cfg = SwitchConfig(until_converged=True, concentration="settled", batch_size=100, epochs=3)
+    done = fit_switches(SwitchedNetwork(net), Split(x, y), cfg)
+    conv = done.convergence
+    assert conv["rule"]["window"] == 20 and conv["rule"]["phi_rtol"] is None and conv["cap_epochs"] == 3
+    assert [s["layers"] for s in conv["stages"]] == [["fc1"]] and conv["stages"][0]["criteria"] == ["loss", "means"]
+    stage = conv["stages"][0]
+    assert stage["steps"] == done.stages[0]["steps"] and [e["step"] for e in stage["trace"]] == [20, 40, 60][:len(
+        stage["trace"])]
+    assert conv["converged"] == stage["converged"] == done.stages[0]["stopped"]
+    assert fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500)).convergence is None

@@ -108,12 +108,42 @@ def test_fit_ends_a_stage_the_rule_calls_converged_and_runs_an_unsettled_one_to_
     assert strict.stages[0]["steps"] == 40 and not strict.converged
 
 
+def test_with_phi0_left_out_the_means_decide():
+    """The rule for a fit whose phi_0 is settled afterwards: growing phi_0 does not matter, drifting
+    means do."""
+    model, _ = _model()
+    guide = DirichletGuide(model)
+    flat = [1000.0] * 1000
+    base = torch.tensor([0.4, 0.3, 0.2, 0.1])
+
+    def feed(rule, shift_per_step):
+        for t in range(1, 1001):
+            m = base + shift_per_step * t * torch.tensor([1.0, -1.0, 0.0, 0.0])
+            guide.set_concentrations({"conv2": 50.0 * 1.001 ** t * m})
+            if rule.on_step(FitStep(epoch=0, step=t, loss=flat[t - 1], epoch_end=False, stage=0, layers=["conv2"],
+                                    guide=guide)):
+                return t
+        return 1000
+
+    settled = ConvergenceRule(window=100, phi_rtol=None, mean_atol=0.005, patience=2)
+    assert feed(settled, 0.0) == 300 and settled.converged
+    assert settled.stages[0]["criteria"] == ["loss", "means"]
+    assert settled.stages[0]["trace"][-1]["mean_shift"]["conv2"] < 1e-6
+    drifting = ConvergenceRule(window=100, phi_rtol=None, mean_atol=0.005, patience=2)
+    assert feed(drifting, 1e-4) == 1000 and not drifting.converged  # 0.01 a window
+    assert drifting.stages[0]["trace"][-1]["mean_shift"]["conv2"] == pytest.approx(0.01, rel=1e-3)
+    with_phi0 = ConvergenceRule(window=100, mean_atol=0.005, patience=2)
+    assert feed(with_phi0, 0.0) == 1000 and with_phi0.stages[0]["criteria"] == ["loss", "phi0", "means"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"window": 10}, "window must be an int of at least 20"),
     ({"patience": 0}, "patience must be an int of at least 1"),
     ({"min_steps": -1}, "min_steps must be an int of at least 0"),
     ({"loss_rtol": -0.1}, "loss_rtol must be a non-negative number"),
     ({"phi_rtol": float("nan")}, "phi_rtol must be a non-negative number"),
+    ({"mean_atol": -1.0}, "mean_atol must be a non-negative number"),
+    ({"loss_rtol": None}, "loss_rtol must be a non-negative number"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -259,6 +259,11 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
             "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
             "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights)",
             choices=CONCENTRATIONS)
+    p.add_argument("--switch-until-converged", action="store_true",
+                   help="end each stage of switch learning when it has converged (inference/convergence.py: the "
+                        "loss and each layer's total concentration, or its means with --concentration settled, "
+                        "steady over epochs), --switch-epochs being the cap; report.json's switches.convergence "
+                        "has the traces, and a stage that hits the cap unconverged is named on stderr")
     _option(p, "--floor", d.floor, "lower bound of guide concentrations", type=positive_float)
     _option(p, "--switch-lr", d.lr, "Adam learning rate of the concentrations", type=positive_float)
     _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the paper",
@@ -283,6 +288,7 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
         scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
         weight_scale=args.weight_scale, weight_lr=args.weight_lr, concentration=args.concentration,
+        until_converged=args.switch_until_converged,
     )
 
 

@@ -155,6 +155,16 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{PROG}: note: the posterior is confident that no unit is unimportant (P(D*s < {cfg.tau}) < "
               f"{1 - cfg.delta:g} for every unit), so nothing was removed; {hint}a larger --tau or --delta, or a "
               f"budget (--target-macs/--target-params).", file=sys.stderr)
+    convergence = r["switches"].get("convergence")
+    if convergence is not None:
+        unsettled = ["+".join(st["layers"]) for st in convergence["stages"] if not st["converged"]]
+        if unsettled:
+            print(f"{PROG}: warning: switch learning did not converge within --switch-epochs "
+                  f"{convergence['cap_epochs']} in {', '.join(unsettled)}: what it reports still moves with the optimiser's "
+                  f"budget (report.json: switches.convergence)", file=sys.stderr)
+        else:
+            print("switch learning converged: " + ", ".join(f"{'+'.join(st['layers'])} after {st['steps']} steps"
+                                                           for st in convergence["stages"]))
     if r["left_out_layers"]:
         print("left out of switching: " + "; ".join(f"{e['layer']} ({e['reason']})" for e in r["left_out_layers"]))
     print(

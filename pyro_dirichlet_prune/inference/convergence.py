@@ -7,7 +7,9 @@ the layer's intervals (Var s_lj = m_j (1 - m_j) / (phi_l0 + 1)). At the end of e
 compares the window's means with the previous window's; the window is *still* when
 
 * the mean loss moved by less than ``loss_rtol`` of its size, and
-* every layer's mean log phi_l0 moved by less than ``phi_rtol`` (a relative change of phi_l0),
+* every layer's mean log phi_l0 moved by less than ``phi_rtol`` (a relative change of phi_l0;
+  ``phi_rtol=None`` leaves phi_l0 out, as when it is settled after the fit: ``inference.concentration``),
+  and, with ``mean_atol``, every unit's mean m_lj = phi_lj / phi_l0 by less than ``mean_atol``,
 
 or by less than twice the standard error of the difference of the two means, whichever is larger:
 a stochastic optimiser at its stationary point keeps jittering, by the minibatch's noise and by the
@@ -24,7 +26,8 @@ still loss does not show that an autoguide's scales have stopped moving.
 ``rule.stages`` holds, per stage, ``{"stage", "layers", "converged", "steps", "criteria",
 "trace"}``; the trace has one entry per window: its last step, the mean loss and its standard
 error, and, for a Dirichlet guide, each active layer's mean log phi_l0 and its standard error,
-phi_l0 (the window's geometric mean) and largest posterior mean (at the window's end).
+phi_l0 (the window's geometric mean), largest posterior mean (at the window's end) and, with
+``mean_atol``, the largest move of a unit's window-mean m_lj since the window before.
 """
 from __future__ import annotations
 
@@ -49,6 +52,14 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(means) / math.sqrt(BATCHES)
 
 
+def _vector_mean_se(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The elementwise mean of equal-shaped tensors and its batch-means standard error."""
+    stacked = torch.stack(values).double()
+    size = len(values) // BATCHES
+    means = stacked[:size * BATCHES].reshape(BATCHES, size, -1).mean(1)
+    return stacked.mean(0), means.std(0) / math.sqrt(BATCHES)
+
+
 def _check_int(name: str, value: Any, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
@@ -58,26 +69,32 @@ class ConvergenceRule(LoopCallback):
     """End each stage of a fit once the loss and the concentrations have stopped moving (module
     docstring); ``stages`` keeps each stage's trace and whether it converged."""
 
-    def __init__(self, window: int = 200, loss_rtol: float = 1e-3, phi_rtol: float = 0.01, patience: int = 2,
-                 min_steps: int = 0) -> None:
+    def __init__(self, window: int = 200, loss_rtol: float = 1e-3, phi_rtol: float | None = 0.01,
+                 patience: int = 2, min_steps: int = 0, mean_atol: float | None = None) -> None:
         _check_int("window", window, 2 * BATCHES)
         _check_int("patience", patience, 1)
         _check_int("min_steps", min_steps, 0)
-        for name, value in (("loss_rtol", loss_rtol), ("phi_rtol", phi_rtol)):
+        for name, value in (("loss_rtol", loss_rtol), ("phi_rtol", phi_rtol), ("mean_atol", mean_atol)):
+            if value is None and name != "loss_rtol":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        self.window, self.loss_rtol, self.phi_rtol = window, float(loss_rtol), float(phi_rtol)
+        self.window, self.loss_rtol = window, float(loss_rtol)
+        self.phi_rtol = None if phi_rtol is None else float(phi_rtol)
+        self.mean_atol = None if mean_atol is None else float(mean_atol)
         self.patience, self.min_steps = patience, min_steps
         self.stages: list[dict[str, Any]] = []
         self._losses: list[float] = []
         self._log_phi0: dict[str, list[float]] = {}
+        self._means: dict[str, list[torch.Tensor]] = {}
+        self._window_means: dict | None = None
         self._still = 0
 
     def settings(self) -> dict[str, Any]:
         """The rule's parameters (for a report)."""
         return {"window": self.window, "loss_rtol": self.loss_rtol, "phi_rtol": self.phi_rtol,
-                "patience": self.patience, "min_steps": self.min_steps}
+                "mean_atol": self.mean_atol, "patience": self.patience, "min_steps": self.min_steps}
 
     @property
     def converged(self) -> bool:
@@ -86,10 +103,15 @@ class ConvergenceRule(LoopCallback):
 
     def _start(self, event: FitStep) -> dict[str, Any]:
         dirichlet = isinstance(event.guide, DirichletGuide)
+        criteria = ["loss"]
+        if dirichlet:
+            criteria += (["phi0"] if self.phi_rtol is not None else []) + (["means"] if self.mean_atol is not None else [])
         self.stages.append({"stage": event.stage, "layers": list(event.layers), "converged": False, "steps": 0,
-                            "criteria": ["loss", "phi0"] if dirichlet else ["loss"], "trace": []})
+                            "criteria": criteria, "trace": []})
         self._losses, self._still = [], 0
         self._log_phi0 = {layer: [] for layer in event.layers} if dirichlet else {}
+        self._means = {layer: [] for layer in event.layers} if dirichlet and self.mean_atol is not None else {}
+        self._window_means = None
         return self.stages[-1]
 
     def on_step(self, event: FitStep) -> bool:
@@ -99,15 +121,20 @@ class ConvergenceRule(LoopCallback):
         if self._log_phi0:
             with torch.no_grad():
                 for layer, values in self._log_phi0.items():
-                    values.append(math.log(float(event.guide.concentration(layer).sum())))
+                    phi = event.guide.concentration(layer).detach()
+                    values.append(math.log(float(phi.sum())))
+                    if self._means:
+                        self._means[layer].append(phi / phi.sum())
         if len(self._losses) % self.window:
             return False
         entry = self._summary(event)
+        means_now = {k: _vector_mean_se(v[-self.window:]) for k, v in self._means.items()} if self._means else None
+        means_before, self._window_means = self._window_means, means_now
         trace = record["trace"]
         trace.append(entry)
         if len(trace) < 2:
             return False
-        self._still = self._still + 1 if self._is_still(trace[-2], entry) else 0
+        self._still = self._still + 1 if self._is_still(trace[-2], entry, means_before, means_now) else 0
         if self._still >= self.patience and event.step >= self.min_steps:
             record["converged"] = True
             return True
@@ -126,11 +153,23 @@ class ConvergenceRule(LoopCallback):
             entry["max_mean"] = {k: float((phi / phi.sum()).max()) for k, phi in phis.items()}
         return entry
 
-    def _is_still(self, before: dict[str, Any], now: dict[str, Any]) -> bool:
+    def _is_still(self, before: dict[str, Any], now: dict[str, Any], means_before, means_now) -> bool:
+        still = True
+        if means_now:
+            now["mean_shift"] = {}
+            for k, (mean, se) in means_now.items():
+                before_mean, before_se = means_before[k]
+                shift = (mean - before_mean).abs()
+                now["mean_shift"][k] = float(shift.max())
+                allowed = torch.clamp(2 * torch.hypot(se, before_se), min=self.mean_atol)
+                still = still and bool((shift <= allowed).all())
         moved = abs(now["loss"] - before["loss"])
         noise = 2 * math.hypot(now["loss_se"], before["loss_se"])
         if moved > max(self.loss_rtol * abs(before["loss"]), noise):
             return False
-        return all(abs(now["log_phi0"][k] - before["log_phi0"][k])
-                   <= max(self.phi_rtol, 2 * math.hypot(now["log_phi0_se"][k], before["log_phi0_se"][k]))
-                   for k in now.get("log_phi0", {}))
+        if self.phi_rtol is not None:
+            still = still and all(
+                abs(now["log_phi0"][k] - before["log_phi0"][k])
+                <= max(self.phi_rtol, 2 * math.hypot(now["log_phi0_se"][k], before["log_phi0_se"][k]))
+                for k in now.get("log_phi0", {}))
+        return still

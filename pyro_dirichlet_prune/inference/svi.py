@@ -19,6 +19,7 @@ from ..pruning.surgery import fold_scales
 from ..runstate import RunState
 from .builders import GuideBuilder, guide_builder, guide_name
 from .concentration import settle_concentrations
+from .convergence import BATCHES, ConvergenceRule
 from .fit import DEFAULT_SCHEDULE, SCHEDULES, FitResult, fit
 from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
@@ -52,6 +53,10 @@ class SwitchConfig:
         from the likelihood's curvature: ``inference.concentration``; the intervals then no longer
         carry the initial value or the epoch budget, and for the mean variant, whose objective does
         not identify phi_0, this is the stated rule that fixes it). Frozen weights only.
+    until_converged: end each stage of switch learning by ``inference.convergence.ConvergenceRule``
+        (windows of one epoch's steps; the loss and phi_l0, or, with ``concentration="settled"``,
+        the loss and the means), ``epochs`` being the cap; the fit's ``convergence`` records each
+        stage's trace and whether it converged. One process only.
     """
 
     guide: str | GuideBuilder = "dirichlet"
@@ -71,6 +76,7 @@ class SwitchConfig:
     weight_scale: float | None = None
     weight_lr: float = 1e-3
     concentration: str = "fitted"
+    until_converged: bool = False
 
     def validate(self) -> None:
         builder = guide_builder(self.guide)
@@ -126,6 +132,7 @@ class SwitchFit:
     guide: object
     result: FitResult
     settled: dict | None = None
+    convergence: dict | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -194,12 +201,23 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     model = switch_model(cfg, network, len(train))
     guide = make_guide(cfg, model)
     loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
+    rule = None
+    if cfg.until_converged:
+        if distributed.active():
+            raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
+        settled = cfg.concentration == "settled"
+        rule = ConvergenceRule(window=max(2 * BATCHES, math.ceil(len(train) / cfg.batch_size)),
+                               phi_rtol=None if settled else 0.01, mean_atol=0.001 if settled else None)
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
-                 seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr)
+                 seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=rule)
     settled = None
     if cfg.concentration == "settled":
         settled = settle_concentrations(model, guide, train, schedule=cfg.schedule)  # every rank: all the data
-    return SwitchFit(model, guide, result, settled)
+    convergence = None
+    if rule is not None:
+        convergence = {"rule": rule.settings(), "cap_epochs": cfg.epochs, "converged": rule.converged,
+                       "stages": rule.stages}
+    return SwitchFit(model, guide, result, settled, convergence)
 
 
 def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, train: Split, elbo_particles: int = 1,
