@@ -10,9 +10,10 @@ For a layer with posterior mean m fixed, the ELBO as a function of phi_0 (q = Di
 
 where H is the Hessian of the full-data negative log-likelihood in s at m (the Dirichlet's
 covariance is exactly (diag(m) - m m^T) / (phi_0 + 1); the expectation is exact for a quadratic
-log-likelihood, nearly so once phi_0 is large). The script computes H exactly (one backward pass
-per unit, over all the examples), c, and the phi_0* that maximises the right-hand side (exact
-Dirichlet KL, bisection on log phi_0), and the 95% interval widths that phi_0* gives.
+log-likelihood, nearly so once phi_0 is large). The script computes c with the library's
+``inference.concentration.layer_curvature`` (the exact Hessian, one backward pass per unit and
+minibatch) and phi_0* with ``optimal_phi0`` (exact Dirichlet KL, bisection on log phi_0), and the
+95% interval widths that phi_0* gives.
 
 ``--problem tail``: the reduced problem of ``benchmarks/nuts_reference.py`` (fc2 of the frozen
 LeNet-5 on cached conv features, the first N examples), where a full-batch fit of 3000 steps reaches
@@ -27,58 +28,15 @@ and, given steps enough, reaches the optimum itself: a check of phi_0* on the co
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.distributions import Beta, Dirichlet, kl_divergence
+from torch.distributions import Beta
 
 from pyro_dirichlet_prune import DirichletGuide, SwitchModel, SplitLoader, fit, load_pretrained
 from pyro_dirichlet_prune.data import Split, load_data
+from pyro_dirichlet_prune.inference.concentration import layer_curvature, optimal_phi0
 from pyro_dirichlet_prune.report import versions, write_json
-
-
-def neg_loglik(model: SwitchModel, layer: str, s: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               batch: int = 2500) -> torch.Tensor:
-    """-log p(y | x, s) summed over all the examples, with only ``layer`` switched at ``s``."""
-    total = 0.0
-    scale = model.factors[layer] * s.to(torch.get_default_dtype())
-    with model.network.scaled({layer: scale}):
-        for i in range(0, len(x), batch):
-            total = total + F.cross_entropy(model.network(x[i:i + batch]), y[i:i + batch], reduction="sum")
-    return total
-
-
-def curvature(model: SwitchModel, layer: str, m: torch.Tensor, x, y) -> tuple[float, torch.Tensor]:
-    """c = 1/2 tr(H (diag m - m m^T)) and H, the Hessian of the negative log-likelihood at m."""
-    m = m.detach().double().requires_grad_(True)
-    grad = torch.autograd.grad(neg_loglik(model, layer, m, x, y), m, create_graph=True)[0]
-    rows = [torch.autograd.grad(grad[j], m, retain_graph=True)[0] for j in range(len(m))]
-    h = torch.stack(rows).detach()
-    h = (h + h.T) / 2
-    m = m.detach()
-    return 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m)))), h
-
-
-def phi0_star(c: float, m: torch.Tensor, alpha0: float) -> float:
-    """The phi_0 that maximises -c / (phi_0 + 1) - KL(Dirichlet(phi_0 m) || Dirichlet(alpha0))."""
-    m = m.double()
-    prior = Dirichlet(torch.full_like(m, alpha0))
-
-    def slope(t: float) -> float:
-        log_phi0 = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-        phi0 = log_phi0.exp()
-        value = -c / (phi0 + 1) - kl_divergence(Dirichlet(phi0 * m), prior)
-        return float(torch.autograd.grad(value, log_phi0)[0])
-
-    lo, hi = math.log(len(m) * alpha0), math.log(1e9)
-    if slope(lo) <= 0:
-        return math.exp(lo)
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
-    return math.exp((lo + hi) / 2)
 
 
 def widths(m: torch.Tensor, phi0: float) -> float:
@@ -109,8 +67,8 @@ def tail_problem(args, net, data) -> list[dict]:
         phi = guide.concentration("fc2").detach().double()
         m = phi / phi.sum()
         t = time.perf_counter()
-        c, _ = curvature(model, "fc2", m, h, y)
-        star = phi0_star(c, m, model.alpha0)
+        c = layer_curvature(model, "fc2", m, [(h, y)])
+        star = optimal_phi0(c, m, model.alpha0)
         row = {"n": n, "c": c, "phi0_star": star, "phi0_fitted": float(phi.sum()), "seconds": time.perf_counter() - t,
                "width_star": widths(m, star), "width_fitted": widths(m, float(phi.sum()))}
         print(f"N={n}: phi0* {star:.0f}, full-batch fit's phi0 {row['phi0_fitted']:.0f}; mean 95% width "
@@ -130,8 +88,8 @@ def lenet_problem(args, net, data) -> list[dict]:
         phi = guide.concentration(layer).detach().double()
         m = phi / phi.sum()
         t = time.perf_counter()
-        c, _ = curvature(model, layer, m, train.x, train.y)
-        star = phi0_star(c, m, model.alpha0)
+        c = layer_curvature(model, layer, m, train)
+        star = optimal_phi0(c, m, model.alpha0)
         row = {"layer": layer, "c": c, "phi0_star": star, "phi0_after_mean_epochs": float(phi.sum()),
                "width_star": widths(m, star), "width_after_mean_epochs": widths(m, float(phi.sum())),
                "seconds": time.perf_counter() - t}

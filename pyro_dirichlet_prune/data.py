@@ -323,6 +323,12 @@ class SplitLoader:
         self.order, self.position = state["order"], state["position"]
 
 
+def minibatches(data: Split | Iterable, batch_size: int) -> Iterable:
+    """``data`` as minibatches: a ``Split`` in order, in batches of ``batch_size``; any other
+    iterable of ``(x, y[, idx])`` minibatches (a ``DataLoader``) as it is."""
+    return batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data
+
+
 def split_batch(batch) -> tuple:
     """A minibatch as ``(x, y)`` or ``(x, y, idx)``: a ``TypeError``/``ValueError`` naming ``data``
     unless ``x`` and ``y`` are tensors of as many examples and ``y`` holds integer class labels."""

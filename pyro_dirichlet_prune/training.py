@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .data import DataBundle, Split, SplitLoader, batches, check_labels, split_batch
+from .data import DataBundle, Split, SplitLoader, check_labels, minibatches, split_batch
 from .devices import check_device, device_of
 from .loop import Checkpoint, EpochLoop, LoopCallback, LoopEvent, Progress, as_callbacks
 from .runstate import LoopPosition, RunState, open_loop
@@ -53,7 +53,7 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
         part = distributed.share(len(data))
         data = Split(data.x[part], data.y[part])
     wrong, nll, n = 0, 0.0, 0
-    for batch in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
+    for batch in minibatches(data, batch_size):
         x, y, *_ = split_batch(batch)
         x, y = x.to(device), y.to(device)
         logits = net(x)

@@ -119,6 +119,12 @@ def test_switch_learning_can_settle_and_says_so():
             bad.validate()
     with pytest.raises(ValueError, match="unknown concentration 'exact'; choose one of fitted, settled"):
         SwitchConfig(concentration="exact").validate()
+    from pyro_dirichlet_prune.inference.builders import DirichletBuilder
+
+    class Mine(DirichletBuilder):  # a user's own builder of a DirichletGuide settles too
+        name = "mine"
+
+    SwitchConfig(concentration="settled", guide=Mine()).validate()
 
 
 def test_switch_learning_until_converged_records_every_stage():

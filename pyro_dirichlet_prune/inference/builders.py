@@ -40,6 +40,7 @@ class GuideBuilder:
     closed_form_kl: bool = False
     per_example: bool = False
     learns_weights: bool = False
+    settles: bool = False
 
     def build(self, model: SwitchModel, cfg: Any):
         raise NotImplementedError(f"{type(self).__name__} must define build(model, cfg)")
@@ -66,7 +67,7 @@ class DirichletBuilder(GuideBuilder):
     """``DirichletGuide``, fitted with ``Trace_ELBO`` (or ``TraceMeanField_ELBO``, ``elbo="meanfield"``)."""
 
     name = "dirichlet"
-    closed_form_kl = per_example = learns_weights = True
+    closed_form_kl = per_example = learns_weights = settles = True
 
     def build(self, model: SwitchModel, cfg: Any) -> DirichletGuide:
         return DirichletGuide(model, cfg.init_concentration, cfg.floor)

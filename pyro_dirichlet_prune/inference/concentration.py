@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet, kl_divergence
 
-from ..data import Split, batches, split_batch
+from ..data import Split, minibatches, split_batch
 from ..models.switched import SwitchModel
 from .guides import DirichletGuide
 
@@ -90,7 +90,7 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
     h = torch.zeros(len(m), len(m), dtype=torch.float64)
     seen = 0
     s = m.clone().requires_grad_(True)
-    for batch in (batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data):
+    for batch in minibatches(data, batch_size):
         x, y, *_ = split_batch(batch)
         if max_examples is not None:
             if seen >= max_examples:

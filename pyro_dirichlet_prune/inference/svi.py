@@ -82,8 +82,7 @@ class SwitchConfig:
         builder = guide_builder(self.guide)
         if self.concentration not in CONCENTRATIONS:
             raise ValueError(f"unknown concentration {self.concentration!r}; choose one of {', '.join(CONCENTRATIONS)}")
-        if self.concentration == "settled" and (builder.name not in ("dirichlet", "dirichlet-mean")
-                                                or self.weight_scale is not None):
+        if self.concentration == "settled" and (not builder.settles or self.weight_scale is not None):
             raise ValueError("concentration='settled' needs guide 'dirichlet' or 'dirichlet-mean' and frozen weights "
                              "(no weight_scale)")
         if self.elbo not in ELBOS:
@@ -206,7 +205,7 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
         if distributed.active():
             raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
         settled = cfg.concentration == "settled"
-        rule = ConvergenceRule(window=max(2 * BATCHES, math.ceil(len(train) / cfg.batch_size)),
+        rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)),
                                phi_rtol=None if settled else 0.01, mean_atol=0.001 if settled else None)
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=rule)
