@@ -18,7 +18,8 @@ the object); ``cfg`` is the ``SwitchConfig`` (its ``schedule``, ``init_concentra
 ``loss(cfg)`` is the objective, ``Trace_ELBO(cfg.particles)`` unless overridden. The flags say
 which settings the guide supports: ``closed_form_kl`` (``elbo="meanfield"``), ``per_example``
 (``sampling="per-example"``), ``learns_weights`` (``weight_scale``: the guide holds the point
-estimate of the weights). Under ``schedule="sequential"`` the guide must sample the active
+estimate of the weights), ``settles`` (``concentration="settled"``: the guide is a
+``DirichletGuide``, whose total concentrations ``inference.concentration`` can set). Under ``schedule="sequential"`` the guide must sample the active
 layers only (this package's guides and ``ModuleLocal`` do).
 """
 from __future__ import annotations
