@@ -32,8 +32,8 @@ from .data import DataBundle, dataset_spec, load_data
 from .distributed import is_main
 from .errors import UserError
 from .inference.guards import collapsed_fraction
-from .inference.posterior import SwitchPosterior
-from .inference.svi import SwitchConfig, SwitchFit, fit_switches, switch_posterior
+from .inference.posterior import STRUCTURES, SwitchPosterior
+from .inference.svi import SwitchConfig, SwitchFit, fit_switches, interval_basis, switch_posterior
 from .latency import latency_report
 from .metrics import max_weight_change, network_size
 from .models import SwitchedNetwork, check_model_name, discover_switch_points
@@ -295,6 +295,8 @@ def run_prune(
                 "stage_elbos": post.stage_elbos_json(),
                 "credible_level": post.level,
                 "exact_marginals": post.exact,
+                "structure": STRUCTURES[switch_cfg.schedule],
+                "intervals": interval_basis(switch_cfg, fit),
             },
             "cutoff": cut,
             "kept": kept,

@@ -38,3 +38,44 @@ def plot_posterior(post: SwitchPosterior, path: str | os.PathLike, kept: Mapping
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_fit(losses: Sequence[float], stages: Sequence[Mapping], convergence: Mapping | None,
+             path: str | os.PathLike, title: str = "") -> None:
+    """How switch learning went, one column per stage: the loss (-ELBO estimate) of every step and
+    its mean over the convergence rule's windows, and below it each active layer's total
+    concentration phi_0 per window (log scale; for a Dirichlet guide). The title of each column
+    says whether the stage converged, and a dashed line marks where."""
+    traces = {s["stage"]: s for s in (convergence or {}).get("stages", [])}
+    fig, axes = plt.subplots(2, max(len(stages), 1), figsize=(3.6 * max(len(stages), 1), 5.2), squeeze=False)
+    start = 0
+    for i, stage in enumerate(stages):
+        top, bottom = axes[0][i], axes[1][i]
+        steps = stage["steps"]
+        own = list(losses[start:start + steps])
+        start += steps
+        label = "+".join(stage["layers"])
+        top.plot(range(1, len(own) + 1), own, color="tab:gray", alpha=0.35, linewidth=0.7)
+        record = traces.get(i, {})
+        trace = record.get("trace", [])
+        if trace:
+            top.plot([e["step"] for e in trace], [e["loss"] for e in trace], "o-", color="tab:blue", markersize=3)
+        for layer in stage["layers"]:
+            points = [(e["step"], e["phi0"][layer]) for e in trace if layer in e.get("phi0", {})]
+            if points:
+                bottom.plot(*zip(*points), "o-", markersize=3, label=layer)
+        if record.get("converged_at"):
+            for ax in (top, bottom):
+                ax.axvline(record["converged_at"], color="tab:green", linestyle="--", linewidth=1)
+        state = "converged" if record.get("converged") else "not converged"
+        top.set_title(f"{label}: {state}")
+        top.set_ylabel("loss (-ELBO estimate)")
+        bottom.set_xlabel("step of the stage")
+        bottom.set_ylabel("phi_0 (window mean)")
+        if bottom.lines:
+            bottom.set_yscale("log")
+            bottom.legend(fontsize=7)
+    fig.suptitle(title or "switch learning")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

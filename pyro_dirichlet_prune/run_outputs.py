@@ -10,7 +10,7 @@ from .inference.posterior import SwitchPosterior
 from .inference.svi import SwitchFit, guide_parameters
 from .models.checkpoint import save_checkpoint, save_module_checkpoint
 from .models.switch_points import SwitchPoint
-from .plots import plot_posterior
+from .plots import plot_fit, plot_posterior
 from .prune_config import PruneConfig
 from .prune_step import PruneResult
 from .pruning.cutoff import arch_string
@@ -54,5 +54,7 @@ def save_outputs(tmp: Path, cfg: PruneConfig, ckpt: Path, label: str, data: Data
     write_json(tmp / "posterior.json", posterior)
     plot_posterior(post, tmp / "posterior.png", result.keep,
                    title=f"{label} on {cfg.dataset}: switch posterior ({post.guide}), kept {arch_string(keep)}")
+    plot_fit(fit.losses, fit.stages, fit.convergence, tmp / "fit.png",
+             title=f"{label} on {cfg.dataset}: switch learning ({post.guide})")
     if not fit.concentrations:  # an autoguide: keep its fitted parameters too
         write_json(tmp / "guide_params.json", guide_parameters(fit.guide))

@@ -85,9 +85,18 @@ def test_pretrain_writes_checkpoint_and_report(pretrained, data_cfg, data):
 
 
 def test_prune_report_fields(pruned_run, pretrained, data_cfg):
-    assert sorted(p.name for p in pruned_run.iterdir()) == ["posterior.json", "posterior.png", "pruned.pt", "report.json"]
+    assert sorted(p.name for p in pruned_run.iterdir()) == ["fit.png", "posterior.json", "posterior.png", "pruned.pt",
+                                                            "report.json"]
     assert not [p for p in pruned_run.parent.iterdir() if ".partial" in p.name]
     rep = json.loads((pruned_run / "report.json").read_text())
+    # every run says whether switch learning converged, stage by stage, though the rule only watched
+    conv = rep["switches"]["convergence"]
+    assert conv["rule"]["stops"] is False and [s["layers"] for s in conv["stages"]] == [[k] for k in
+                                                                                       ("conv1", "conv2", "fc1", "fc2")]
+    assert conv["converged"] == all(s["converged"] for s in conv["stages"])
+    assert [s["steps"] for s in conv["stages"]] == [s["steps"] for s in rep["switches"]["stages"]]
+    assert rep["posterior"]["structure"].startswith("per-stage conditional posteriors")
+    assert rep["posterior"]["intervals"].startswith("as fitted, " + ("converged" if conv["converged"] else "not converged"))
     assert rep["command"] == "prune"
     cfg = rep["config"]
     assert cfg["model"] == "lenet5" and cfg["dataset"] == data_cfg.dataset and cfg["arch"] == ARCH
@@ -187,7 +196,7 @@ def test_overwrite_replaces_existing_output(pruned_run, pretrained, data_cfg, tm
     args = _prune_args(data_cfg, pretrained / "model.pt", out)
     args[args.index("--finetune-epochs") + 1] = "0"
     assert cli.main([*args, "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["posterior.json", "posterior.png", "pruned.pt", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["fit.png", "posterior.json", "posterior.png", "pruned.pt", "report.json"]
     rep = json.loads((out / "report.json").read_text())
     # no fine-tuning: the fine-tuned network is the pruned one
     assert rep["finetuned"]["test"] == rep["pruned"]["test"]

@@ -107,6 +107,13 @@ def test_fit_ends_a_stage_the_rule_calls_converged_and_runs_an_unsettled_one_to_
     assert result.stages[0]["steps"] == 40 and not result.stages[0]["stopped"]
     assert strict.stages[0]["steps"] == 40 and not strict.converged
 
+    watcher = ConvergenceRule(window=20, loss_rtol=1.0, phi_rtol=1.0, patience=1, stops=False)
+    result = fit(model, DirichletGuide(model), data, epochs=50, schedule="sequential", seed=0, progress=False,
+                 callback=watcher)  # it judges as the loose rule did, but the stages run their epochs
+    assert [s["steps"] for s in result.stages] == [200] * 4 and not any(s["stopped"] for s in result.stages)
+    assert [(s["converged"], s["converged_at"]) for s in watcher.stages] == [(True, 40)] * 4
+    assert [len(s["trace"]) for s in watcher.stages] == [10] * 4 and watcher.settings()["stops"] is False
+
 
 def test_with_phi0_left_out_the_means_decide():
     """The rule for a fit whose phi_0 is settled afterwards: growing phi_0 does not matter, drifting
@@ -132,6 +139,10 @@ def test_with_phi0_left_out_the_means_decide():
     drifting = ConvergenceRule(window=100, phi_rtol=None, mean_atol=0.005, patience=2)
     assert feed(drifting, 1e-4) == 1000 and not drifting.converged  # 0.01 a window
     assert drifting.stages[0]["trace"][-1]["mean_shift"]["conv2"] == pytest.approx(0.01, rel=1e-3)
+    last = drifting.stages[0]["trace"][-1]  # the shift in the posterior's own standard deviations
+    m = base + 1e-4 * torch.arange(901, 1001).double().mean() * torch.tensor([1.0, -1.0, 0.0, 0.0])
+    sd = (m * (1 - m) / (last["phi0"]["conv2"] + 1)).sqrt()
+    assert last["mean_shift_sd"]["conv2"] == pytest.approx(float((0.01 / sd[:2]).max()), rel=1e-2)
     with_phi0 = ConvergenceRule(window=100, mean_atol=0.005, patience=2)
     assert feed(with_phi0, 0.0) == 1000 and with_phi0.stages[0]["criteria"] == ["loss", "phi0", "means"]
 

@@ -146,6 +146,15 @@ def test_fit_defaults_to_the_papers_schedule_as_the_config_and_the_command_line_
     assert [s["layers"] for s in result.stages] == [[layer] for layer in model.layers]
     cli = switch_config(build_parser().parse_args(["prune", "--out", "x"]))
     assert SwitchConfig().schedule == cli.schedule == "sequential"
+    assert cli == SwitchConfig()  # every switch option defaults to the library's value
+    given = switch_config(build_parser().parse_args(
+        ["prune", "--out", "x", "--switch-lr-decay", "0.75", "--switch-average", "--concentration", "settled",
+         "--curvature-examples", "500", "--curvature-probes", "3"]))
+    assert (given.lr_decay, given.average, given.concentration, given.curvature_examples, given.curvature_probes) == (
+        0.75, True, "settled", 500, 3)
+    for bad in ({"lr_decay": 1.5}, {"curvature_examples": 0}, {"curvature_probes": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+            SwitchConfig(**bad).validate()
     learned = SwitchModel(net, num_data=N, scale="dim", weight_scale=0.05)
     with pytest.raises(ValueError, match="schedule: a model with learned weights .* needs schedule='joint'"):
         fit(learned, DirichletGuide(learned), data, progress=False)
@@ -211,3 +220,114 @@ def test_early_stopping_needs_validation_data_and_a_positive_patience():
         finetune(build_model("lenet5", widths=(3, 4, 5, 2)), data, None, epochs=2, patience=2)
     with pytest.raises(ValueError, match="patience must be a positive int or None, got 0"):
         finetune(build_model("lenet5", widths=(3, 4, 5, 2)), data, data, epochs=2, patience=0)
+
+
+def test_a_decaying_step_follows_robbins_monro_in_every_stage_and_resumes_exactly(tmp_path, monkeypatch):
+    """``lr_decay``: step t of a stage at lr (1 + t/T)^-decay, T one epoch; the schedule restarts
+    each stage, and a fit killed mid-stage and resumed from its checkpoint ends where an
+    uninterrupted one does."""
+    net, data = _setup()
+    seen = []
+    real = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    model = SwitchModel(net, num_data=N)
+    fit(model, DirichletGuide(model), data, epochs=2, lr=0.1, lr_decay=0.75, seed=0, progress=False)
+    want = [0.1 * (1 + t / 4) ** -0.75 for t in range(8)]
+    assert seen == pytest.approx(want * 4, rel=1e-12)
+    monkeypatch.setattr(torch.optim.Adam, "step", real)
+
+    class Killed(Exception):
+        pass
+
+    def run(folder, kill_at=None):
+        model = SwitchModel(net, num_data=N)
+        guide = DirichletGuide(model)
+        count = []
+
+        def killer(info):
+            count.append(1)
+            if len(count) == kill_at:
+                raise Killed
+
+        fit(model, guide, data, epochs=3, lr=0.1, lr_decay=1.0, seed=0, progress=False, checkpoint=folder,
+            checkpoint_every=3, callback=killer)
+        return guide.concentrations()
+
+    ref = run(tmp_path / "ref")
+    with pytest.raises(Killed):
+        run(tmp_path / "run", kill_at=17)  # in the second stage, after its fifth step
+    resumed = run(tmp_path / "run")
+    for layer in ref:
+        torch.testing.assert_close(resumed[layer], ref[layer], rtol=0, atol=0)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="lr_decay must be a number in \\[0, 1\\]"):
+            fit(model, DirichletGuide(model), data, lr_decay=bad, progress=False)
+    with pytest.raises(ValueError, match="lr_decay: the decay's time scale is one epoch, len\\(data\\)"):
+        fit(model, DirichletGuide(model), iter(data), lr_decay=1.0, progress=False)
+
+
+def test_a_decaying_step_stills_the_iterates_that_a_constant_one_keeps_jittering():
+    """The remedy docs/convergence.md names: under a constant step the means wander for ever;
+    with lr_decay=1 their epoch-to-epoch movement over the last epochs is several times smaller."""
+    net, data = _setup()
+    movement = {}
+    for decay in (0.0, 1.0):
+        model = SwitchModel(net, num_data=N)
+        guide = DirichletGuide(model)
+        means = []
+
+        def record(info, guide=guide, means=means):
+            if info.epoch_end:
+                phi = guide.concentration("conv2").detach()
+                means.append(phi / phi.sum())
+
+        fit(model, guide, data, epochs=60, schedule="joint", lr=0.1, lr_decay=decay, seed=0, progress=False,
+            callback=record)
+        movement[decay] = float(torch.stack([(a - b).abs().max() for a, b in zip(means[40:], means[41:])]).mean())
+    assert movement[1.0] < movement[0.0] / 3, movement
+
+
+def test_iterate_averaging_ends_each_stage_at_its_last_epochs_mean():
+    """IterateAverage: after a stage the guide holds the mean of its (unconstrained) parameters
+    over the stage's last epoch, recorded here step by step; a stage ended after one step averages
+    that one iterate, i.e. keeps it."""
+    from pyro_dirichlet_prune.inference.averaging import IterateAverage
+
+    net, data = _setup()
+    model = SwitchModel(net, num_data=N)
+    guide = DirichletGuide(model)
+    seen: dict[int, list] = {}
+
+    def record(info):  # told before the average (listed first), after every step
+        seen.setdefault(info.stage, []).append({k: p.detach().clone() for k, p in guide.named_parameters()})
+
+    average = IterateAverage(guide)
+    fit(model, guide, data, epochs=3, lr=0.1, seed=0, progress=False, callback=[record, average])
+    assert average.stages_averaged == 4
+    for stage, layer in enumerate(model.layers):
+        name = next(k for k in seen[stage][0] if layer in k)
+        last_epoch = torch.stack([s[name] for s in seen[stage][-4:]])  # 4 steps an epoch
+        torch.testing.assert_close(dict(guide.named_parameters())[name].detach(), last_epoch.mean(0))
+        assert not torch.allclose(last_epoch.mean(0), seen[stage][-1][name])  # not the last iterate
+
+    short = IterateAverage(guide)
+    before = {k: p.detach().clone() for k, p in guide.named_parameters()}
+    fit(model, guide, data[:2], epochs=1, schedule="joint", lr=0.1, seed=0, progress=False,
+        callback=lambda info: info.step == 1)  # stopped after one step, inside its first epoch
+    after_plain = {k: p.detach().clone() for k, p in guide.named_parameters()}
+    for k in before:
+        p = dict(guide.named_parameters())[k]
+        with torch.no_grad():
+            p.copy_(before[k])
+    fit(model, guide, data[:2], epochs=1, schedule="joint", lr=0.1, seed=0, progress=False,
+        callback=[lambda info: info.step == 1, short])
+    assert short.stages_averaged == 1
+    for k, p in guide.named_parameters():
+        torch.testing.assert_close(p.detach(), after_plain[k])
+    with pytest.raises(TypeError, match="guide must be a torch.nn.Module"):
+        IterateAverage(object())

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from ..data import DATASETS
 from ..inference.builders import GUIDES
-from ..inference.svi import CONCENTRATIONS, ELBOS, SCHEDULES, SwitchConfig
+from ..inference.svi import CONCENTRATIONS, ELBOS, EPOCH_CURVATURE_EXAMPLES, SCHEDULES, SwitchConfig
 from ..models.switched import SAMPLINGS, SCALES
 from ..training import OPTIMIZERS
 
@@ -264,6 +264,20 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
                         "loss and each layer's total concentration, or its means with --concentration settled, "
                         "steady over epochs), --switch-epochs being the cap; report.json's switches.convergence "
                         "has the traces, and a stage that hits the cap unconverged is named on stderr")
+    _option(p, "--curvature-probes", d.curvature_probes, "with --concentration settled, estimate each layer's "
+            "curvature from this many random probes a minibatch instead of exactly (one backward pass per unit)",
+            type=positive_int)
+    p.add_argument("--curvature-examples", type=positive_int, default=d.curvature_examples, metavar="N",
+                   help=f"with --concentration settled, the first N training examples give the curvature that "
+                        f"settles the concentrations after the fit, scaled to the whole split (default "
+                        f"{d.curvature_examples}; at every epoch end the first {EPOCH_CURVATURE_EXAMPLES} do)")
+    _option(p, "--switch-lr-decay", d.lr_decay, "step t of a stage of switch learning is taken at "
+            "lr*(1+t/T)^-DECAY, T one epoch: 0 keeps the rate constant (its iterates jitter for ever), 1 decays it "
+            "as 1/t (Robbins-Monro), so that the means settle", type=unit_interval)
+    p.add_argument("--switch-average", action="store_true",
+                   help="end each stage of switch learning at the mean of the guide's parameters over its last epoch "
+                        "(iterate averaging) instead of the last iterate, which wanders about the optimum "
+                        "(inference/averaging.py)")
     _option(p, "--floor", d.floor, "lower bound of guide concentrations", type=positive_float)
     _option(p, "--switch-lr", d.lr, "Adam learning rate of the concentrations", type=positive_float)
     _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the paper",
@@ -288,7 +302,9 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         epochs=args.switch_epochs, batch_size=args.switch_batch_size, schedule=args.schedule,
         scale=args.switch_scale, sampling=args.switch_sampling, seed=getattr(args, "seed", 0), gain=args.switch_gain,
         weight_scale=args.weight_scale, weight_lr=args.weight_lr, concentration=args.concentration,
-        until_converged=args.switch_until_converged,
+        until_converged=args.switch_until_converged, lr_decay=args.switch_lr_decay,
+        curvature_probes=args.curvature_probes, curvature_examples=args.curvature_examples,
+        average=args.switch_average,
     )
 
 

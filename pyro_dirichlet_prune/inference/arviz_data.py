@@ -24,6 +24,7 @@ from pyro import poutine
 
 from ..models.switched import SwitchModel, switch_site
 from .guides import DirichletGuide, all_layers, guide_model
+from .posterior import STRUCTURES
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x announces its 1.0 refactor on import
@@ -86,8 +87,7 @@ def to_inference_data(model: SwitchModel, guide, num_samples: int = 1000, chains
     draws = guide_draws(model, guide, num_samples, seed)
     dims, coords = unit_dims(model)
     posterior = {site: v.reshape(chains, num_samples // chains, v.shape[-1]) for site, v in draws.items()}
-    structure = {"sequential": "per-stage conditional posteriors (layer by layer, the others pre-trained)",
-                 "joint": "one joint variational posterior", None: "not stated"}[schedule]
+    structure = STRUCTURES.get(schedule, "not stated")
     attrs = {"inference_library": "pyro", "source": f"variational guide {type(guide).__name__}",
              "draws": "independent draws from the guide, split into chains for ArviZ's diagnostics",
              "structure": structure, "seed": seed}

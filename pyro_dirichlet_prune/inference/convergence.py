@@ -18,7 +18,9 @@ pieces), which allow for the autocorrelation of an optimiser's iterates.
 
 The stage has converged, and ends, at the first window end (after at least ``min_steps`` steps)
 that closes ``patience`` still windows in a row. Otherwise the stage runs to the epochs ``fit`` was
-given, its cap, and is recorded as not converged: that is what a run must report.
+given, its cap, and is recorded as not converged: that is what a run must report. With
+``stops=False`` the rule only watches: it keeps the traces and records whether (and at which step,
+``converged_at``) each stage converged, and the stage runs its epochs.
 
 For a guide other than a ``DirichletGuide`` only the loss is tested (``criteria`` says so): a
 still loss does not show that an autoguide's scales have stopped moving.
@@ -27,7 +29,9 @@ still loss does not show that an autoguide's scales have stopped moving.
 "trace"}``; the trace has one entry per window: its last step, the mean loss and its standard
 error, and, for a Dirichlet guide, each active layer's mean log phi_l0 and its standard error,
 phi_l0 (the window's geometric mean), largest posterior mean (at the window's end) and, with
-``mean_atol``, the largest move of a unit's window-mean m_lj since the window before.
+``mean_atol``, the largest move of a unit's window-mean m_lj since the window before, also in units
+of that unit's posterior standard deviation (``mean_shift_sd``: above 1, the optimiser moves the
+means by more than the posterior's own spread).
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ class ConvergenceRule(LoopCallback):
     docstring); ``stages`` keeps each stage's trace and whether it converged."""
 
     def __init__(self, window: int = 200, loss_rtol: float = 1e-3, phi_rtol: float | None = 0.01,
-                 patience: int = 2, min_steps: int = 0, mean_atol: float | None = None) -> None:
+                 patience: int = 2, min_steps: int = 0, mean_atol: float | None = None, stops: bool = True) -> None:
         _check_int("window", window, 2 * BATCHES)
         _check_int("patience", patience, 1)
         _check_int("min_steps", min_steps, 0)
@@ -84,6 +88,7 @@ class ConvergenceRule(LoopCallback):
         self.phi_rtol = None if phi_rtol is None else float(phi_rtol)
         self.mean_atol = None if mean_atol is None else float(mean_atol)
         self.patience, self.min_steps = patience, min_steps
+        self.stops = bool(stops)
         self.stages: list[dict[str, Any]] = []
         self._losses: list[float] = []
         self._log_phi0: dict[str, list[float]] = {}
@@ -94,7 +99,8 @@ class ConvergenceRule(LoopCallback):
     def settings(self) -> dict[str, Any]:
         """The rule's parameters (for a report)."""
         return {"window": self.window, "loss_rtol": self.loss_rtol, "phi_rtol": self.phi_rtol,
-                "mean_atol": self.mean_atol, "patience": self.patience, "min_steps": self.min_steps}
+                "mean_atol": self.mean_atol, "patience": self.patience, "min_steps": self.min_steps,
+                "stops": self.stops}
 
     @property
     def converged(self) -> bool:
@@ -135,9 +141,9 @@ class ConvergenceRule(LoopCallback):
         if len(trace) < 2:
             return False
         self._still = self._still + 1 if self._is_still(trace[-2], entry, means_before, means_now) else 0
-        if self._still >= self.patience and event.step >= self.min_steps:
-            record["converged"] = True
-            return True
+        if self._still >= self.patience and event.step >= self.min_steps and not record["converged"]:
+            record["converged"], record["converged_at"] = True, event.step
+            return self.stops
         return False
 
     def _summary(self, event: FitStep) -> dict[str, Any]:
@@ -161,6 +167,8 @@ class ConvergenceRule(LoopCallback):
                 before_mean, before_se = means_before[k]
                 shift = (mean - before_mean).abs()
                 now["mean_shift"][k] = float(shift.max())
+                sd = (mean * (1 - mean) / (math.exp(now["log_phi0"][k]) + 1)).sqrt()  # the posterior's own spread
+                now.setdefault("mean_shift_sd", {})[k] = float((shift / sd.clamp_min(1e-300)).max())
                 allowed = torch.clamp(2 * torch.hypot(se, before_se), min=self.mean_atol)
                 still = still and bool((shift <= allowed).all())
         moved = abs(now["loss"] - before["loss"])

@@ -96,6 +96,7 @@ def fit(
     loop: str = "switches",
     weight_lr: float = 1e-3,
     callback: Callback | LoopCallback | Sequence[Callback | LoopCallback] | None = None,
+    lr_decay: float = 0.0,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
 
@@ -153,6 +154,10 @@ def fit(
     for name, value in (("lr", lr), ("weight_lr", weight_lr)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
+    if isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0 <= lr_decay <= 1:
+        raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
+    if lr_decay and not hasattr(data, "__len__"):
+        raise ValueError("lr_decay: the decay's time scale is one epoch, len(data); give data with a length")
     callbacks = as_callbacks(callback)
     if model.weight_prior is not None and schedule != "joint":
         raise ValueError("schedule: a model with learned weights (weight_scale) needs schedule='joint': layer by "
@@ -182,6 +187,7 @@ def fit(
         layers = stages[stage_index]
         label = "+".join(layers)
         optimizer = _adam(guide, lr, weight_lr)  # a fresh one each stage
+        bases = [group["lr"] for group in optimizer.param_groups]  # before a resumed state's decayed ones
         if optim_state is not None:
             optimizer.load_state_dict(optim_state)
             optim_state = None
@@ -201,7 +207,11 @@ def fit(
                 "global_step": len(result.losses),
             }
 
-        def step(x, y, *idx, loop_=loop_, optimizer=optimizer, label=label) -> float:
+        def step(x, y, *idx, loop_=loop_, optimizer=optimizer, label=label, bases=bases) -> float:
+            if lr_decay:  # a function of the stage's step count alone: a resumed stage continues it exactly
+                factor = (1 + loop_.steps / per_epoch) ** -lr_decay
+                for group, base in zip(optimizer.param_groups, bases):
+                    group["lr"] = base * factor
             try:
                 value = _step(elbo, optimizer, x, y, *idx, validate=loop_.steps == first)
             except NonFiniteStep as bad:

@@ -155,6 +155,11 @@ def monte_carlo_posterior(guide, widths: dict[str, int], *args, level: float = 0
                            samples={k: torch.stack(v) for k, v in draws.items()})
 
 
+STRUCTURES = {"sequential": "per-stage conditional posteriors (layer by layer, the others pre-trained)",
+              "joint": "one joint variational posterior"}
+"""What the posterior of a fit is, by its schedule (the report's and ArviZ's ``structure``)."""
+
+
 def posterior_of(model: SwitchModel, guide, level: float = CREDIBLE_LEVEL, num_samples: int = 1000,
                  name: str | None = None) -> SwitchPosterior:
     """The switch posterior that ``guide`` holds for every switched layer of ``model``.

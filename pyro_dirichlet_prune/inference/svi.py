@@ -18,13 +18,16 @@ from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, s
 from ..pruning.surgery import fold_scales
 from ..runstate import RunState
 from .builders import GuideBuilder, guide_builder, guide_name
-from .concentration import settle_concentrations
+from .averaging import IterateAverage
+from .concentration import SettleEachEpoch, settle_concentrations
 from .convergence import BATCHES, ConvergenceRule
 from .fit import DEFAULT_SCHEDULE, SCHEDULES, FitResult, fit
 from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 
 ELBOS = ("trace", "meanfield")
+EPOCH_CURVATURE_EXAMPLES = 2000
+"""Examples whose curvature settles the concentrations at every epoch end (``SettleEachEpoch``)."""
 CONCENTRATIONS = ("fitted", "settled")
 
 
@@ -55,8 +58,21 @@ class SwitchConfig:
         not identify phi_0, this is the stated rule that fixes it). Frozen weights only.
     until_converged: end each stage of switch learning by ``inference.convergence.ConvergenceRule``
         (windows of one epoch's steps; the loss and phi_l0, or, with ``concentration="settled"``,
-        the loss and the means), ``epochs`` being the cap; the fit's ``convergence`` records each
-        stage's trace and whether it converged. One process only.
+        the loss and the means), ``epochs`` being the cap. One process only. Without it the rule
+        only watches. Either way the fit's ``convergence`` records each stage's trace and whether
+        (and when) it converged.
+    lr_decay: the step size of switch learning decays within each stage as
+        lr (1 + t / T)^-lr_decay, T one epoch (``fit``); 0 keeps it constant.
+    curvature_probes: with ``concentration="settled"``, estimate each layer's curvature from this
+        many random probes a minibatch (``layer_curvature(probes=)``) instead of exactly; None: exact.
+    curvature_examples: the training examples (the first ones) whose curvature, scaled to the whole
+        split, settles the concentrations after the fit; None: all. At every epoch end of switch
+        learning a settled fit also settles the active layers on the first ``EPOCH_CURVATURE_EXAMPLES``
+        (``SettleEachEpoch``), so that the means learn under the posterior's spread, not under the
+        initial value's.
+    average: end every stage at the mean of the guide's parameters over its last epoch
+        (``inference.averaging.IterateAverage``) instead of at the last iterate, which wanders
+        about the optimum by several posterior standard deviations at a constant step.
     """
 
     guide: str | GuideBuilder = "dirichlet"
@@ -77,6 +93,10 @@ class SwitchConfig:
     weight_lr: float = 1e-3
     concentration: str = "fitted"
     until_converged: bool = False
+    lr_decay: float = 0.0
+    curvature_probes: int | None = None
+    curvature_examples: int | None = 10000
+    average: bool = False
 
     def validate(self) -> None:
         builder = guide_builder(self.guide)
@@ -118,6 +138,12 @@ class SwitchConfig:
                                  "weights would learn under one layer's switch and then lose it")
         if not (self.weight_lr > 0 and math.isfinite(self.weight_lr)):
             raise ValueError(f"weight_lr must be positive, got {self.weight_lr}")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in [0, 1], got {self.lr_decay}")
+        if self.curvature_examples is not None and int(self.curvature_examples) < 1:
+            raise ValueError(f"curvature_examples must be a positive int or None, got {self.curvature_examples}")
+        if self.curvature_probes is not None and int(self.curvature_probes) < 1:
+            raise ValueError(f"curvature_probes must be a positive int or None, got {self.curvature_probes}")
         if not self.init_concentration > self.floor:
             raise ValueError(f"init_concentration {self.init_concentration} must exceed floor {self.floor}")
 
@@ -200,23 +226,36 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     model = switch_model(cfg, network, len(train))
     guide = make_guide(cfg, model)
     loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
-    rule = None
-    if cfg.until_converged:
-        if distributed.active():
-            raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
-        settled = cfg.concentration == "settled"
-        rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)),
-                               phi_rtol=None if settled else 0.01, mean_atol=0.001 if settled else None)
+    callbacks: list = [IterateAverage(guide)] if cfg.average else []
+    if cfg.concentration == "settled":
+        callbacks.append(SettleEachEpoch(model, guide, train, schedule=cfg.schedule, probes=cfg.curvature_probes,
+                                         max_examples=EPOCH_CURVATURE_EXAMPLES, seed=cfg.seed))
+    if cfg.until_converged and distributed.active():
+        raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
+    settling = cfg.concentration == "settled"
+    rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)), phi_rtol=None if settling else 0.01,
+                           mean_atol=0.001 if settling else None, stops=cfg.until_converged)
+    callbacks.append(rule)  # it always watches; with until_converged it also ends the stages
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
-                 seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=rule)
+                 seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=callbacks,
+                 lr_decay=cfg.lr_decay)
     settled = None
     if cfg.concentration == "settled":
-        settled = settle_concentrations(model, guide, train, schedule=cfg.schedule)  # every rank: all the data
-    convergence = None
-    if rule is not None:
-        convergence = {"rule": rule.settings(), "cap_epochs": cfg.epochs, "converged": rule.converged,
-                       "stages": rule.stages}
-    return SwitchFit(model, guide, result, settled, convergence)
+        settled = settle_concentrations(model, guide, train, schedule=cfg.schedule,  # every rank: the same examples
+                                        max_examples=cfg.curvature_examples, probes=cfg.curvature_probes,
+                                        seed=cfg.seed)
+    return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs))
+
+
+def convergence_record(rule: ConvergenceRule, result: FitResult, cap_epochs: int) -> dict:
+    """What a fit's ``ConvergenceRule`` saw, for the report: its settings, the cap, every stage
+    (one that ended before its first window closed is listed unconverged, with no trace) and
+    whether all converged."""
+    seen = {s["stage"]: s for s in rule.stages}
+    stages = [seen.get(i, {"stage": i, "layers": list(st["layers"]), "converged": False, "steps": st["steps"],
+                           "criteria": [], "trace": []}) for i, st in enumerate(result.stages)]
+    return {"rule": rule.settings(), "cap_epochs": cap_epochs, "converged": bool(stages) and all(
+        s["converged"] for s in stages), "stages": stages}
 
 
 def switch_posterior(fit: SwitchFit, cfg: SwitchConfig, train: Split, elbo_particles: int = 1,
@@ -261,3 +300,18 @@ def guide_parameters(guide) -> dict[str, list]:
         out[name] = value.detach().tolist()
     return out
 
+
+
+def interval_basis(cfg: SwitchConfig, fit: SwitchFit) -> str:
+    """What a fit's credible intervals rest on, in words for a report: settled concentrations, the
+    mean variant's unidentified phi_0 (then they are not posterior intervals), or the guide as
+    fitted, converged or not (``fit.convergence``)."""
+    if cfg.concentration == "settled":
+        return ("settled: each layer's total concentration phi_0 set to the ELBO's optimum given the fitted means "
+                "(inference.concentration)")
+    if guide_name(cfg.guide) == "dirichlet-mean":
+        return ("not posterior intervals: the mean variant's objective does not identify phi_0, so they carry the "
+                "initial concentration and the budget; concentration='settled' fixes phi_0 by the ELBO's optimum")
+    converged = fit.convergence is not None and fit.convergence["converged"]
+    return "as fitted, " + ("converged (ConvergenceRule)" if converged else
+                            "not converged: they still move with the initial concentration and the epoch budget")
