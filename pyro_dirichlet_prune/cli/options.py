@@ -257,7 +257,9 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--concentration", d.concentration, "fitted: the guide's concentrations as switch learning left them "
             "(their total still carries --init-concentration and the epoch budget); settled: each layer's total set "
             "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
-            "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights)",
+            "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights); quadratic: every "
+            "concentration set after the fit to the optimum of the ELBO's quadratic expansion about the fitted means "
+            "(exact gradient and Hessian; with --switch-average, the recipe of docs/convergence.md)",
             choices=CONCENTRATIONS)
     p.add_argument("--switch-until-converged", action="store_true",
                    help="end each stage of switch learning when it has converged (inference/convergence.py: the "

@@ -71,6 +71,17 @@ def optimal_phi0(c: float, mean: torch.Tensor, alpha0: float) -> float:
     return math.exp((lo + hi) / 2)
 
 
+def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
+                           others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 1000,
+                           max_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient g_l and the (symmetrised) Hessian H_l in s_l of the full-data negative
+    log-likelihood at s_l = ``mean``, exactly (one backward pass per unit and minibatch), on the
+    examples of ``data`` (``layer_curvature``'s arguments) scaled by ``model.num_data`` over the
+    examples read."""
+    m, h, g, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, None, None)
+    return g * scale, (h + h.T) / 2 * scale
+
+
 def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
                     others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 1000,
                     max_examples: int | None = None, probes: int | None = None,
@@ -88,6 +99,17 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
     e ~ Normal(0, I) (``generator`` seeds it); each minibatch takes ``probes`` fresh draws, one
     Hessian-vector product each, instead of one backward pass per unit. Unbiased; it pays when
     the layer is wide (fc1's 100 units: ``probes=4`` costs a twentieth of the exact trace)."""
+    m, h, quad, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, probes, generator)
+    if probes is not None:
+        return 0.5 * float(quad) * scale
+    h = (h + h.T) / 2 * scale
+    return 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
+
+
+def _curvature(model, layer, mean, data, others, batch_size, max_examples, probes, generator):
+    """The pass over ``data`` behind ``layer_curvature`` and ``layer_gradient_hessian``: the
+    mean, the summed Hessian (exact) or ``z^T H z`` (probes), the summed gradient, and the scale
+    num_data / examples read."""
     if layer not in model.widths:
         raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
     m = torch.as_tensor(mean, dtype=torch.float64).detach()
@@ -98,6 +120,7 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
     was_training = model.network.training
     model.network.eval()
     h = torch.zeros(len(m), len(m), dtype=torch.float64)
+    g = torch.zeros(len(m), dtype=torch.float64)
     quad = 0.0
     root = m.sqrt()
     seen = 0
@@ -112,6 +135,7 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
         with model.network.scaled(scales):
             nll = F.cross_entropy(model.network(x), y, reduction="sum")
         grad = torch.autograd.grad(nll, s, create_graph=True)[0]
+        g += grad.detach()
         if probes is None:
             for j in range(len(m)):
                 h[j] += torch.autograd.grad(grad[j], s, retain_graph=j + 1 < len(m))[0].detach()
@@ -125,25 +149,27 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
     model.network.train(was_training)
     if seen == 0:
         raise ValueError("data holds no examples")
-    if probes is not None:
-        return 0.5 * quad * (model.num_data / seen)
-    h = (h + h.T) / 2 * (model.num_data / seen)
-    return 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
+    return m, h, (quad if probes is not None else g), model.num_data / seen
 
 
 def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split | Iterable,
                           layers: Sequence[str] | None = None, schedule: str = "sequential",
                           batch_size: int = 1000, max_examples: int | None = None, probes: int | None = None,
-                          seed: int = 0) -> dict[str, dict[str, float]]:
+                          seed: int = 0, whole: bool = False) -> dict[str, dict[str, float]]:
     """Set every layer's phi_l to phi_l0* m_l: the fitted means kept, the total concentration the
     ELBO's optimum gives them (module docstring; entries are kept above the guide's floor).
     ``probes`` (with its draws seeded by ``seed``) estimates each layer's curvature stochastically
-    (``layer_curvature``); None computes it exactly.
-    Returns, per layer, ``{"c", "phi0_before", "phi0"}``."""
+    (``layer_curvature``); None computes it exactly. With ``whole`` every phi_lj is then set to the
+    optimum of the ELBO's quadratic expansion about the means (``optimal_concentrations``): the
+    means move too, by a Newton-like step; needs the exact Hessian (no ``probes``).
+    Returns, per layer, ``{"c", "phi0_before", "phi0_settled", "phi0"}`` (and ``surrogate_gain``,
+    the expansion's ELBO gained by the whole step)."""
     if not isinstance(guide, DirichletGuide):
         raise TypeError(f"guide must be a DirichletGuide, got {type(guide).__name__}")
     if schedule not in ("sequential", "joint"):
         raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")
+    if whole and probes is not None:
+        raise ValueError("probes: the whole settle (whole=True) needs the exact Hessian; leave probes None")
     layers = list(model.layers if layers is None else layers)
     with torch.no_grad():
         phis = {k: guide.concentration(k).detach().double() for k in model.layers}
@@ -153,13 +179,67 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         others = None
         if schedule == "joint":
             others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
-        c = layer_curvature(model, layer, means[layer], data, others, batch_size, max_examples, probes,
-                            torch.Generator().manual_seed(seed))
-        phi0 = optimal_phi0(c, means[layer], model.alpha0)
-        value = (phi0 * means[layer]).clamp_min(guide.floor * (1 + 1e-6))
+        m = means[layer]
+        if whole:
+            g, h = layer_gradient_hessian(model, layer, m, data, others, batch_size, max_examples)
+            c = 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
+        else:
+            c = layer_curvature(model, layer, m, data, others, batch_size, max_examples, probes,
+                                torch.Generator().manual_seed(seed))
+        phi0 = optimal_phi0(c, m, model.alpha0)
+        value = (phi0 * m).clamp_min(guide.floor * (1 + 1e-6))
+        out[layer] = {"c": c, "phi0_before": float(phis[layer].sum()), "phi0_settled": float(value.sum())}
+        if whole:
+            value, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
+            out[layer]["surrogate_gain"] = gain
         guide.set_concentrations({layer: value})
-        out[layer] = {"c": c, "phi0_before": float(phis[layer].sum()), "phi0": float(value.sum())}
+        out[layer]["phi0"] = float(value.sum())
     return out
+
+
+def optimal_concentrations(g: torch.Tensor, h: torch.Tensor, mean: torch.Tensor, alpha0: float, start: torch.Tensor,
+                           floor: float = 0.0, trust: float = 5.0, steps: int = 1000) -> tuple[torch.Tensor, float]:
+    """The phi that maximises the ELBO's quadratic expansion about ``mean`` (m-hat),
+
+        -[g^T (m - m-hat) + 1/2 (m - m-hat)^T H+ (m - m-hat) + 1/2 tr(H Cov_phi)] - KL(Dirichlet(phi) || Dirichlet(alpha0 1)),
+
+    m = phi / phi_0 and Cov_phi = (diag(m) - m m^T) / (phi_0 + 1), with g and H the gradient and
+    Hessian of the full-data negative log-likelihood at m-hat (``layer_gradient_hessian``; H+ its
+    positive part, so that the step in the means is a damped Newton step). Adam on log phi from
+    ``start`` for ``steps`` steps, within ``trust`` of it in every log phi_j, every phi_j above
+    ``floor``. Returns phi and the expansion's gain over ``start``."""
+    for name, value in (("trust", trust), ("alpha0", alpha0)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    m_hat = torch.as_tensor(mean, dtype=torch.float64).detach()
+    g, h = g.double().detach(), h.double().detach()
+    evals, evecs = torch.linalg.eigh((h + h.T) / 2)
+    h_plus = evecs @ torch.diag(evals.clamp_min(0)) @ evecs.T
+    prior = Dirichlet(torch.full_like(m_hat, alpha0))
+    low = torch.as_tensor(start, dtype=torch.float64).detach().log()
+    lo, hi = torch.clamp(low - trust, min=math.log(max(floor, 1e-300)) if floor > 0 else -math.inf), low + trust
+
+    def loss(u: torch.Tensor) -> torch.Tensor:
+        phi = u.exp()
+        phi0 = phi.sum()
+        m = phi / phi0
+        d = m - m_hat
+        cov = (torch.diag(m) - torch.outer(m, m)) / (phi0 + 1)
+        return g @ d + 0.5 * d @ h_plus @ d + 0.5 * torch.trace(h @ cov) + kl_divergence(Dirichlet(phi), prior)
+
+    u = low.clone().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(u).backward()
+        opt.step()
+        with torch.no_grad():
+            u.copy_(torch.maximum(torch.minimum(u, hi), lo))
+    with torch.no_grad():
+        gain = float(loss(low) - loss(u))
+    if not gain > 0:  # nothing better found: keep the start
+        return low.exp(), 0.0
+    return u.detach().exp(), gain
 
 
 class SettleEachEpoch(LoopCallback):

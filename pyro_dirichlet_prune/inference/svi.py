@@ -28,7 +28,7 @@ from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 ELBOS = ("trace", "meanfield")
 EPOCH_CURVATURE_EXAMPLES = 2000
 """Examples whose curvature settles the concentrations at every epoch end (``SettleEachEpoch``)."""
-CONCENTRATIONS = ("fitted", "settled")
+CONCENTRATIONS = ("fitted", "settled", "quadratic")
 
 
 @dataclass
@@ -55,7 +55,11 @@ class SwitchConfig:
         guide's total concentrations set, after the fit, to the ELBO's optimum given the fitted means,
         from the likelihood's curvature: ``inference.concentration``; the intervals then no longer
         carry the initial value or the epoch budget, and for the mean variant, whose objective does
-        not identify phi_0, this is the stated rule that fixes it). Frozen weights only.
+        not identify phi_0, this is the stated rule that fixes it). Frozen weights only. ``quadratic``:
+        every phi_lj (means and total) set, after the fit, to the optimum of the ELBO's quadratic
+        expansion about the fitted means, from the likelihood's exact gradient and Hessian
+        (``inference.concentration.optimal_concentrations``): a damped Newton step that finishes
+        what SVI's noisy steps approach slowly (units dying towards zero; docs/convergence.md).
     until_converged: end each stage of switch learning by ``inference.convergence.ConvergenceRule``
         (windows of one epoch's steps; the loss and phi_l0, or, with ``concentration="settled"``,
         the loss and the means), ``epochs`` being the cap. One process only. Without it the rule
@@ -102,9 +106,11 @@ class SwitchConfig:
         builder = guide_builder(self.guide)
         if self.concentration not in CONCENTRATIONS:
             raise ValueError(f"unknown concentration {self.concentration!r}; choose one of {', '.join(CONCENTRATIONS)}")
-        if self.concentration == "settled" and (not builder.settles or self.weight_scale is not None):
-            raise ValueError("concentration='settled' needs guide 'dirichlet' or 'dirichlet-mean' and frozen weights "
-                             "(no weight_scale)")
+        if self.concentration != "fitted" and (not builder.settles or self.weight_scale is not None):
+            raise ValueError(f"concentration={self.concentration!r} needs guide 'dirichlet' or 'dirichlet-mean' and "
+                             f"frozen weights (no weight_scale)")
+        if self.concentration == "quadratic" and self.curvature_probes is not None:
+            raise ValueError("curvature_probes: concentration='quadratic' needs the exact Hessian; leave it None")
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
         if self.elbo != "trace" and not builder.closed_form_kl:
@@ -232,7 +238,7 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
                                          max_examples=EPOCH_CURVATURE_EXAMPLES, seed=cfg.seed))
     if cfg.until_converged and distributed.active():
         raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
-    settling = cfg.concentration == "settled"
+    settling = cfg.concentration != "fitted"
     rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)), phi_rtol=None if settling else 0.01,
                            mean_atol=0.001 if settling else None, stops=cfg.until_converged)
     callbacks.append(rule)  # it always watches; with until_converged it also ends the stages
@@ -240,10 +246,10 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=callbacks,
                  lr_decay=cfg.lr_decay)
     settled = None
-    if cfg.concentration == "settled":
+    if cfg.concentration != "fitted":
         settled = settle_concentrations(model, guide, train, schedule=cfg.schedule,  # every rank: the same examples
                                         max_examples=cfg.curvature_examples, probes=cfg.curvature_probes,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, whole=cfg.concentration == "quadratic")
     return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs))
 
 
@@ -309,6 +315,9 @@ def interval_basis(cfg: SwitchConfig, fit: SwitchFit) -> str:
     if cfg.concentration == "settled":
         return ("settled: each layer's total concentration phi_0 set to the ELBO's optimum given the fitted means "
                 "(inference.concentration)")
+    if cfg.concentration == "quadratic":
+        return ("quadratic: each layer's concentrations set to the optimum of the ELBO's quadratic expansion about "
+                "the fitted means (inference.concentration.optimal_concentrations)")
     if guide_name(cfg.guide) == "dirichlet-mean":
         return ("not posterior intervals: the mean variant's objective does not identify phi_0, so they carry the "
                 "initial concentration and the budget; concentration='settled' fixes phi_0 by the ELBO's optimum")
