@@ -159,9 +159,12 @@ def run(args: argparse.Namespace) -> dict:
     if convergence is not None:
         unsettled = ["+".join(st["layers"]) for st in convergence["stages"] if not st["converged"]]
         if unsettled:
+            then = ("the quadratic settle then set every concentration (--concentration quadratic), which is "
+                    "what the intervals rest on" if cfg.switch.concentration == "quadratic" else
+                    "what it reports still moves with the optimiser's budget")
             print(f"{PROG}: warning: switch learning did not converge within --switch-epochs "
-                  f"{convergence['cap_epochs']} in {', '.join(unsettled)}: what it reports still moves with the optimiser's "
-                  f"budget (report.json: switches.convergence)", file=sys.stderr)
+                  f"{convergence['cap_epochs']} in {', '.join(unsettled)}: {then} (report.json: switches.convergence)",
+                  file=sys.stderr)
         else:
             print("switch learning converged: " + ", ".join(f"{'+'.join(st['layers'])} after {st['steps']} steps"
                                                            for st in convergence["stages"]))
