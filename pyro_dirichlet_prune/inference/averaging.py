@@ -2,9 +2,9 @@
 
 A stochastic optimiser at a constant step does not stop at the ELBO's optimum: its iterates wander
 about it, by an amount set by the step and the gradient noise. On LeNet-5 with all of MNIST the
-Dirichlet guide's means move by 0.01-0.02 from one epoch to the next, three to twelve times the
-posterior's own standard deviation (docs/convergence.md), so the last iterate's intervals sit
-somewhere in that wander. The average of the iterates over an epoch wanders far less, at no cost
+Dirichlet guide's means move from one epoch to the next by several of the posterior's own standard
+deviations (a run's convergence trace says how many: ``mean_shift_sd``, docs/convergence.md), so
+the last iterate's intervals sit somewhere in that wander. The average of the iterates over an epoch wanders far less, at no cost
 in gradients: ``IterateAverage`` keeps the running mean of the guide's
 (unconstrained) parameters over each epoch and, when a stage ends, puts the mean of its last
 epoch into the guide. For a ``DirichletGuide`` that is the geometric mean of phi over the
@@ -38,7 +38,7 @@ class IterateAverage(LoopCallback):
     def on_step(self, event: LoopEvent) -> None:
         with torch.no_grad():
             for name, p in self._params().items():
-                if name in self._sums and self._sums[name].shape == p.shape:
+                if name in self._sums:
                     self._sums[name] += p.detach()
                 else:
                     self._sums[name] = p.detach().clone()

@@ -78,7 +78,7 @@ def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, d
     log-likelihood at s_l = ``mean``, exactly (one backward pass per unit and minibatch), on the
     examples of ``data`` (``layer_curvature``'s arguments) scaled by ``model.num_data`` over the
     examples read."""
-    m, h, g, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, None, None)
+    _, h, g, _, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, None, None)
     return g * scale, (h + h.T) / 2 * scale
 
 
@@ -97,19 +97,23 @@ def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Sp
     ``probes`` (a positive int) estimates the trace instead of building H_l: tr(H_l S) = E[z^T H_l z]
     for z ~ Normal(0, S), S = diag(m) - m m^T, drawn as z = sqrt(m) * e - m (sqrt(m) . e) with
     e ~ Normal(0, I) (``generator`` seeds it); each minibatch takes ``probes`` fresh draws, one
-    Hessian-vector product each, instead of one backward pass per unit. Unbiased; it pays when
-    the layer is wide (fc1's 100 units: ``probes=4`` costs a twentieth of the exact trace)."""
-    m, h, quad, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, probes, generator)
+    Hessian-vector product each, instead of one backward pass per unit. Unbiased; it can pay only
+    for a layer much wider than ``probes`` (on LeNet-5 the exact trace on a subsample is as cheap)."""
+    m, h, _, quad, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, probes, generator)
     if probes is not None:
-        return 0.5 * float(quad) * scale
-    h = (h + h.T) / 2 * scale
+        return 0.5 * quad * scale
+    return _trace_term((h + h.T) / 2 * scale, m)
+
+
+def _trace_term(h: torch.Tensor, m: torch.Tensor) -> float:
+    """c = 1/2 tr(H (diag(m) - m m^T)), the curvature term of the module docstring."""
     return 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
 
 
 def _curvature(model, layer, mean, data, others, batch_size, max_examples, probes, generator):
     """The pass over ``data`` behind ``layer_curvature`` and ``layer_gradient_hessian``: the
-    mean, the summed Hessian (exact) or ``z^T H z`` (probes), the summed gradient, and the scale
-    num_data / examples read."""
+    mean, the summed Hessian (exact; zeros with probes), the summed gradient, the probes' mean of
+    ``z^T H z`` summed over minibatches (0 without), and the scale num_data / examples read."""
     if layer not in model.widths:
         raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
     m = torch.as_tensor(mean, dtype=torch.float64).detach()
@@ -149,7 +153,7 @@ def _curvature(model, layer, mean, data, others, batch_size, max_examples, probe
     model.network.train(was_training)
     if seen == 0:
         raise ValueError("data holds no examples")
-    return m, h, (quad if probes is not None else g), model.num_data / seen
+    return m, h, g, quad, model.num_data / seen
 
 
 def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split | Iterable,
@@ -182,7 +186,7 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         m = means[layer]
         if whole:
             g, h = layer_gradient_hessian(model, layer, m, data, others, batch_size, max_examples)
-            c = 0.5 * float(torch.trace(h @ (torch.diag(m) - torch.outer(m, m))))
+            c = _trace_term(h, m)
         else:
             c = layer_curvature(model, layer, m, data, others, batch_size, max_examples, probes,
                                 torch.Generator().manual_seed(seed))
