@@ -276,7 +276,8 @@ def run_prune(
             "finetuned": result.metrics("finetuned") | {"best_epoch": result.training.best_epoch,
                                                         "history": result.training.history,
                                                         **({"stopped_early": result.training.stopped_early}
-                                                           if finetune_cfg.patience is not None else {})},
+                                                           if finetune_cfg.patience is not None
+                                                           or finetune_cfg.schedule == "plateau" else {})},
             "compression": {
                 "params_ratio": base["params"] / result.size["params"],
                 "macs_ratio": base["macs"] / result.size["macs"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -14,12 +14,14 @@ from torch import nn
 from . import distributed
 from .data import DataBundle, Split, SplitLoader, check_labels, minibatches, split_batch
 from .devices import check_device, device_of
-from .loop import Checkpoint, EpochLoop, LoopCallback, LoopEvent, Progress, as_callbacks
+from .finetune_budget import (PLATEAU_CUTS, PLATEAU_FACTOR, PLATEAU_PATIENCE, EarlyStopping, EpochRecord,
+                              PlateauSchedule, TrainResult)
+from .loop import Checkpoint, EpochLoop, LoopEvent, Progress, as_callbacks
 from .runstate import LoopPosition, RunState, open_loop
 
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "plateau")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temperature: float,
@@ -73,8 +75,11 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
 class TrainConfig:
     """Adam (``optimizer="adam"``) or SGD with Nesterov momentum 0.9 (``"sgd"``), with a cosine
     learning-rate decay to zero over all steps (``schedule="cosine"``) or a one-cycle schedule
-    (``"onecycle"``: up to ``lr`` over the first 30% of the steps, then down); the epoch with the
-    lowest validation error is kept (early stopping on the validation split). Augmentation as in
+    (``"onecycle"``: up to ``lr`` over the first 30% of the steps, then down), or a rate held
+    until the validation error stops improving (``"plateau"``: cut by ``plateau_factor`` after
+    ``patience`` epochs without progress, ``plateau_cuts`` times, then the run ends;
+    ``finetune_budget.PlateauSchedule``: ``epochs`` is only the cap); the epoch with the lowest
+    validation error is kept. Augmentation as in
     ``data.batches``; ``device`` is where the network trains (the data stay on the CPU,
     minibatches are moved). With ``distill`` the loss is ``distillation_loss`` against a teacher
     network's logits (``temperature``, ``distill_weight``). The defaults are ``finetune``'s, the
@@ -96,6 +101,8 @@ class TrainConfig:
     distill_weight: float = 0.9
     patience: int | None = None
     min_epochs: int = 0
+    plateau_factor: float = PLATEAU_FACTOR
+    plateau_cuts: int = PLATEAU_CUTS
 
     def validate(self) -> None:
         if int(self.epochs) < 0 or int(self.batch_size) < 1 or int(self.augment_shift) < 0 or int(self.augment_crop) < 0:
@@ -115,17 +122,10 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
         if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
             raise ValueError(f"min_epochs must be a non-negative int, got {self.min_epochs!r}")
-
-
-@dataclass
-class TrainResult:
-    """What fine-tuning did: per epoch its mean training loss and validation error (``history``),
-    the epoch kept (``best_epoch``, from 1), and whether early stopping ended it before its
-    epochs were done (``stopped_early``)."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped_early: bool = False
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor!r}")
+        if isinstance(self.plateau_cuts, bool) or not isinstance(self.plateau_cuts, int) or self.plateau_cuts < 0:
+            raise ValueError(f"plateau_cuts must be a non-negative int, got {self.plateau_cuts!r}")
 
 
 def train(
@@ -153,7 +153,7 @@ def train(
                     weight_decay=cfg.weight_decay, device=cfg.device, desc=desc, state=state, loop=loop,
                     schedule=cfg.schedule, teacher=teacher if cfg.distill else None, temperature=cfg.temperature,
                     distill_weight=cfg.distill_weight, progress=progress, callback=callback, patience=cfg.patience,
-                    min_epochs=cfg.min_epochs)
+                    min_epochs=cfg.min_epochs, plateau_factor=cfg.plateau_factor, plateau_cuts=cfg.plateau_cuts)
 
 
 def finetune(
@@ -179,12 +179,17 @@ def finetune(
     callback=None,
     patience: int | None = TrainConfig.patience,
     min_epochs: int = TrainConfig.min_epochs,
+    plateau_factor: float = TrainConfig.plateau_factor,
+    plateau_cuts: int = TrainConfig.plateau_cuts,
 ) -> TrainResult:
     """Train every parameter of ``net`` (a pruned network: its parameters are made trainable)
     with cross-entropy on the ``(x, y[, idx])`` minibatches of ``train_data`` (e.g. a
     ``DataLoader``) for ``epochs`` passes: Adam (``optimizer="adam"``) or SGD with Nesterov
     momentum 0.9 (``"sgd"``), the learning rate decayed to zero on a cosine over all steps
-    (``schedule="cosine"``) or on a one-cycle schedule (``"onecycle"``). With a ``teacher`` (e.g.
+    (``schedule="cosine"``) or on a one-cycle schedule (``"onecycle"``), or held and cut on the
+    validation error's plateaus (``"plateau"``: ``finetune_budget.PlateauSchedule`` with
+    ``patience`` (default 2), ``plateau_factor``, ``plateau_cuts``; it needs ``val_data`` and
+    ends the run itself, ``epochs`` being the cap). With a ``teacher`` (e.g.
     the network before pruning; used in eval mode, never trained) the loss is
     ``distillation_loss`` with ``temperature`` and ``distill_weight``. With ``val_data`` the epoch
     of lowest validation error is kept. ``net`` ends in that state, in eval mode, on ``device``.
@@ -201,8 +206,9 @@ def finetune(
 
     ``patience`` (with ``val_data``) stops early: at the first epoch end where the validation
     error has not improved on its best for ``patience`` epochs and at least ``min_epochs`` epochs
-    ran (``EarlyStopping``; the schedule stays the one planned over ``epochs``, the best epoch is
-    kept). None (the default) runs all ``epochs``.
+    ran (``EarlyStopping``; the cosine or one-cycle schedule stays the one planned over
+    ``epochs``, the best epoch is kept). None (the default) runs all ``epochs``, except under the
+    plateau schedule, whose patience it is.
 
     ``progress`` shows a bar on a terminal, else one line per epoch on stderr (``loop.Progress``).
     ``callback`` (a callable, a ``loop.LoopCallback``, or a list of them) is told after every
@@ -213,9 +219,11 @@ def finetune(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
                 temperature=temperature, distill_weight=distill_weight, patience=patience,
-                min_epochs=min_epochs).validate()
+                min_epochs=min_epochs, plateau_factor=plateau_factor, plateau_cuts=plateau_cuts).validate()
     if patience is not None and val_data is None:
         raise ValueError("patience: early stopping watches the validation error; give val_data")
+    if schedule == "plateau" and val_data is None:
+        raise ValueError("schedule: the plateau schedule watches the validation error; give val_data")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     dev = check_device(device)
@@ -240,19 +248,28 @@ def finetune(
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.3,
                                                     cycle_momentum=optimizer == "sgd")
-    else:
+    elif schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    else:  # plateau: the rate lives in the optimiser, cut at epoch ends by PlateauSchedule
+        sched = None
     teach = _teacher(teacher, dev)
     model = distributed.ddp(net)  # several ranks: DDP averages the gradients (``distributed``)
     ranks = distributed.world_size()
-    epochs_ = _Epochs(net, val_data)
+    epochs_ = EpochRecord(net, val_data, lambda n, v: evaluate(n, v, across_ranks=True))
+    rule = ([PlateauSchedule(epochs_, opt, patience or PLATEAU_PATIENCE, plateau_factor, plateau_cuts, min_epochs)]
+            if schedule == "plateau" else
+            [EarlyStopping(epochs_, patience, min_epochs)] if patience is not None else [])
     position = None
     if saved is not None:
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
+        if sched is not None:
+            sched.load_state_dict(saved["sched"])
         position = LoopPosition.restored(saved)
         epochs_.load(saved)
+        for r in rule:
+            if isinstance(r, PlateauSchedule):
+                r.load(saved)
     result = epochs_.result
 
     def event(epoch: int, step: int, loss: float, epoch_end: bool) -> TrainStep:
@@ -278,18 +295,19 @@ def finetune(
         else:
             loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         value = loss.item()
         epochs_.add(value, len(y))
         return value
 
     def snapshot(done: bool = False) -> dict:
         return {"done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-                "sched": sched.state_dict(), **loop_.at.save(train_data), **epochs_.save(),
+                "sched": sched.state_dict() if sched is not None else None, **loop_.at.save(train_data),
+                **epochs_.save(), **{k: v for r in rule if isinstance(r, PlateauSchedule) for k, v in r.save().items()},
                 "global_step": loop_.steps}
 
-    watchers = [epochs_, *([EarlyStopping(epochs_, patience, min_epochs)] if patience is not None else []),
-                *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]
+    watchers = [epochs_, *rule, *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]
     if state is not None:
         watchers.append(Checkpoint(state, loop, snapshot, loop_))
     net.train()  # evaluate() puts the mode back after each validation
@@ -308,70 +326,6 @@ class TrainStep(LoopEvent):
 
     net: Optional[nn.Module] = None
     result: Optional[TrainResult] = None
-
-
-class EarlyStopping(LoopCallback):
-    """End fine-tuning at an epoch end once the validation error has not improved on its best
-    for ``patience`` epochs and at least ``min_epochs`` epochs have run; the best epoch is then
-    kept, as always. The learning-rate schedule stays the one planned over all epochs."""
-
-    def __init__(self, epochs: "_Epochs", patience: int, min_epochs: int = 0) -> None:
-        self.epochs, self.patience, self.min_epochs = epochs, patience, min_epochs
-
-    def on_epoch_end(self, event: LoopEvent) -> bool:
-        done = event.epoch + 1
-        return done >= self.min_epochs and done - self.epochs.result.best_epoch >= self.patience
-
-
-class _Epochs(LoopCallback):
-    """Fine-tuning's epoch bookkeeping: the mean training loss of the epoch (over every rank's
-    share), the validation error, and the best epoch's state (the lowest validation error; the
-    last epoch without ``val_data``), which ``restore_best`` puts back."""
-
-    def __init__(self, net: nn.Module, val_data) -> None:
-        self.net, self.val_data = net, val_data
-        self.total, self.count, self.best_err, self.best_state = 0.0, 0, math.inf, None
-        self.result = TrainResult()
-
-    def add(self, loss: float, n: int) -> None:
-        self.total += loss * n
-        self.count += n
-
-    def on_epoch_end(self, event: LoopEvent) -> None:
-        if distributed.world_size() > 1:  # the whole epoch's mean loss, over every rank's share
-            self.total, self.count = distributed.all_sum([self.total, self.count])
-        record = {"epoch": event.epoch + 1, "train_loss": self.total / max(self.count, 1)}
-        if self.val_data is not None:
-            record["val_error"] = evaluate(self.net, self.val_data, across_ranks=True)["error"]
-            if record["val_error"] < self.best_err:
-                self.best_err, self.best_state = record["val_error"], copy.deepcopy(self.net.state_dict())
-                self.result.best_epoch = event.epoch + 1
-        else:
-            self.result.best_epoch = event.epoch + 1
-        self.result.history.append(record)
-        self.total, self.count = 0.0, 0
-
-    def describe(self, event: LoopEvent) -> str:
-        if not event.epoch_end or len(self.result.history) <= event.epoch:
-            return f"loss {event.loss:.4g}"
-        record = self.result.history[-1]
-        val = f", val error {record['val_error']:.4f}" if "val_error" in record else ""
-        return f"train loss {record['train_loss']:.4g}{val}"
-
-    def save(self) -> dict:
-        return {"total": self.total, "count": self.count, "best_err": self.best_err, "best_state": self.best_state,
-                "history": list(self.result.history), "best_epoch": self.result.best_epoch,
-                "stopped_early": self.result.stopped_early}
-
-    def load(self, saved: dict) -> None:
-        self.total, self.count = saved["total"], saved["count"]
-        self.best_err, self.best_state = saved["best_err"], saved["best_state"]
-        self.result = TrainResult(history=list(saved["history"]), best_epoch=saved["best_epoch"],
-                                  stopped_early=saved.get("stopped_early", False))
-
-    def restore_best(self) -> None:
-        if self.best_state is not None:
-            self.net.load_state_dict(self.best_state)
 
 
 def _teacher(teacher: nn.Module | None, device: torch.device) -> nn.Module | None:

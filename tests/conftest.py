@@ -79,6 +79,21 @@ def mnist_dir() -> Path | None:
     return _find_mnist_dir()
 
 
+@pytest.fixture
+def adam_rates(monkeypatch) -> list[float]:
+    """The learning rate of every ``torch.optim.Adam`` step taken in the test, in order (the first
+    group's); ``adam_rates.clear()`` and ``monkeypatch.undo()`` as a test needs."""
+    seen: list[float] = []
+    real = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def _clean_pyro():
     """Every test starts with an empty param store and seeded generators."""

@@ -222,24 +222,17 @@ def test_early_stopping_needs_validation_data_and_a_positive_patience():
         finetune(build_model("lenet5", widths=(3, 4, 5, 2)), data, data, epochs=2, patience=0)
 
 
-def test_a_decaying_step_follows_robbins_monro_in_every_stage_and_resumes_exactly(tmp_path, monkeypatch):
+def test_a_decaying_step_follows_robbins_monro_in_every_stage_and_resumes_exactly(tmp_path, monkeypatch, adam_rates):
     """``lr_decay``: step t of a stage at lr (1 + t/T)^-decay, T one epoch; the schedule restarts
     each stage, and a fit killed mid-stage and resumed from its checkpoint ends where an
     uninterrupted one does."""
     net, data = _setup()
-    seen = []
-    real = torch.optim.Adam.step
-
-    def spy(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    seen = adam_rates
     model = SwitchModel(net, num_data=N)
     fit(model, DirichletGuide(model), data, epochs=2, lr=0.1, lr_decay=0.75, seed=0, progress=False)
     want = [0.1 * (1 + t / 4) ** -0.75 for t in range(8)]
     assert seen == pytest.approx(want * 4, rel=1e-12)
-    monkeypatch.setattr(torch.optim.Adam, "step", real)
+    monkeypatch.undo()
 
     class Killed(Exception):
         pass

@@ -94,16 +94,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "Fashion-MNIST, chosen on the validation split: docs/finetuning.md)")
     p.add_argument("--finetune-patience", type=positive_int, default=None,
                    help="stop fine-tuning once the validation error has not improved for N epochs (the best epoch "
-                        "is kept; default: run all --finetune-epochs)")
+                        "is kept; default: run all --finetune-epochs); with --finetune-schedule plateau, the epochs "
+                        "without progress before each cut of the rate and before the end (default 2)")
     p.add_argument("--finetune-min-epochs", type=nonneg_int, default=None,
-                   help="with --finetune-patience, fine-tune at least N epochs (default 0)")
+                   help="with --finetune-patience or the plateau schedule, fine-tune at least N epochs (default 0)")
     p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="fine-tuning (peak) learning rate (default 2e-3 for the LeNets (Adam), 0.01 otherwise (SGD))")
     p.add_argument("--finetune-batch-size", type=positive_int, default=None,
                    help="fine-tuning minibatch size (default 128)")
     p.add_argument("--finetune-schedule", choices=SCHEDULES, default=None,
-                   help="learning-rate schedule of fine-tuning: cosine decay to zero, or onecycle (up over the first "
-                        "30%% of the steps, then down) (default cosine)")
+                   help="learning-rate schedule of fine-tuning: cosine decay to zero, onecycle (up over the first "
+                        "30%% of the steps, then down), or plateau (the rate held until the validation error stops "
+                        "improving for --finetune-patience epochs, then cut tenfold, twice; the next plateau ends the "
+                        "run, --finetune-epochs being the cap) (default cosine)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune by distillation from the network before pruning: loss (1-W)*CE + W*T^2*KL(teacher "
                         "|| student) at temperature T (default off; for a LeNet on MNIST, --distill --finetune-epochs 20 --finetune-batch-size 256 --finetune-schedule onecycle --finetune-lr 1e-2 halves the run at the same test error: docs/finetuning.md)")
@@ -128,19 +131,20 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--model-file replaces --model and --checkpoint; give one or the other")
     if args.model_file is None and args.input_shape is not None:
         raise UserError("--input-shape goes with --model-file")
-    if args.finetune_min_epochs is not None and args.finetune_patience is None:
-        raise UserError("--finetune-min-epochs goes with --finetune-patience")
     model = None if args.model_file is not None else (args.model or "lenet5")
+    finetune = train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr,
+                            batch_size=args.finetune_batch_size, schedule=args.finetune_schedule,
+                            distill=args.distill, temperature=args.distill_temperature,
+                            distill_weight=args.distill_weight, patience=args.finetune_patience,
+                            min_epochs=args.finetune_min_epochs)
+    if args.finetune_min_epochs is not None and args.finetune_patience is None and finetune.schedule != "plateau":
+        raise UserError("--finetune-min-epochs goes with --finetune-patience or --finetune-schedule plateau")
     cfg = PruneConfig(
         model=model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
         switch=switch_config(args),
         cutoff=args.cutoff, arch=args.arch, rate=args.rate, tau=args.tau, delta=args.delta,
         target_macs=args.target_macs, target_params=args.target_params,
-        finetune=train_config(args, model, "finetune", "finetune-", epochs=args.finetune_epochs, lr=args.finetune_lr,
-                              batch_size=args.finetune_batch_size, schedule=args.finetune_schedule,
-                              distill=args.distill, temperature=args.distill_temperature,
-                              distill_weight=args.distill_weight, patience=args.finetune_patience,
-                              min_epochs=args.finetune_min_epochs),
+        finetune=finetune,
         seed=args.seed, val_size=args.val_size, split_seed=args.split_seed,
         max_train_examples=args.max_train_examples, model_file=args.model_file, input_shape=args.input_shape,
         layers=args.layers, device=args.device, ranking=args.ranking, latency=args.latency, lam=args.lam,

@@ -41,7 +41,7 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.runtime import effectful
-from scipy.stats import beta as beta_dist
+from scipy.special import betaincinv
 from torch.distributions import constraints, transform_to
 
 from ..models.switched import SWITCH_DTYPE, SwitchModel, switch_draws, switch_site
@@ -268,7 +268,7 @@ class DirichletGuide(LocalPyroModule):
         """The exact marginal quantiles of every unit's switch, Pyro's autoguide protocol: a dict by
         site (``switch.<layer>``) of ``(len(quantiles), D_l)`` float64 tensors. The marginal of a
         Dirichlet is a Beta, s_lj ~ Beta(phi_lj, phi_l0 - phi_lj), so these are its inverse CDF
-        (``scipy.stats.beta.ppf``), not Monte-Carlo estimates. ``args`` are accepted and unused,
+        (``scipy.special.betaincinv``), not Monte-Carlo estimates. ``args`` are accepted and unused,
         as Pyro's autoguides take the model's arguments."""
         q = np.asarray([float(v) for v in (quantiles.tolist() if torch.is_tensor(quantiles) else quantiles)])
         if q.ndim != 1 or not len(q) or not bool(((q > 0) & (q < 1)).all()):
@@ -276,7 +276,7 @@ class DirichletGuide(LocalPyroModule):
         out = {}
         for layer, phi in self.concentrations().items():
             a = phi.numpy()
-            out[switch_site(layer)] = torch.from_numpy(beta_dist.ppf(q[:, None], a[None, :], a.sum() - a[None, :]))
+            out[switch_site(layer)] = torch.from_numpy(betaincinv(a[None, :], a.sum() - a[None, :], q[:, None]))
         return out
 
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from scipy.stats import beta as beta_dist
+from scipy.special import betainc, betaincinv
 
 from ..data import Split, SplitLoader
 from ..models.switched import SwitchModel, switch_site
@@ -63,7 +63,7 @@ class SwitchPosterior:
         for layer, d in self.widths.items():
             if self.concentrations is not None and layer in self.concentrations:
                 a = self.concentrations[layer].detach().double().numpy()
-                out[layer] = torch.from_numpy(np.asarray(beta_dist.cdf(min(tau / d, 1.0), a, a.sum() - a), dtype=np.float64))
+                out[layer] = torch.from_numpy(np.asarray(betainc(a, a.sum() - a, min(tau / d, 1.0)), dtype=np.float64))
             elif self.samples is not None and layer in self.samples:
                 out[layer] = (d * self.samples[layer] < tau).double().mean(0)
             else:
@@ -124,8 +124,8 @@ def dirichlet_posterior(concentrations: dict[str, torch.Tensor], level: float = 
         a = phi.detach().double().numpy()
         b = a.sum() - a
         means[layer] = torch.from_numpy(a / a.sum())
-        lower[layer] = torch.from_numpy(np.asarray(beta_dist.ppf(tail, a, b), dtype=np.float64))
-        upper[layer] = torch.from_numpy(np.asarray(beta_dist.ppf(1 - tail, a, b), dtype=np.float64))
+        lower[layer] = torch.from_numpy(np.asarray(betaincinv(a, b, tail), dtype=np.float64))
+        upper[layer] = torch.from_numpy(np.asarray(betaincinv(a, b, 1 - tail), dtype=np.float64))
     return SwitchPosterior(guide, level, means, lower, upper, exact=True,
                            concentrations={k: v.detach().double().clone() for k, v in concentrations.items()})
 

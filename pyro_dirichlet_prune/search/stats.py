@@ -6,7 +6,6 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from ..pruning.baselines import BASELINES
 
@@ -20,6 +19,8 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float | None, fl
     n = diffs.size
     if n < 2:
         return None, None
+    from scipy import stats  # here, not at import: scipy.stats takes seconds to load, every command pays
+
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
     m = float(diffs.mean())
     return m - half, m + half
@@ -33,6 +34,8 @@ def paired_comparison(errors: Sequence[float], baseline: Sequence[float], tol: f
     d = np.asarray(errors, dtype=float) - np.asarray(baseline, dtype=float)
     better, worse = int((d < -tol).sum()), int((d > tol).sum())
     lo, hi = t_interval(d)
+    from scipy import stats
+
     p = float(stats.binomtest(better, better + worse, 0.5, alternative="two-sided").pvalue) if better + worse else 1.0
     return {"archs": int(d.size), "mean_diff": float(d.mean()) if d.size else None, "ci95": [lo, hi],
             "better": better, "worse": worse, "ties": int(d.size) - better - worse, "sign_test_p": p}
