@@ -62,7 +62,8 @@ def _run(args: argparse.Namespace, keep: dict[str, list[int]], job: tuple[int, i
     splits = ("val", "test") if args.test else ("val",)
     result = prune_and_finetune(net, keep, data, cfg, seed=seed, splits=splits, desc=f"recipe {index}")
     row = {"seed": seed, "recipe": index, **recipe, "val_error": result.finetuned["val"]["error"],
-           "best_epoch": result.training.best_epoch, "seconds": time.perf_counter() - t}
+           "best_epoch": result.training.best_epoch, "epochs_run": len(result.training.history),
+           "history": result.training.history, "seconds": time.perf_counter() - t}
     if args.test:
         row["test_error"] = result.finetuned["test"]["error"]
     return row
@@ -89,7 +90,7 @@ def main() -> None:
 
         def show(_, row: dict) -> None:
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
 
         collect(client, {client.submit(_run, args, keeps[s], (s, i, r), pure=False): (s, i)
                          for s in args.seeds for i, r in enumerate(recipes)}, show)
@@ -98,7 +99,7 @@ def main() -> None:
     for i, recipe in enumerate(recipes):
         rs = [r for r in rows if r["recipe"] == i]
         s = {"recipe": i, **recipe}
-        for key in ("val_error", "test_error", "seconds"):
+        for key in ("val_error", "test_error", "epochs_run", "seconds"):
             vals = [r[key] for r in rs if key in r]
             if vals:
                 s[key] = statistics.fmean(vals)

@@ -27,6 +27,12 @@ from .errors import UserError
 
 _CACHE: dict[Hashable, Any] = {}
 CONNECT_TIMEOUT = 20  # seconds to reach a scheduler
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+"""Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes glibc hand
+every freed tensor buffer back to the system and fault it in again: a LeNet-5 fine-tuning epoch
+then takes 12.6 s instead of 6.0 s (5 s of it system time, 2.5 million page faults;
+docs/finetuning.md). The local cluster's workers keep glibc's own setting; for workers started
+by hand, a Dask config file does the same (docs/distributed.md)."""
 
 
 def cached(key: Hashable, build: Callable[[], Any]) -> Any:
@@ -99,10 +105,12 @@ def _clients(jobs: int, scheduler: str | None, client: Any) -> Iterator[tuple[An
         with c:
             yield c, 1
         return
+    import dask
+
     processes = jobs > 1
-    with _quiet_distributed(), LocalCluster(n_workers=jobs, threads_per_worker=1, processes=processes,
-                                            dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
-            Client(cluster) as c:
+    with _quiet_distributed(), dask.config.set(WORKER_ENVIRON), \
+            LocalCluster(n_workers=jobs, threads_per_worker=1, processes=processes, dashboard_address=":0",
+                         silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         yield c, (1 if processes else None)
 
 
