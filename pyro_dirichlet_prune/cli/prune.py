@@ -90,8 +90,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "norm of a unit's incoming weights; fisher: the loss increase Fisher pruning predicts for "
                         "removing the unit; random: seeded uniform scores")
     p.add_argument("--finetune-epochs", type=nonneg_int, default=None,
-                   help="fine-tuning epochs, best validation epoch kept (default 40; 80 for the LeNets on "
-                        "Fashion-MNIST, chosen on the validation split: docs/finetuning.md)")
+                   help="fine-tuning epochs, best validation epoch kept; under the plateau schedule (the LeNets' "
+                        "default) the most it may run (default 40; 80 for the LeNets on Fashion-MNIST: "
+                        "docs/finetuning.md)")
     p.add_argument("--finetune-patience", type=positive_int, default=None,
                    help="stop fine-tuning once the validation error has not improved for N epochs (the best epoch "
                         "is kept; default: run all --finetune-epochs); with --finetune-schedule plateau, the epochs "
@@ -106,7 +107,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="learning-rate schedule of fine-tuning: cosine decay to zero, onecycle (up over the first "
                         "30%% of the steps, then down), or plateau (the rate held until the validation error stops "
                         "improving for --finetune-patience epochs, then cut tenfold, twice; the next plateau ends the "
-                        "run, --finetune-epochs being the cap) (default cosine)")
+                        "run, --finetune-epochs being the cap) (default plateau for the LeNets, cosine otherwise)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune by distillation from the network before pruning: loss (1-W)*CE + W*T^2*KL(teacher "
                         "|| student) at temperature T (default off; for a LeNet on MNIST, --distill --finetune-epochs 20 --finetune-batch-size 256 --finetune-schedule onecycle --finetune-lr 1e-2 halves the run at the same test error: docs/finetuning.md)")
