@@ -74,7 +74,9 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _debian_fashion(directory: Path) -> tuple[np.ndarray, ...] | None:
+def _idx_files(directory: Path) -> tuple[np.ndarray, ...] | None:
+    """The four IDX files of an MNIST-like data set in ``directory`` (plain or gzipped), as
+    torchvision keeps them (``MNIST/raw``) and Debian ships Fashion-MNIST; None if one is missing."""
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     paths = []
     for n in names:
@@ -162,15 +164,20 @@ def load_data(
         if data_dir is not None and not root.is_dir():
             raise UserError(f"data directory {root} does not exist")
         raw, source, looked = None, None, [str(root / tv_name / "raw")]
-        try:
-            raw = _torchvision_raw(name, root, download=False)
-            source = f"torchvision {tv_name} at {root}"
-        except (RuntimeError, FileNotFoundError, OSError):
-            pass
+        if shape[0] == 1 and (root / tv_name / "raw").is_dir():
+            # read torchvision's IDX files directly: importing torchvision alone takes 3-4 s
+            raw = _idx_files(root / tv_name / "raw")
+            source = f"torchvision {tv_name} at {root}" if raw is not None else None
+        if raw is None:
+            try:
+                raw = _torchvision_raw(name, root, download=False)
+                source = f"torchvision {tv_name} at {root}"
+            except (RuntimeError, FileNotFoundError, OSError):
+                pass
         if raw is None and name == "fashion-mnist":
             for d in (root / "fashion-mnist", DEBIAN_FASHION_MNIST):
                 looked.append(str(d))
-                if d.is_dir() and (found := _debian_fashion(d)) is not None:
+                if d.is_dir() and (found := _idx_files(d)) is not None:
                     raw, source = found, f"IDX files at {d}"
                     break
         download_error = ""

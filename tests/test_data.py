@@ -153,3 +153,43 @@ def test_random_translate_is_a_crop_of_the_padded_image(shift):
     assert len(offsets) == (2 * shift + 1) ** 2
     again = random_translate(x, shift, torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
+
+
+def _write_idx(path, array) -> None:
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_idx_files_in_torchvisions_layout_load_as_torchvision_reads_them(tmp_path, monkeypatch):
+    """MNIST-like data in torchvision's layout are read from their IDX files without importing
+    torchvision; the images and labels are the ones torchvision's own dataset class reads."""
+    import numpy as np
+    import torchvision
+
+    from pyro_dirichlet_prune import data as data_module
+
+    g = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    arrays = {"train-images-idx3-ubyte": g.integers(0, 256, (30, 28, 28)),
+              "train-labels-idx1-ubyte": g.integers(0, 10, 30),
+              "t10k-images-idx3-ubyte": g.integers(0, 256, (12, 28, 28)),
+              "t10k-labels-idx1-ubyte": g.integers(0, 10, 12)}
+    for name, array in arrays.items():
+        _write_idx(raw / name, array)
+
+    def no_torchvision(*args, **kwargs):
+        raise AssertionError("torchvision was asked")
+
+    monkeypatch.setattr(data_module, "_torchvision_raw", no_torchvision)
+    bundle = load_data("mnist", tmp_path, val_size=0)
+    monkeypatch.undo()
+    reference = [torchvision.datasets.MNIST(str(tmp_path), train=t, download=False) for t in (True, False)]
+    for split, ds in zip((bundle.train, bundle.test), reference):
+        pixels = (split.x[:, 0] * 0.3081 + 0.1307) * 255
+        assert torch.allclose(pixels, ds.data.float(), atol=1e-3)
+        assert torch.equal(split.y, ds.targets)
+    assert bundle.source == f"torchvision MNIST at {tmp_path}"
