@@ -390,9 +390,11 @@ def test_prune_help_describes_the_model_the_code_fits(capsys):
 
 
 def test_min_epochs_without_patience(ckpts, tmp_path, capsys):
+    """A floor on the epochs means something only to a rule that can end the run early: early
+    stopping (--finetune-patience) or the plateau schedule (the LeNets' default)."""
     out = tmp_path / "run"
-    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--finetune-min-epochs", "3"),
-                "--finetune-min-epochs goes with --finetune-patience")
+    _user_error(capsys, _prune(ckpts / "lenet5.pt", out, "--finetune-schedule", "cosine", "--finetune-min-epochs", "3"),
+                "--finetune-min-epochs goes with --finetune-patience or --finetune-schedule plateau")
     _no_output(out)
 
 

@@ -16,6 +16,7 @@ from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.data import Split
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
+from pyro_dirichlet_prune.runstate import RunState
 
 
 @pytest.fixture
@@ -62,15 +63,23 @@ def test_compare_guides_table_and_figures(ckpt, tmp_path):
 def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
     real, calls = compare._one, []
+    saved, real_save = threading.Event(), RunState.save
+
+    def save(self, loop, state):
+        real_save(self, loop, state)
+        if loop == "records":
+            saved.set()
+
+    monkeypatch.setattr(RunState, "save", save)
 
     def flaky(*args):  # Ctrl-C while the second (guide, seed) is fitted
         calls.append(args[3:5])
         if len(calls) == 2:
-            time.sleep(0.5)  # the first record has come back and is saved
+            assert saved.wait(timeout=300)  # the first record has come back and is saved (however loaded the machine)
             # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
             # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(1.0)
+            time.sleep(3.0)
             raise RuntimeError("this job was cancelled by the interrupted client")
         return real(*args)
 
