@@ -355,11 +355,14 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
     def interrupted(*args, **kwargs):  # Ctrl-C while the second record is computed
         calls.append(args[3])
         if len(calls) == 2:
-            time.sleep(0.5)  # the first record has come back and is written
+            deadline = time.monotonic() + 300  # the first record has come back and is written, however loaded the machine
+            while not list((out / "records").glob("*.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
             # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
             # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(1.0)
+            time.sleep(3.0)
             raise RuntimeError("this record's job was cancelled by the interrupted client")
         return real(*args, **kwargs)
 
