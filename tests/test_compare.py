@@ -3,8 +3,6 @@ rankings, the held-out evaluation at the posterior mean, and resuming without re
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 
 import pytest
@@ -16,7 +14,6 @@ from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.data import Split
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
 from pyro_dirichlet_prune.models.checkpoint import save_checkpoint
-from pyro_dirichlet_prune.runstate import RunState
 
 
 @pytest.fixture
@@ -62,28 +59,30 @@ def test_compare_guides_table_and_figures(ckpt, tmp_path):
 
 def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
-    real, calls = compare._one, []
-    saved, real_save = threading.Event(), RunState.save
+    real, calls, real_collect, interrupted = compare._one, [], compare.collect, []
 
-    def save(self, loop, state):
-        real_save(self, loop, state)
-        if loop == "records":
-            saved.set()
-
-    monkeypatch.setattr(RunState, "save", save)
-
-    def flaky(*args):  # Ctrl-C while the second (guide, seed) is fitted
+    def slow(*args):  # the second (guide, seed) is still being fitted when Ctrl-C lands
         calls.append(args[3:5])
         if len(calls) == 2:
-            assert saved.wait(timeout=300)  # the first record has come back and is saved (however loaded the machine)
-            # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
-            # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(3.0)
-            raise RuntimeError("this job was cancelled by the interrupted client")
         return real(*args)
 
-    monkeypatch.setattr(compare, "_one", flaky)
+    def ctrl_c_after_the_first_record(client, pending, on_result):
+        """Ctrl-C lands in the main thread, while it collects, just after the first record is
+        saved (raised there: a signal sent from a test thread reaches it late on a loaded run)."""
+        def on_result_then_interrupt(label, result):
+            on_result(label, result)
+            if not interrupted:  # once: the resumed run goes through
+                interrupted.append(label)
+                deadline = time.monotonic() + 300
+                while len(calls) < 2 and time.monotonic() < deadline:  # the second job has started
+                    time.sleep(0.01)
+                raise KeyboardInterrupt
+
+        real_collect(client, pending, on_result_then_interrupt)
+
+    monkeypatch.setattr(compare, "collect", ctrl_c_after_the_first_record)
+    monkeypatch.setattr(compare, "_one", slow)
     assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,")) == 130
     assert not out.exists()
     assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,", "--resume")) == 0

@@ -10,7 +10,6 @@ import math
 import os
 import signal
 import statistics
-import threading
 import time
 
 import pytest
@@ -350,23 +349,32 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
     out = tmp_path / "search"
     argv = ["search", "--dataset", cfg.dataset, "--val-size", str(cfg.val_size), "--checkpoint", cfg.checkpoint,
             "--pool", str(pool), "--methods", "l1", "--seeds", "0,", "--finetune-epochs", "0", "--out", str(out)]
-    real, calls = search.runner.run_record, []
+    from pyro_dirichlet_prune import jobs
 
-    def interrupted(*args, **kwargs):  # Ctrl-C while the second record is computed
+    real, calls, real_collect, interrupted = search.runner.run_record, [], jobs.collect, []
+
+    def slow(*args, **kwargs):  # the second record is still being computed when Ctrl-C lands
         calls.append(args[3])
         if len(calls) == 2:
-            deadline = time.monotonic() + 300  # the first record has come back and is written, however loaded the machine
-            while not list((out / "records").glob("*.json")) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            # to the main thread, where a Ctrl-C from outside the process lands; os.kill from this worker
-            # thread would be delivered to this thread, and a main thread blocked in a wait could miss it
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(3.0)
-            raise RuntimeError("this record's job was cancelled by the interrupted client")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search.runner, "run_record", interrupted)
+    def ctrl_c_after_the_first_record(client, pending, on_result):
+        """Ctrl-C lands in the main thread, while it collects, just after the first record is
+        written (raised there: a signal sent from a test thread reaches it late on a loaded run)."""
+        def on_result_then_interrupt(label, result):
+            on_result(label, result)
+            if label[0] == "record" and not interrupted:  # once: the resumed run goes through
+                interrupted.append(label)
+                deadline = time.monotonic() + 300
+                while len(calls) < 2 and time.monotonic() < deadline:  # the second job has started
+                    time.sleep(0.01)
+                raise KeyboardInterrupt
+
+        real_collect(client, pending, on_result_then_interrupt)
+
+    monkeypatch.setattr(jobs, "collect", ctrl_c_after_the_first_record)
+    monkeypatch.setattr(search.runner, "run_record", slow)
     assert cli.main(argv) == 130
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dirichlet-prune: interrupted; "), lines
