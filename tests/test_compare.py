@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyro_dirichlet_prune.compare as compare
-from helpers import lenet5_forward, tiny_data
+from helpers import ctrl_c_after_the_first, lenet5_forward, tiny_data
 from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.data import Split
 from pyro_dirichlet_prune.models import SwitchedNetwork, build_model
@@ -59,7 +59,7 @@ def test_compare_guides_table_and_figures(ckpt, tmp_path):
 
 def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
-    real, calls, real_collect, interrupted = compare._one, [], compare.collect, []
+    real, calls, real_collect = compare._one, [], compare.collect
 
     def slow(*args):  # the second (guide, seed) is still being fitted when Ctrl-C lands
         calls.append(args[3:5])
@@ -67,21 +67,7 @@ def test_compare_resumes_without_redoing_finished_records(ckpt, tmp_path, monkey
             time.sleep(3.0)
         return real(*args)
 
-    def ctrl_c_after_the_first_record(client, pending, on_result):
-        """Ctrl-C lands in the main thread, while it collects, just after the first record is
-        saved (raised there: a signal sent from a test thread reaches it late on a loaded run)."""
-        def on_result_then_interrupt(label, result):
-            on_result(label, result)
-            if not interrupted:  # once: the resumed run goes through
-                interrupted.append(label)
-                deadline = time.monotonic() + 300
-                while len(calls) < 2 and time.monotonic() < deadline:  # the second job has started
-                    time.sleep(0.01)
-                raise KeyboardInterrupt
-
-        real_collect(client, pending, on_result_then_interrupt)
-
-    monkeypatch.setattr(compare, "collect", ctrl_c_after_the_first_record)
+    monkeypatch.setattr(compare, "collect", ctrl_c_after_the_first(real_collect, calls))
     monkeypatch.setattr(compare, "_one", slow)
     assert cli.main(_argv(ckpt, out, "--guides", "dirichlet,delta", "--seeds", "3,")) == 130
     assert not out.exists()

@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 
+from helpers import ctrl_c_after_the_first
 from pyro_dirichlet_prune import prune_step, search
 from pyro_dirichlet_prune.cli import search as search_cli
 from pyro_dirichlet_prune.data import Split, load_data
@@ -351,7 +352,7 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
             "--pool", str(pool), "--methods", "l1", "--seeds", "0,", "--finetune-epochs", "0", "--out", str(out)]
     from pyro_dirichlet_prune import jobs
 
-    real, calls, real_collect, interrupted = search.runner.run_record, [], jobs.collect, []
+    real, calls, real_collect = search.runner.run_record, [], jobs.collect
 
     def slow(*args, **kwargs):  # the second record is still being computed when Ctrl-C lands
         calls.append(args[3])
@@ -359,21 +360,7 @@ def test_ctrl_c_keeps_the_search_for_resume(tiny_search, tmp_path, monkeypatch, 
             time.sleep(3.0)
         return real(*args, **kwargs)
 
-    def ctrl_c_after_the_first_record(client, pending, on_result):
-        """Ctrl-C lands in the main thread, while it collects, just after the first record is
-        written (raised there: a signal sent from a test thread reaches it late on a loaded run)."""
-        def on_result_then_interrupt(label, result):
-            on_result(label, result)
-            if label[0] == "record" and not interrupted:  # once: the resumed run goes through
-                interrupted.append(label)
-                deadline = time.monotonic() + 300
-                while len(calls) < 2 and time.monotonic() < deadline:  # the second job has started
-                    time.sleep(0.01)
-                raise KeyboardInterrupt
-
-        real_collect(client, pending, on_result_then_interrupt)
-
-    monkeypatch.setattr(jobs, "collect", ctrl_c_after_the_first_record)
+    monkeypatch.setattr(jobs, "collect", ctrl_c_after_the_first(real_collect, calls, lambda label: label[0] == "record"))
     monkeypatch.setattr(search.runner, "run_record", slow)
     assert cli.main(argv) == 130
     lines = capsys.readouterr().err.strip().splitlines()
