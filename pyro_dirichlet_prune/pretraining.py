@@ -41,7 +41,7 @@ LENET_FINETUNE = {"optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0, "epochs"
 long as the validation split says (``schedule="plateau"``: the rate held until two epochs bring no
 progress, cut tenfold twice, the next such plateau ends the run; 40 epochs at most). On MNIST at
 6-8-40-20 it ran 12-15 epochs at 0.76 ± 0.03% test error over seeds 0-2, where the fixed 40-epoch
-cosine gave 0.84 ± 0.07%; distillation lowered the validation error by 0.05 points at 1.5 times
+cosine gave 0.84 ± 0.07%; distillation lowered the validation error by 0.05 points at 1.6 times
 the time an epoch (docs/finetuning.md)."""
 
 LENET_FINETUNE_BY_DATASET = {"fashion-mnist": {"epochs": 80, "lr": 5e-3}}

@@ -256,8 +256,9 @@ def finetune(
     model = distributed.ddp(net)  # several ranks: DDP averages the gradients (``distributed``)
     ranks = distributed.world_size()
     epochs_ = EpochRecord(net, val_data, lambda n, v: evaluate(n, v, across_ranks=True))
-    rule = ([PlateauSchedule(epochs_, opt, patience or PLATEAU_PATIENCE, plateau_factor, plateau_cuts, min_epochs)]
-            if schedule == "plateau" else
+    plateau = (PlateauSchedule(epochs_, opt, patience or PLATEAU_PATIENCE, plateau_factor, plateau_cuts, min_epochs)
+               if schedule == "plateau" else None)
+    rule = ([plateau] if plateau is not None else
             [EarlyStopping(epochs_, patience, min_epochs)] if patience is not None else [])
     position = None
     if saved is not None:
@@ -267,9 +268,8 @@ def finetune(
             sched.load_state_dict(saved["sched"])
         position = LoopPosition.restored(saved)
         epochs_.load(saved)
-        for r in rule:
-            if isinstance(r, PlateauSchedule):
-                r.load(saved)
+        if plateau is not None:
+            plateau.load(saved)
     result = epochs_.result
 
     def event(epoch: int, step: int, loss: float, epoch_end: bool) -> TrainStep:
@@ -304,7 +304,7 @@ def finetune(
     def snapshot(done: bool = False) -> dict:
         return {"done": done, "net": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
                 "sched": sched.state_dict() if sched is not None else None, **loop_.at.save(train_data),
-                **epochs_.save(), **{k: v for r in rule if isinstance(r, PlateauSchedule) for k, v in r.save().items()},
+                **epochs_.save(), **(plateau.save() if plateau is not None else {}),
                 "global_step": loop_.steps}
 
     watchers = [epochs_, *rule, *as_callbacks(callback), Progress(desc, steps, loop_.steps, epochs, progress, epochs_.describe)]

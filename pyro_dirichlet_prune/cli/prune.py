@@ -110,7 +110,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "run, --finetune-epochs being the cap) (default plateau for the LeNets, cosine otherwise)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune by distillation from the network before pruning: loss (1-W)*CE + W*T^2*KL(teacher "
-                        "|| student) at temperature T (default off; for a LeNet on MNIST, --distill --finetune-epochs 20 --finetune-batch-size 256 --finetune-schedule onecycle --finetune-lr 1e-2 halves the run at the same test error: docs/finetuning.md)")
+                        "|| student) at temperature T (default off; on the plateau schedule it lowered a LeNet-5's validation error on MNIST by about 0.05 points at 1.6 times the time an epoch: docs/finetuning.md)")
     p.add_argument("--distill-temperature", type=positive_float, default=None, metavar="T",
                    help="temperature T of distillation (default 4)")
     p.add_argument("--distill-weight", type=unit_interval, default=None, metavar="W",

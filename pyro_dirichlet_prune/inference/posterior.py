@@ -5,7 +5,7 @@ For the Dirichlet guide the marginals are exact: if s_l ~ Dirichlet(phi_l) then
     s_lj ~ Beta(phi_lj, phi_l0 - phi_lj),   phi_l0 = sum_j phi_lj,
 
 so the equal-tailed interval at level 1 - a is [Beta⁻¹(a/2), Beta⁻¹(1 - a/2)] (scipy's
-``beta.ppf``), and the posterior probability that unit j carries less than a fraction tau of
+``special.betaincinv``), and the posterior probability that unit j carries less than a fraction tau of
 its uniform share is exact too:
 
     P(D_l · s_lj < tau) = I_{tau / D_l}(phi_lj, phi_l0 - phi_lj)   (regularised incomplete beta).
