@@ -35,6 +35,7 @@ from scipy.stats import kendalltau
 from tqdm.auto import tqdm
 
 from .data import Split, load_data
+from .inputs import fit_to_network
 from .errors import UserError
 from .jobs import cached, check_runner, collect, dask_client, job_threads
 from .inference.builders import GUIDES, GuideBuilder, guide_builder, guide_name
@@ -264,9 +265,9 @@ def _job(key: tuple, cfg: CompareConfig, ckpt: str, guide: str | GuideBuilder, s
     ``key``, which names the configuration and the checkpoint)."""
 
     def build():
-        net, _ = load_checkpoint(ckpt, cfg.model)
-        return net, subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed),
-                                 cfg.max_train_examples)
+        net, info = load_checkpoint(ckpt, cfg.model)
+        data = load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
+        return net, subset_train(fit_to_network(data, info["input_shape"]), cfg.max_train_examples)
 
     job_threads(threads)
     net, data = cached(key, build)
@@ -309,6 +310,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
     else:
         kept_counts = rate_widths(cfg.rate if cfg.rate is not None else 0.5, widths)
     data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    data = fit_to_network(data, info["input_shape"])
     if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(f"checkpoint {ckpt} does not take {cfg.dataset} inputs")
     title = f"{cfg.model} on {cfg.dataset}, switch guides compared (pruned to {arch_string(kept_counts)})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from .data import load_data
+from .inputs import fit_to_network
 from .errors import UserError
 from .metrics import count_macs, count_params
 from .models.checkpoint import load_checkpoint
@@ -37,6 +38,8 @@ def evaluate_checkpoint(
     if dataset is None:
         raise UserError(f"{path} does not say which data set it takes; give dataset=NAME")
     data = load_data(dataset, data_dir, val_size=0)
+    if "input_shape" in info:
+        data = fit_to_network(data, info["input_shape"])
     if "input_shape" not in info:  # a bare pickled network: check that it takes the data
         check_model_io(net, data.input_shape, data.num_classes, what=f"the network of {path}")
     elif tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .data import DataBundle, dataset_spec, load_data
+from .inputs import fit_to_network
 from .distributed import is_main
 from .errors import UserError
 from .inference.guards import collapsed_fraction
@@ -129,6 +130,7 @@ def _load_network(cfg: PruneConfig) -> tuple[PruneConfig, torch.nn.Module, dict,
 def _load_run_data(cfg: PruneConfig, info: dict, ckpt: Path) -> DataBundle:
     """The data set, its training split cut as asked, checked against the network's facts."""
     data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    data = fit_to_network(data, info["input_shape"])
     if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(
             f"checkpoint {ckpt} expects inputs {tuple(info['input_shape'])} and {info['num_classes']} classes; "

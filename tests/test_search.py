@@ -178,7 +178,7 @@ def _tiny_config(tmp_path, data_cfg):
 @pytest.fixture
 def tiny_search(tmp_path, monkeypatch, small_data, data_cfg):
     """A 6-record search on the module's data (loaded once, test split cut), in this process."""
-    monkeypatch.setattr(search.runner, "_load_data", lambda cfg: small_data)
+    monkeypatch.setattr(search.runner, "_load_data", lambda cfg, shape: small_data)
     return _tiny_config(tmp_path, data_cfg)
 
 

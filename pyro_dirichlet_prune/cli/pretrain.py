@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--width-multiplier", type=positive_float, default=None,
                    help="the model's default widths times this factor, rounded (e.g. 0.125 for a narrow vgg16)")
     add_data_args(p)
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="zero-pad the images to this square size (default: the size the model is built for, 32 "
+                        "for vgg16 and wrn-D-K, so that 28x28 MNIST-like images are padded; the data's otherwise)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 20 for the "
                                                                      "LeNets, 200 otherwise)")
     p.add_argument("--lr", type=positive_float, default=None,
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> dict:
         width_multiplier=args.width_multiplier,
         train=train_config(args, args.model, "pretrain", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
         val_size=args.val_size, split_seed=args.split_seed, max_train_examples=args.max_train_examples,
+        image_size=args.image_size,
     )
     report = run_pretrain(cfg, args.out, args.overwrite, args.resume, args.checkpoint_every)
     m = report["metrics"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .checkpoint import load_pretrained
 from .discovery import discover_switch_points
 from .lenet import LeNet5, LeNet5Caffe
-from .registry import MODEL_NAMES, MODELS, build_model, check_model_name, default_widths
+from .registry import MODEL_NAMES, MODELS, build_model, check_model_name, default_widths, model_input_size
 from .switch_points import SwitchPoint, switch_points
 from .switched import SwitchedNetwork, SwitchModel
 from .vgg import VGG16
@@ -17,6 +17,7 @@ __all__ = [
     "load_pretrained",
     "check_model_name",
     "default_widths",
+    "model_input_size",
     "discover_switch_points",
     "LeNet5",
     "LeNet5Caffe",

@@ -38,6 +38,14 @@ def default_widths(name: str) -> tuple[int, ...]:
     return WideResNet.default_widths_for(*parse_wrn_name(name))
 
 
+def model_input_size(name: str) -> int | None:
+    """The square image size a registered network is built for (32 for VGG-16 and the WRNs,
+    which are trained on MNIST-like data zero-padded to it), None for one that takes its data
+    set's images as they are (the LeNets)."""
+    check_model_name(name)
+    return getattr(MODELS.get(name, WideResNet), "input_size", None)
+
+
 def build_model(
     name: str, widths: Sequence[int] | None = None, num_classes: int = 10, in_channels: int | None = None
 ) -> nn.Module:

@@ -30,6 +30,8 @@ class VGG16(nn.Module):
     """VGG-16-BN for CIFAR with prunable widths ``(c1, ..., c13, f1)`` (module docstring)."""
 
     default_widths = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512)
+    input_size = 32
+    """The image size it is built for: MNIST-like 28x28 images are zero-padded to it (``inputs``)."""
 
     def __init__(self, widths: Sequence[int] = default_widths, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()

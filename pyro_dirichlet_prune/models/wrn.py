@@ -71,6 +71,9 @@ class BasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen with prunable widths: the conv1 width of every block (module docstring)."""
 
+    input_size = 32
+    """The image size it is built for (CIFAR's): MNIST-like images are zero-padded to it (``inputs``)."""
+
     def __init__(
         self,
         depth: int = 28,

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import jobs as jobs_
 from ..data import DATASETS, DataBundle, Split, load_data
+from ..inputs import fit_to_network
 from ..errors import NumericalError, UserError
 from ..models.checkpoint import load_checkpoint, shipped_checkpoint
 from ..models.switch_points import switch_points
@@ -81,8 +82,9 @@ def _resolve_checkpoint(cfg: SearchConfig) -> Path:
     return path
 
 
-def _load_data(cfg: SearchConfig) -> DataBundle:
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
+def _load_data(cfg: SearchConfig, input_shape) -> DataBundle:
+    """The data set, fitted to the network's ``input_shape`` and its training split cut as asked."""
+    data = fit_to_network(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), input_shape)
     n = cfg.max_train_examples
     if n and n < len(data.train):
         data = dataclasses.replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
@@ -104,8 +106,8 @@ class _Inputs:
     def load(self) -> tuple[nn.Module, DataBundle, dict[str, int]]:
         """The network, the data and the widths, built once per worker process (``jobs.cached``)."""
         def build():
-            net, _ = load_checkpoint(self.checkpoint, self.cfg.model)
-            return net, _load_data(self.cfg), {p.name: p.width for p in switch_points(net)}
+            net, info = load_checkpoint(self.checkpoint, self.cfg.model)
+            return net, _load_data(self.cfg, info["input_shape"]), {p.name: p.width for p in switch_points(net)}
         return jobs_.cached(self.key(), build)
 
 
@@ -203,7 +205,7 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     config = dataclasses.asdict(cfg)
     identity = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
     identity.update(archs=archs, checkpoint_sha256=sha256(ckpt))
-    data = _load_data(cfg)
+    data = _load_data(cfg, info["input_shape"])
     if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
         raise UserError(f"checkpoint {ckpt} expects inputs {tuple(info['input_shape'])} and {info['num_classes']} "
                         f"classes; {cfg.dataset} has {tuple(data.input_shape)} and {data.num_classes}")
