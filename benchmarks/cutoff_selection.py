@@ -4,7 +4,9 @@
 For every seed: fit the switch posterior of the shipped LeNet-5 once (``--config``: any
 ``SwitchConfig``, e.g. learned weights); for every (tau, delta) of a grid apply the uncertainty
 cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate`` cut-off; for every budget the
-budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); prune
+budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); for
+every rate and every ``--baselines`` ranking (default ``greedy``: loss-based greedy elimination,
+which is what the decision cut-off of a frozen network amounts to) that ranking's units; prune
 the fitted network (with its learned weights, when they learned), fine-tune ``--ft-epochs`` epochs (the
 pipeline's recipe, ``PruneConfig().finetune_recipe()``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
 validation epoch kept) and
@@ -43,6 +45,7 @@ from pyro_dirichlet_prune.pruning.budget import budget_keep, size_function
 from pyro_dirichlet_prune.pruning.decision import decision_cutoff, decision_examples
 from pyro_dirichlet_prune.pruning.cutoff import arch_string, keep_top, rate_widths, removal_order, uncertainty_keep
 from pyro_dirichlet_prune.pipeline import PruneConfig
+from pyro_dirichlet_prune.pruning.ranking import get_ranking
 from pyro_dirichlet_prune.report import versions, write_json
 from pyro_dirichlet_prune.prune_step import prune_and_finetune
 
@@ -96,6 +99,10 @@ def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[
                      uncertainty_keep(post.prob_below(tau), means, delta)[0]))
     for rate in args.rates:
         cuts.append(({"cutoff": "rate", "rate": rate}, keep_top(means, rate_widths(rate, widths))))
+    for name in args.baselines:  # rankings that read no posterior, on the network pruned
+        scores = get_ranking(name)(pruned_from, points, data.train, seed=seed)
+        for rate in args.rates:
+            cuts.append(({"cutoff": "rate", "rate": rate, "ranking": name}, keep_top(scores, rate_widths(rate, widths))))
     if args.budget:
         macs, params = parse_budget(args.budget)
         size = size_function(net, data.input_shape)
@@ -189,6 +196,9 @@ def main() -> None:
                     help="MACs,params of the decision cut-off under a budget; '' for none")
     ap.add_argument("--decision-measure", default="macs+params")
     ap.add_argument("--decision-examples", type=int, default=1000)
+    ap.add_argument("--baselines", nargs="*", default=["greedy"],
+                    help="rankings of pruning.ranking.RANKINGS cut at every --rates beside the posterior means "
+                         "(default greedy); none given: none")
     ap.add_argument("--ft-epochs", type=int, default=5)
     ap.add_argument("--test", action="store_true", help="also record every pruned network's test error")
     ap.add_argument("--jobs", type=int, default=1,

@@ -152,7 +152,7 @@ def test_no_scorer_changes_the_network():
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(ValueError, match="l1, l2, fisher, random"):
+    with pytest.raises(ValueError, match="l1, l2, fisher, greedy, random"):
         unit_scores("taylor", _tiny())
     with pytest.raises(ValueError, match="training split"):
         unit_scores("fisher", _tiny())

@@ -160,6 +160,10 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{PROG}: note: the posterior is confident that no unit is unimportant (P(D*s < {cfg.tau}) < "
               f"{1 - cfg.delta:g} for every unit), so nothing was removed; {hint}a larger --tau or --delta, or a "
               f"budget (--target-macs/--target-params).", file=sys.stderr)
+    if r["cutoff"]["kind"] == "decision" and not r["cutoff"].get("reads_posterior", True):
+        print(f"{PROG}: note: the decision cut-off read no posterior here: it is loss-based greedy elimination on "
+              f"the network's own log-likelihood (the posterior enters only with --learn-weights and "
+              f"--decision-draws); posterior.json still reports the switch fit", file=sys.stderr)
     convergence = r["switches"].get("convergence")
     if convergence is not None:
         unsettled = ["+".join(st["layers"]) for st in convergence["stages"] if not st["converged"]]

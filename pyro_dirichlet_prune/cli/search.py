@@ -43,7 +43,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", type=parse_methods, default=list(METHODS),
                    help=f"comma-separated ranking methods (default {','.join(METHODS)}): dirichlet (switch posterior "
                         f"means, sampled guide), dirichlet-mean (the mean-guide variant), l1/l2 (norm of each unit's "
-                        f"incoming weights), fisher (Theis et al. 2018), random; also posterior-mean (as dirichlet) "
+                        f"incoming weights), fisher (Theis et al. 2018), greedy (loss-based greedy elimination, layer by "
+                        f"layer, on 1,000 training examples), random; also posterior-mean (as dirichlet) "
                         f"and prob-below (1 - P(D_l*s_lj < 0.5) under the Dirichlet guide)")
     p.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],
                    help="a count N (seeds 0..N-1) or comma-separated seeds such as 0,4,7 (a single seed s is "

@@ -7,6 +7,8 @@ ranks a baseline exactly as it ranks E_q[s_l].
 
 * ``l1`` / ``l2``: the norm of each unit's incoming weights (Li et al. 2017 for ``l1``);
 * ``fisher``: Fisher pruning (Theis et al. 2018), the loss increase predicted for removing a unit;
+* ``greedy``: loss-based greedy elimination, layer by layer: the order in which removing units
+  one at a time costs the least log-likelihood of training examples (``greedy_scores``);
 * ``random``: seeded uniform scores (the ranking a method has to beat).
 """
 from __future__ import annotations
@@ -22,8 +24,9 @@ from ..data import Split, batches
 from ..errors import UserError
 from ..models.switch_points import SwitchPoint, switch_points
 from ..models.switched import SwitchedNetwork
+from .decision import DEFAULT_EXAMPLES, decision_examples, elimination_order, loglik_function
 
-BASELINES = ("l1", "l2", "fisher", "random")
+BASELINES = ("l1", "l2", "fisher", "greedy", "random")
 FISHER_BATCHES = 10
 FISHER_BATCH_SIZE = 100
 
@@ -104,6 +107,37 @@ def fisher_scores(
                     total[name] += g.detach().double().pow(2).sum(0)
             count += x.shape[0]
     return {name: 0.5 * t / count for name, t in total.items()}
+
+
+def greedy_scores(
+    net: nn.Module,
+    split: Split,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    points: Sequence[SwitchPoint] | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Loss-based greedy elimination (no posterior enters): in each switched layer, the others
+    whole, the unit whose removal lowers the mean log-likelihood of ``examples`` examples of
+    ``split`` (drawn without replacement with ``seed``) the least goes first, then the next
+    against the units left, down to one (``decision.elimination_order``). score_j is the step at
+    which unit j goes: 0 for the first, D_l - 1 for the unit left, so ``keep_top`` keeps the
+    units greedy elimination would keep. The same greedy search, run across layers against the
+    size, is the decision cut-off of a frozen network (``pruning.decision``). Returns the scores
+    and the number of forward passes over the examples."""
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise UserError(f"greedy needs a positive number of examples, got {examples!r}")
+    if len(split) == 0:
+        raise UserError("greedy needs training examples, the split is empty")
+    x, y = decision_examples(split, examples, int(seed))
+    with _probe(net, points) as switched:
+        pts = switched.points
+        orders, evaluations = elimination_order(loglik_function(switched, pts, x, y), switched.widths)
+    scores = {}
+    for name, order in orders.items():
+        s = torch.empty(len(order), dtype=torch.float64)
+        s[order] = torch.arange(len(order), dtype=torch.float64)
+        scores[name] = s
+    return scores, evaluations
 
 
 def check_scores(scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> None:

@@ -19,7 +19,10 @@ The shipped cut-offs (``CUTOFF_CLASSES``):
   that fraction of every layer removed, keeping the highest scores of a ``Ranking`` (default the
   posterior means);
 * ``DecisionCutoff(lam | target, ...)``: greedy backward elimination on the log-likelihood of
-  training examples minus ``lam`` times the size (``pruning.decision``).
+  training examples minus ``lam`` times the size (``pruning.decision``): an expected utility over
+  the posterior when the weights learned with the switches (``draws``), loss-based greedy
+  elimination that reads no posterior on a frozen network (``details["reads_posterior"]``; the
+  same search layer by layer is the ``greedy`` ranking).
 
 A new cut-off is one subclass with a ``kind`` and a ``choose`` method (``examples/your_own_cutoff.py``).
 """
@@ -249,7 +252,12 @@ class DecisionCutoff(Cutoff):
         draws = relative_draws(fit, self.draws, seed) if fit is not None else []
         decision = decision_cutoff(net, points, x, y, input_shape, lam=self.lam, target=self.target,
                                    measure=self.measure, draws=draws)
-        self.details = {"examples": len(y), "draws": len(draws), "utility": decision.utility,
+        self.details = {"method": (f"expected utility over {len(draws)} posterior draws of the switches, maximised "
+                                   f"by greedy backward elimination" if draws else
+                                   "loss-based greedy elimination: the log-likelihood of the network itself, no "
+                                   "posterior read (frozen weights, or draws=0)"),
+                        "reads_posterior": bool(draws),
+                        "examples": len(y), "draws": len(draws), "utility": decision.utility,
                         "loglik": decision.loglik, "removals": sum("removed" in s for s in decision.steps),
                         "additions": sum("added" in s for s in decision.steps),
                         "evaluations": decision.evaluations, "path": decision.steps}

@@ -1,4 +1,10 @@
-"""The decision cut-off: the keep-set that maximises expected utility under the posterior.
+"""The decision cut-off: greedy backward elimination of units on the log-likelihood against the size.
+
+What it reads depends on the model. When the weights learned with the switches, the utility below
+is an expectation over posterior draws of the switches (``draws``): a Bayesian decision. On a
+frozen network it is loss-based greedy elimination: the log-likelihood of the network itself, with
+no posterior in it (the ``greedy`` ranking, ``baselines.greedy_scores``, runs the same search
+layer by layer, as a baseline against the rankings).
 
 Removing the units outside a keep-set K costs expected log-likelihood and saves size. With
 ``lam`` (lambda) the price of the whole network's size in nats per example, the utility is
@@ -201,6 +207,40 @@ def decision_keep(
     decision.keep, decision.loglik, decision.utility = keep, ll, utility(ll, keep)
     decision.size = size(counts(keep))
     return decision
+
+
+def elimination_order(loglik: Callable[[Mapping[str, Sequence[int]]], float],
+                      widths: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
+    """Greedy backward elimination in each layer alone, the other layers whole: the unit whose
+    removal leaves the highest mean log-likelihood ``loglik(keep)`` goes first, then the best of
+    what is left, until one unit remains, which ends the order. Evaluated lazily as
+    ``decision_keep`` is (a removal's stale log-likelihood, from a larger keep-set, is refreshed
+    only when it is the best): the first step is exact, and the later ones are plain greedy's
+    where a removal never makes another one cheaper. Returns ``({layer: unit indices, first removed first}, number of
+    ``loglik`` evaluations)``."""
+    whole = {layer: list(range(d)) for layer, d in widths.items()}
+    orders, evaluations = {}, 0
+    for layer, d in widths.items():
+        kept = list(range(d))
+
+        def after_removing(j: int) -> float:
+            return loglik({**whole, layer: [i for i in kept if i != j]})
+
+        heap = [(-after_removing(j), j) for j in range(d)] if d > 1 else []
+        evaluations += len(heap)
+        heapq.heapify(heap)
+        order = []
+        while len(kept) > 1:
+            _, j = heapq.heappop(heap)
+            fresh = after_removing(j)
+            evaluations += 1
+            if heap and fresh < -heap[0][0]:
+                heapq.heappush(heap, (-fresh, j))
+                continue
+            kept.remove(j)
+            order.append(j)
+        orders[layer] = order + kept
+    return orders, evaluations
 
 
 def decision_cutoff(

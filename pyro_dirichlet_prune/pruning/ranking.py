@@ -20,6 +20,8 @@ The registered rankings (``RANKINGS``; ``get_ranking(name, **options)`` builds o
   settings' guide;
 * ``l1`` / ``l2``: ||W_j||_1 / ||W_j||_2 of unit j's incoming weights (bias excluded);
 * ``fisher``: Delta_j = 1/(2N) sum_n (sum_p a_njp g_njp)^2 (Theis et al. 2018);
+* ``greedy``: loss-based greedy elimination, layer by layer: the step at which removing units
+  one at a time, the least log-likelihood lost first, takes unit j (``baselines.greedy_scores``);
 * ``random``: Uniform[0, 1) scores from a generator seeded with ``seed``.
 
 The switch rankings fit q(s) on ``train`` with ``seed`` (``inference.svi.fit_switches``) unless
@@ -45,7 +47,9 @@ from ..inference.posterior import SwitchPosterior
 from ..inference.svi import SwitchConfig, SwitchFit, fit_switches, switch_posterior
 from ..models.switch_points import SwitchPoint, rebind, switch_points
 from ..models.switched import SwitchedNetwork
-from .baselines import FISHER_BATCH_SIZE, FISHER_BATCHES, check_scores, fisher_scores, random_scores, weight_norm_scores
+from .baselines import (FISHER_BATCH_SIZE, FISHER_BATCHES, check_scores, fisher_scores, greedy_scores, random_scores,
+                        weight_norm_scores)
+from .decision import DEFAULT_EXAMPLES
 
 Scores = dict[str, torch.Tensor]
 DEFAULT_TAU = 0.5
@@ -138,6 +142,27 @@ class Fisher(Ranking):
         return fisher_scores(net, train, self.batches, self.batch_size, seed, points=points)
 
 
+class Greedy(Ranking):
+    """Loss-based greedy elimination, layer by layer, on the mean log-likelihood of ``examples``
+    training examples drawn with ``seed``: score_j = the step at which unit j goes (0 first;
+    ``baselines.greedy_scores``). No posterior enters: it is the baseline that the decision
+    cut-off of a frozen network amounts to."""
+
+    name = "greedy"
+
+    def __init__(self, examples: int = DEFAULT_EXAMPLES) -> None:
+        super().__init__()
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise ValueError(f"greedy_examples must be a positive integer, got {examples!r}")
+        self.examples = examples
+
+    def score(self, net, points, train, seed):
+        train = _need_train(train, self.name)
+        scores, evaluations = greedy_scores(net, train, self.examples, seed, points=points)
+        self.details = {"greedy_examples": min(len(train), self.examples), "evaluations": evaluations}
+        return scores
+
+
 class Random(Ranking):
     """score_j ~ Uniform[0, 1), one generator seeded with ``seed``, layer by layer."""
 
@@ -226,11 +251,11 @@ class ProbBelow(SwitchRanking):
         return {k: 1.0 - p.double() for k, p in post.prob_below(self.tau).items()}
 
 
-OPTIONS = ("switch", "fitted", "tau", "fisher_batches", "fisher_batch_size")
+OPTIONS = ("switch", "fitted", "tau", "fisher_batches", "fisher_batch_size", "greedy_examples")
 """The options ``get_ranking`` takes. Every ranking accepts them all and uses those it needs, so
 that one call site can build any ranking by name: ``switch`` (a ``SwitchConfig``) and ``fitted``
 (a ``FittedSwitches``) for the switch rankings, ``tau`` for ``prob-below``, ``fisher_batches``
-and ``fisher_batch_size`` for ``fisher``."""
+and ``fisher_batch_size`` for ``fisher``, ``greedy_examples`` for ``greedy``."""
 
 
 def _posterior_mean(guide: str | None) -> Callable[..., Ranking]:
@@ -250,6 +275,7 @@ RANKINGS: dict[str, Callable[..., Ranking]] = {
     "l2": lambda **_: WeightNorm(2),
     "fisher": lambda fisher_batches=FISHER_BATCHES, fisher_batch_size=FISHER_BATCH_SIZE, **_: Fisher(
         fisher_batches, fisher_batch_size),
+    "greedy": lambda greedy_examples=DEFAULT_EXAMPLES, **_: Greedy(greedy_examples),
     "random": lambda **_: Random(),
 }
 """Ranking name → factory taking the ``OPTIONS`` as keywords (module docstring)."""
