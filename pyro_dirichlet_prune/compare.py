@@ -11,6 +11,11 @@ For every (guide, seed) the switch posterior is fitted, then measured by
   for a joint fit every layer multiplied by its scale factor times E_q[s_l]; for a layer-by-layer
   fit the average over layers of the network with only that layer so switched (per layer in
   ``heldout_by_layer``);
+* a posterior predictive check on the same held-out data: the log pointwise predictive density
+  under ``predictive_draws`` draws s ~ q, lppd = (1/N) sum_n log (1/S) sum_s p(y_n | x_n, s), and
+  the error of that predictive (``predictive_check``), per stage for a layer-by-layer fit (the
+  others pre-trained), for the whole model for a joint one. Unlike the plug-in at the mean it
+  tells a guide whose draws stray from the data (too wide, or centred wrong) from a good one;
 * the test error after pruning to one common architecture by posterior mean (the
   ``posterior-mean`` ranking), before and after fine-tuning (``prune_step.prune_and_finetune``);
 * the rank agreement of the posterior means between guides: Kendall's tau per layer;
@@ -30,11 +35,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from scipy.stats import kendalltau
 from tqdm.auto import tqdm
 
-from .data import Split, load_data
+from .data import load_data
+from .heldout import heldout_at_mean, predictive_check, predictive_scales
 from .inputs import fit_to_network
 from .errors import UserError
 from .jobs import cached, check_runner, collect, dask_client, job_threads
@@ -67,27 +72,10 @@ class CompareConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=2e-3, augment_shift=2))
     elbo_particles: int = 16
     elbo_batches: int = 20
+    predictive_draws: int = 32
     val_size: int = 5000
     split_seed: int = 0
     max_train_examples: int | None = None
-
-
-def evaluate_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], factor: dict[str, float],
-                     split: Split) -> dict[str, float]:
-    """Error and mean negative log-likelihood of the switched network with s_l = E_q[s_l]."""
-    with switched.scaled({k: (factor[k] * v).float() for k, v in means.items()}):
-        return evaluate(switched, split)
-
-
-def heldout_at_mean(switched: SwitchedNetwork, means: dict[str, torch.Tensor], factor: dict[str, float],
-                    split: Split, schedule: str) -> tuple[dict[str, float], dict[str, dict[str, float]] | None]:
-    """Held-out error and NLL at the posterior mean of the model that was fitted: every layer
-    switched at once for a joint fit; for a layer-by-layer fit each layer alone (returned per
-    layer as well), averaged over layers."""
-    if schedule == "joint":
-        return evaluate_at_mean(switched, means, factor, split), None
-    by_layer = {k: evaluate_at_mean(switched, {k: v}, factor, split) for k, v in means.items()}
-    return {key: float(np.mean([m[key] for m in by_layer.values()])) for key in ("error", "nll")}, by_layer
 
 
 def kendall_by_layer(records: Sequence[dict], guides: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
@@ -112,6 +100,8 @@ METRICS = [
     ("elbo", "ELBO", "{:.1f}"),
     ("heldout_nll", "held-out NLL at mean", "{:.4f}"),
     ("heldout_error", "held-out error at mean", "{:.4f}"),
+    ("predictive_lppd", "held-out lppd, posterior draws", "{:.4f}"),
+    ("predictive_error", "held-out error, posterior predictive", "{:.4f}"),
     ("test_error_pruned", "test error pruned", "{:.4f}"),
     ("test_error_finetuned", "test error fine-tuned", "{:.4f}"),
     ("fit_seconds", "fit seconds", "{:.1f}"),
@@ -120,9 +110,11 @@ METRICS = [
 
 SCHEDULE_NOTES = {
     "joint": "Switches fitted jointly: ELBO of the whole model; held-out metrics with every layer switched "
-             "at its posterior mean.",
+             "at its posterior mean, and the posterior predictive with every layer at its draw.",
     "sequential": "Switches fitted layer by layer: ELBO = sum over layers of each stage's ELBO (only that layer "
-                  "switched); held-out metrics averaged over layers, each switched alone at its posterior mean.",
+                  "switched); held-out metrics averaged over layers, each switched alone at its posterior mean, "
+                  "and the posterior predictive per stage: each layer alone at its draws (a per-stage "
+                  "conditional posterior, the others pre-trained).",
 }
 
 
@@ -239,6 +231,9 @@ def _one(net, data, cfg: CompareConfig, guide: str | GuideBuilder, seed: int, ke
         heldout, heldout_by_layer = evaluate(net, data.test), None
     else:
         heldout, heldout_by_layer = heldout_at_mean(switched, means, factor, data.test, switch_cfg.schedule)
+    scales = predictive_scales(fit, factor, cfg.predictive_draws, seed)
+    checked = SwitchedNetwork(net) if fit.learns_weights else switched
+    predictive, predictive_by_layer = predictive_check(checked, scales, data.test, switch_cfg.schedule)
     if switch_cfg.schedule == "sequential" and post.stage_elbos is not None:
         elbo = sum(e for e, _ in post.stage_elbos.values())
         elbo_se = math.sqrt(sum(se ** 2 for _, se in post.stage_elbos.values()))
@@ -252,6 +247,8 @@ def _one(net, data, cfg: CompareConfig, guide: str | GuideBuilder, seed: int, ke
         "guide": guide, "seed": seed, "elbo": elbo, "elbo_standard_error": elbo_se,
         "elbo_whole_model": post.elbo, "stage_elbos": post.stage_elbos,
         "heldout_nll": heldout["nll"], "heldout_error": heldout["error"], "heldout_by_layer": heldout_by_layer,
+        "predictive_lppd": predictive["lppd"], "predictive_error": predictive["error"],
+        "predictive_by_layer": predictive_by_layer, "predictive_draws": cfg.predictive_draws,
         "test_error_pruned": r.pruned["test"]["error"], "test_error_finetuned": r.finetuned["test"]["error"],
         "val_error_finetuned": r.finetuned["val"]["error"], "fit_seconds": fit_seconds,
         "finetune_seconds": r.seconds["finetune"], "arch": arch_string(keep),
@@ -293,8 +290,8 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False, re
         raise UserError(f"seeds must be non-negative, got {cfg.seeds}")
     if cfg.arch is not None and cfg.rate is not None:
         raise UserError("give arch or rate, not both")
-    if cfg.elbo_particles < 1 or cfg.elbo_batches < 1:
-        raise UserError("elbo_particles and elbo_batches must be positive")
+    if cfg.elbo_particles < 1 or cfg.elbo_batches < 1 or cfg.predictive_draws < 1:
+        raise UserError("elbo_particles, elbo_batches and predictive_draws must be positive")
     try:
         for guide in cfg.guides:  # every guide with these settings (learned weights need a Dirichlet guide)
             _switch_config(cfg, guide, 0).validate()

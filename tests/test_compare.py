@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pyro_dirichlet_prune.compare as compare
+import pyro_dirichlet_prune.heldout as heldout
 from helpers import ctrl_c_after_the_first, lenet5_forward, tiny_data
 from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.data import Split
@@ -27,7 +28,7 @@ def ckpt(tmp_path, monkeypatch):
 def _argv(ckpt, out, *extra):
     return ["compare-guides", "--checkpoint", str(ckpt), "--dataset", "fake-mnist", "--seeds", "0,1",
             "--switch-batch-size", "40", "--finetune-epochs", "1", "--elbo-particles", "2", "--elbo-batches", "2",
-            "--arch", "5-10-50-13", "--threads", "1", *extra, "--out", str(out)]
+            "--arch", "5-10-50-13", "--predictive-draws", "3", "--threads", "1", *extra, "--out", str(out)]
 
 
 def test_compare_guides_table_and_figures(ckpt, tmp_path):
@@ -48,8 +49,10 @@ def test_compare_guides_table_and_figures(ckpt, tmp_path):
     for r in records:  # layer by layer (the default): the ELBO is the sum of the stages' ELBOs
         assert r["elbo"] == pytest.approx(sum(e for e, _ in r["stage_elbos"].values()))
         assert r["elbo_whole_model"] is not None and set(r["heldout_by_layer"]) == set(r["stage_elbos"])
+        assert set(r["predictive_by_layer"]) == set(r["stage_elbos"]) and r["predictive_draws"] == 3
+        assert r["predictive_lppd"] == pytest.approx(sum(m["lppd"] for m in r["predictive_by_layer"].values()) / 4)
     md = (out / "table.md").read_text()
-    assert all(f"| {g} |" in md for g in guides) and "Kendall" in md
+    assert all(f"| {g} |" in md for g in guides) and "Kendall" in md and "posterior predictive" in md
     assert compare.SCHEDULE_NOTES["sequential"] in md
     for png in ("compare.png", "kendall.png"):
         assert (out / png).stat().st_size > 10_000
@@ -97,7 +100,7 @@ def test_evaluate_at_mean_is_the_switched_network():
     means = {"conv1": torch.tensor([0.7, 0.3]), "conv2": torch.tensor([0.2, 0.3, 0.5]),
              "fc1": torch.full((4,), 0.25), "fc2": torch.tensor([0.9, 0.1])}
     factor = {k: float(v.numel()) for k, v in means.items()}
-    got = compare.evaluate_at_mean(SwitchedNetwork(net), means, factor, Split(x, y))
+    got = heldout.evaluate_at_mean(SwitchedNetwork(net), means, factor, Split(x, y))
     logits = lenet5_forward(net, x, {k: factor[k] * v for k, v in means.items()})
     nll = float(torch.nn.functional.cross_entropy(logits, y))
     assert got["nll"] == pytest.approx(nll, rel=1e-5)
@@ -113,18 +116,50 @@ def test_heldout_at_mean_of_a_layer_by_layer_fit_switches_one_layer_at_a_time():
     means = {"conv1": torch.tensor([0.7, 0.3]), "conv2": torch.tensor([0.2, 0.3, 0.5]),
              "fc1": torch.full((4,), 0.25), "fc2": torch.tensor([0.9, 0.1])}
     factor = {k: 1.0 for k in means}
-    got, by_layer = compare.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "sequential")
+    got, by_layer = heldout.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "sequential")
     nlls = []
     for layer, m in means.items():
         logits = lenet5_forward(net, x, {layer: m})
         nlls.append(float(torch.nn.functional.cross_entropy(logits, y)))
         assert by_layer[layer]["nll"] == pytest.approx(nlls[-1], rel=1e-5)
     assert got["nll"] == pytest.approx(sum(nlls) / 4, rel=1e-5)
-    joint, none = compare.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "joint")
+    joint, none = heldout.heldout_at_mean(SwitchedNetwork(net), means, factor, Split(x, y), "joint")
     assert none is None
     assert joint["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(lenet5_forward(net, x, means), y)),
                                          rel=1e-5)
     assert abs(joint["nll"] - got["nll"]) > 1e-3  # the two schedules measure different models
+
+
+def test_predictive_check_is_the_mixture_of_the_draws_and_not_the_plug_in():
+    """lppd = mean_n log (1/S) sum_s p(y_n | x_n, s_s), worked by hand from the switched forward
+    passes, per layer alone for a layer-by-layer fit and all layers together for a joint one; its
+    error is the averaged probabilities'. Two draws either side of a mean give a different
+    number from the plug-in at that mean."""
+    torch.manual_seed(1)
+    net = build_model("lenet5", widths=(2, 3, 4, 2)).eval()
+    for p in net.parameters():
+        p.data.mul_(3.0)
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    draws = {"conv1": torch.tensor([[1.6, 0.4], [0.2, 1.8]], dtype=torch.float64),
+             "fc1": torch.tensor([[2.0, 1.0, 0.5, 0.5], [0.1, 0.9, 1.5, 1.5]], dtype=torch.float64)}
+
+    def by_hand(layers):
+        probs = [torch.softmax(lenet5_forward(net, x, {k: draws[k][s].float() for k in layers}).double(), 1)
+                 for s in range(2)]
+        mix = (probs[0] + probs[1]) / 2
+        return float(mix.gather(1, y[:, None]).log().mean()), float((mix.argmax(1) != y).double().mean())
+
+    got, by_layer = heldout.predictive_check(SwitchedNetwork(net), draws, Split(x, y), "sequential", batch_size=15)
+    for layer in draws:
+        lppd, err = by_hand([layer])
+        assert by_layer[layer]["lppd"] == pytest.approx(lppd, rel=1e-6)
+        assert by_layer[layer]["error"] == pytest.approx(err)
+    assert got["lppd"] == pytest.approx((by_layer["conv1"]["lppd"] + by_layer["fc1"]["lppd"]) / 2)
+    joint, none = heldout.predictive_check(SwitchedNetwork(net), draws, Split(x, y), "joint")
+    assert none is None and joint["lppd"] == pytest.approx(by_hand(["conv1", "fc1"])[0], rel=1e-6)
+    plug_in = heldout.evaluate_at_mean(SwitchedNetwork(net), {k: v.mean(0) for k, v in draws.items()},
+                                       {k: 1.0 for k in draws}, Split(x, y))
+    assert abs(joint["lppd"] + plug_in["nll"]) > 1e-3
 
 
 def test_compare_with_learned_weights_prunes_the_fitted_network(ckpt, tmp_path, capsys, monkeypatch):
@@ -172,7 +207,7 @@ def test_compare_on_a_local_cluster_equals_in_process(tmp_path, data_cfg):
         dataset=data_cfg.dataset, data_dir=str(data_cfg.data_dir) if data_cfg.data_dir else None,
         guides=["dirichlet", "delta"], seeds=[0, 1], switch=SwitchConfig(batch_size=200), arch="5-10-50-13",
         finetune=TrainConfig(epochs=1, lr=2e-3, augment_shift=2), elbo_particles=2, elbo_batches=2,
-        val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
+        predictive_draws=2, val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
     if data_cfg.dataset != "mnist":  # the shipped checkpoint is MNIST's; the fake data set takes its shapes
         cfg = dataclasses.replace(cfg, checkpoint=str(_fake_checkpoint(tmp_path)))
     one = compare.run_compare(cfg, tmp_path / "one")

@@ -36,6 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="particles per minibatch of the final ELBO estimate (default 16)")
     p.add_argument("--elbo-batches", type=positive_int, default=20,
                    help="minibatches of the final ELBO estimate (default 20)")
+    p.add_argument("--predictive-draws", type=positive_int, default=32,
+                   help="posterior draws of the held-out predictive check, per stage of a layer-by-layer fit "
+                        "(default 32)")
     add_out_args(p)
     add_runner_args(p, "(guide, seed) fits")
     return p
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> dict:
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint,
         guides=args.guides, seeds=args.seeds, switch=switch_config(args), arch=args.arch, rate=args.rate,
         finetune=TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, augment_shift=2),
-        elbo_particles=args.elbo_particles, elbo_batches=args.elbo_batches, val_size=args.val_size,
+        elbo_particles=args.elbo_particles, elbo_batches=args.elbo_batches,
+        predictive_draws=args.predictive_draws, val_size=args.val_size,
         split_seed=args.split_seed, max_train_examples=args.max_train_examples,
     )
     r = run_compare(cfg, args.out, args.overwrite, args.resume, args.jobs, args.scheduler)
