@@ -52,3 +52,25 @@ def test_shipped_checkpoint_reproduces_its_test_error(path, mnist_dir):
     err = evaluate(net, data.test)["error"]
     assert err == pytest.approx(report["metrics"]["test"]["error"], abs=2 / len(data.test))
     assert err < 0.15
+
+
+def test_prune_vgg16_on_fashion_mnist_needs_nothing_but_the_data(mnist_dir, tmp_path):
+    """``prune --model vgg16 --dataset fashion-mnist`` finds the shipped network (no checkpoint
+    given), pads the 28x28 images to the 32x32 it was trained at, and starts from its recorded
+    test error (a short run: 300 training examples, no fine-tuning)."""
+    from pyro_dirichlet_prune import cli
+
+    if mnist_dir is None or not (mnist_dir / "FashionMNIST" / "raw").is_dir():
+        pytest.skip("Fashion-MNIST not available")
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--model", "vgg16", "--dataset", "fashion-mnist", "--data-dir", str(mnist_dir),
+                     "--max-train-examples", "300", "--val-size", "100", "--switch-epochs", "1",
+                     "--switch-batch-size", "100", "--finetune-epochs", "0", "--rate", "0.5", "--no-latency",
+                     "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    shipped = json.loads(shipped_checkpoint("vgg16", "fashion-mnist").with_suffix(".json").read_text())
+    assert report["base"]["test"]["error"] == pytest.approx(shipped["metrics"]["test"]["error"], abs=1e-4)
+    assert report["base"]["macs"] == shipped["metrics"]["macs"]
+    net, info = load_checkpoint(out / "pruned.pt", "vgg16")
+    assert info["input_shape"] == [1, 32, 32]
+    assert list(net.widths) == [max(1, round(w / 2)) for w in shipped["metrics"]["widths"]]
