@@ -102,6 +102,18 @@ def test_paired_comparison_with_the_best_baseline():
     assert "l1" not in s["comparisons_vs_best_baseline"]
 
 
+def test_greedy_elimination_is_a_baseline_the_rankings_are_compared_with():
+    """The greedy ranking (what the frozen decision cut-off amounts to) counts as a baseline: the
+    best of them is the one the Dirichlet rankings are paired with, and a search runs it by default."""
+    archs = [f"{i}-1-1-1" for i in range(4)]
+    records = ([_rec("l1", a, 0, 0.03) for a in archs] + [_rec("greedy", a, 0, 0.02) for a in archs]
+               + [_rec("dirichlet", a, 0, 0.025) for a in archs])
+    s = search.summarize(records, ["dirichlet", "l1", "greedy"], archs)
+    assert s["best_baseline"] == "greedy"
+    assert s["comparisons_vs_best_baseline"]["dirichlet"]["worse"] == 4
+    assert "greedy" in search.METHODS
+
+
 def test_sign_test_leaves_ties_out():
     c = search.paired_comparison([0.01] * 8 + [0.03, 0.02], [0.02] * 10)
     assert (c["better"], c["worse"], c["ties"]) == (8, 1, 1)
