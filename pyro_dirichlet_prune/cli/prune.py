@@ -88,7 +88,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "of the fitted switches). dirichlet, dirichlet-mean: the posterior means under that guide "
                         "(fitted again when --guide names another); prob-below: 1 - P(D_l*s_lj < TAU); l1, l2: the "
                         "norm of a unit's incoming weights; fisher: the loss increase Fisher pruning predicts for "
-                        "removing the unit; random: seeded uniform scores")
+                        "removing the unit; greedy: loss-based greedy elimination, layer by layer, on 1,000 "
+                        "training examples (no posterior); random: seeded uniform scores")
     p.add_argument("--finetune-epochs", type=nonneg_int, default=None,
                    help="fine-tuning epochs, best validation epoch kept; under the plateau schedule (the LeNets' "
                         "default) the most it may run (default 40; 80 for the LeNets on Fashion-MNIST: "
