@@ -264,7 +264,7 @@ def _job(key: tuple, cfg: CompareConfig, ckpt: str, guide: str | GuideBuilder, s
     def build():
         net, info = load_checkpoint(ckpt, cfg.model)
         data = load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
-        return net, subset_train(fit_to_network(data, info["input_shape"]), cfg.max_train_examples)
+        return net, fit_to_network(subset_train(data, cfg.max_train_examples), info["input_shape"])
 
     job_threads(threads)
     net, data = cached(key, build)

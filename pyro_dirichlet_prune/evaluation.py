@@ -38,12 +38,12 @@ def evaluate_checkpoint(
     if dataset is None:
         raise UserError(f"{path} does not say which data set it takes; give dataset=NAME")
     data = load_data(dataset, data_dir, val_size=0)
-    if "input_shape" in info:
-        data = fit_to_network(data, info["input_shape"])
     if "input_shape" not in info:  # a bare pickled network: check that it takes the data
         check_model_io(net, data.input_shape, data.num_classes, what=f"the network of {path}")
-    elif tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
-        raise UserError(f"checkpoint {path} does not take {dataset} inputs")
+    else:
+        data = fit_to_network(data, info["input_shape"])
+        if tuple(info["input_shape"]) != tuple(data.input_shape) or info["num_classes"] != data.num_classes:
+            raise UserError(f"checkpoint {path} does not take {dataset} inputs")
     if hasattr(net, "switch_points"):
         points = net.switch_points()
     else:  # a user's network: the layers it was pruned at, else the prunable ones

@@ -17,6 +17,7 @@ import torch
 from .data import Split, minibatches
 from .inference.arviz_data import guide_draws
 from .models import SwitchedNetwork
+from .models.switched import switch_site
 from .training import evaluate
 
 
@@ -75,8 +76,8 @@ def predictive_scales(fit, factor: dict[str, float], count: int, seed: int) -> d
     """``count`` draws s ~ q per layer as the scales of ``predictive_check``: factor_l · s_l on the
     frozen network; for a fit whose weights learned, s_l / E_q[s_l] on the fitted network (which
     has c_l · E_q[s_l] folded in)."""
-    draws = {site.removeprefix("switch."): torch.from_numpy(v)  # sites are models.switched.switch_site(layer)
-             for site, v in guide_draws(fit.model, fit.guide, num_samples=count, seed=seed).items()}
+    sampled = guide_draws(fit.model, fit.guide, num_samples=count, seed=seed)
+    draws = {layer: torch.from_numpy(sampled[switch_site(layer)]) for layer in fit.model.layers}
     if fit.learns_weights:
         means = fit.posterior_means()
         return {k: v / means[k].double() for k, v in draws.items()}

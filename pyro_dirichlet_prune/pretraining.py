@@ -124,7 +124,7 @@ def run_pretrain(
     check_output(out, overwrite, resume)
     seed_everything(cfg.train.seed)
     data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
-    if size is not None and size != data.input_shape[-1]:
+    if size is not None:
         try:
             data = pad_images(data, size)
         except ValueError as exc:

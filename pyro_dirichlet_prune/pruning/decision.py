@@ -216,8 +216,8 @@ def elimination_order(loglik: Callable[[Mapping[str, Sequence[int]]], float],
     what is left, until one unit remains, which ends the order. Evaluated lazily as
     ``decision_keep`` is (a removal's stale log-likelihood, from a larger keep-set, is refreshed
     only when it is the best): the first step is exact, and the later ones are plain greedy's
-    where a removal never makes another one cheaper. Returns ``({layer: unit indices, first removed first}, number of
-    ``loglik`` evaluations)``."""
+    where a removal never makes another one cheaper. Returns ``({layer: unit indices, first
+    removed first}, number of loglik evaluations)``."""
     whole = {layer: list(range(d)) for layer, d in widths.items()}
     orders, evaluations = {}, 0
     for layer, d in widths.items():

@@ -15,8 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import jobs as jobs_
-from ..data import DATASETS, DataBundle, Split, load_data
+from ..data import DATASETS, DataBundle, load_data
 from ..inputs import fit_to_network
+from ..pretraining import subset_train
 from ..errors import NumericalError, UserError
 from ..models.checkpoint import load_checkpoint, shipped_checkpoint
 from ..models.switch_points import switch_points
@@ -83,12 +84,9 @@ def _resolve_checkpoint(cfg: SearchConfig) -> Path:
 
 
 def _load_data(cfg: SearchConfig, input_shape) -> DataBundle:
-    """The data set, fitted to the network's ``input_shape`` and its training split cut as asked."""
-    data = fit_to_network(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), input_shape)
-    n = cfg.max_train_examples
-    if n and n < len(data.train):
-        data = dataclasses.replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
-    return data
+    """The data set, its training split cut as asked, fitted to the network's ``input_shape``."""
+    data = subset_train(load_data(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed), cfg.max_train_examples)
+    return fit_to_network(data, input_shape)
 
 
 @dataclasses.dataclass(frozen=True)
