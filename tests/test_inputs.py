@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
+import pyro_dirichlet_prune.evaluation as evaluation
 import pyro_dirichlet_prune.pipeline as pipeline
 import pyro_dirichlet_prune.pretraining as pretraining
 from helpers import tiny_data
 from pyro_dirichlet_prune import cli
 from pyro_dirichlet_prune.data import normalisation
+from pyro_dirichlet_prune.evaluation import evaluate_checkpoint
 from pyro_dirichlet_prune.inputs import fit_to_network, pad_images
 from pyro_dirichlet_prune.models import build_model
 from pyro_dirichlet_prune.models.checkpoint import load_checkpoint
@@ -92,5 +94,11 @@ def test_vgg16_pretrains_on_padded_mnist_like_data_and_prunes_from_its_checkpoin
     pruned, info = load_checkpoint(out / "pruned.pt", "vgg16")
     assert tuple(pruned.widths) == (2,) * 13 + (4,)
     assert info["input_shape"] == [1, 32, 32]
+    monkeypatch.setattr(evaluation, "load_data", tiny_data)
+    assert evaluate_checkpoint(out / "pruned.pt")["macs"] == report_macs(out)  # evaluate pads as prune did
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--model", "vgg16", "--image-size", "0", "--out", str(tmp_path / "x")])
+
+
+def report_macs(out) -> int:
+    return json.loads((out / "report.json").read_text())["finetuned"]["macs"]
