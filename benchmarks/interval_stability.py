@@ -1,6 +1,6 @@
 """Do the switch posterior's intervals depend on the initial value and the budget? Issue 25's test.
 
-    python benchmarks/interval_stability.py --data-dir DATA [--recipe fitted|converged ...] \
+    python benchmarks/interval_stability.py --data-dir DATA [--recipe default|fitted|converged ...] \
         [--inits 1 10] [--seed 0] [--examples N] [--out PATH]
 
 The shipped LeNet-5 (MNIST), frozen, with the default switch model, layer by layer, on the whole
@@ -9,7 +9,10 @@ switch learning of the default ``prune`` run. For every recipe it fits from both
 concentrations with the recipe's own stopping, and from the default init (the second) once more,
 allowed twice as long (twice the epochs of the first run's longest stage, no rule). The recipes:
 
-* ``fitted``: the default, a fixed budget of one epoch a layer;
+* ``default``: ``SwitchConfig()``'s own settings at the commit that runs (the report records it);
+  since the recipe below became the default, the same as ``quadratic``;
+* ``fitted``: the default until then, a fixed budget of one epoch a layer, the last iterate, the
+  concentrations as fitted;
 * ``converged``: a step decaying as 1/t, concentrations settled at every epoch end and after the
   fit, ``ConvergenceRule`` on the loss and the means ending each stage, 10 epochs the cap;
 * ``settled3``: the same for a fixed 3 epochs a layer, the rule only watching;
@@ -40,7 +43,8 @@ from pyro_dirichlet_prune.models import SwitchedNetwork
 from pyro_dirichlet_prune.report import versions, write_json
 
 RECIPES = {
-    "fitted": {},
+    "default": {},
+    "fitted": {"epochs": 1, "average": False, "concentration": "fitted"},
     "converged": {"lr_decay": 1.0, "until_converged": True, "concentration": "settled", "epochs": 10},
     "settled3": {"lr_decay": 1.0, "concentration": "settled", "epochs": 3},
     "averaged": {"average": True, "until_converged": True, "concentration": "settled", "epochs": 10},

@@ -287,6 +287,7 @@ def run_prune(
             "switches": {
                 "steps": len(fit.losses),
                 "stages": fit.stages,
+                "concentration": fit.concentration,
                 **({"settled_concentrations": fit.settled} if fit.settled is not None else {}),
                 **({"convergence": fit.convergence} if fit.convergence is not None else {}),
                 "final_loss": sum(fit.losses[-20:]) / len(fit.losses[-20:]),

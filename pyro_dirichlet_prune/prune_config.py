@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from .errors import UserError
 from .inference.svi import SwitchConfig
 from .pretraining import train_defaults
+from .pruning.cutoff import DELTA, TAU
 from .pruning.cutoffs import Cutoff
 from .pruning.decision import DEFAULT_EXAMPLES
 from .training import TrainConfig
 
 CUTOFFS = ("uncertainty", "budget", "arch", "rate", "decision")
-TAU = 0.5
-DELTA = 0.05
 DEFAULT_MODEL = "lenet5"
 
 

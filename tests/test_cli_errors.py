@@ -423,16 +423,19 @@ def test_a_switch_fit_that_hits_its_cap_unconverged_says_so(ckpts, tmp_path, cap
     assert [s["steps"] for s in conv["stages"]] == [s["steps"] for s in report["switches"]["stages"]]
 
 
-def test_a_quadratic_settle_says_what_its_intervals_rest_on(ckpts, tmp_path, capsys):
+def test_the_default_quadratic_settle_says_what_its_intervals_rest_on(ckpts, tmp_path, capsys):
+    """With no switch option given, the recipe: 3 averaged epochs a stage, then the quadratic settle."""
     import json
 
     out = tmp_path / "run"
-    rc = cli.main(_prune(ckpts / "lenet5.pt", out, "--switch-average", "--concentration", "quadratic", "--no-latency"))
+    rc = cli.main(_prune(ckpts / "lenet5.pt", out, "--no-latency"))
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert ("did not converge within --switch-epochs 1 in conv1, conv2, fc1, fc2: the quadratic settle then set "
-            "every concentration (--concentration quadratic)") in captured.err
+    assert ("did not converge within --switch-epochs 3 in conv1, conv2, fc1, fc2: the quadratic settle then set "
+            "every concentration, which is what the intervals rest on") in captured.err
     report = json.loads((out / "report.json").read_text())
     assert report["posterior"]["intervals"].startswith("quadratic: ")
+    assert [s["epochs"] for s in report["switches"]["stages"]] == [3, 3, 3, 3]
+    assert report["config"]["switch"]["concentration"] == "auto" and report["switches"]["concentration"] == "quadratic"
     settled = report["switches"]["settled_concentrations"]
     assert sorted(settled) == ["conv1", "conv2", "fc1", "fc2"] and all(v["surrogate_gain"] >= 0 for v in settled.values())

@@ -111,14 +111,15 @@ def test_switch_learning_can_settle_and_says_so():
     done = fit_switches(SwitchedNetwork(net), Split(x, y), cfg)
     phi = done.guide.concentration("fc1").detach()
     assert float(phi.sum()) == pytest.approx(done.settled["fc1"]["phi0"], rel=1e-5)
-    plain = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, schedule="joint"))
+    plain = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, schedule="joint",
+                                                                         concentration="fitted"))
     assert plain.settled is None
     assert float(plain.guide.concentration("fc1").detach().sum()) != pytest.approx(done.settled["fc1"]["phi0"], rel=0.05)
     for bad in (SwitchConfig(concentration="settled", guide="normal"),
                 SwitchConfig(concentration="settled", weight_scale=0.1, schedule="joint")):
         with pytest.raises(ValueError, match="concentration='settled' needs guide 'dirichlet' or 'dirichlet-mean'"):
             bad.validate()
-    with pytest.raises(ValueError, match="unknown concentration 'exact'; choose one of fitted, settled"):
+    with pytest.raises(ValueError, match="unknown concentration 'exact'; choose one of auto, fitted, settled"):
         SwitchConfig(concentration="exact").validate()
     from pyro_dirichlet_prune.inference.builders import DirichletBuilder
 
@@ -143,7 +144,7 @@ def test_switch_learning_until_converged_records_every_stage():
     assert stage["steps"] == done.stages[0]["steps"] and [e["step"] for e in stage["trace"]] == [20, 40, 60][:len(
         stage["trace"])]
     assert conv["converged"] == stage["converged"] == done.stages[0]["stopped"]
-    watched = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500)).convergence
+    watched = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, epochs=1)).convergence
     assert watched["rule"]["stops"] is False and watched["stages"][0]["trace"] == []  # 4 steps: no window closed
     assert watched["converged"] is False and watched["stages"][0]["steps"] == 4
 
@@ -274,3 +275,35 @@ def test_switch_learning_can_end_with_the_quadratic_settle():
         SwitchConfig(concentration="quadratic", curvature_probes=4).validate()
     with pytest.raises(ValueError, match="concentration='quadratic' needs guide 'dirichlet' or 'dirichlet-mean'"):
         SwitchConfig(concentration="quadratic", guide="delta").validate()
+
+
+def test_auto_concentration_is_the_quadratic_settle_where_it_applies(monkeypatch):
+    """The default ``auto``: the quadratic settle for the Dirichlet guides on frozen weights where
+    its exact Hessian is affordable (LeNet-5, not a VGG-16); the guides and models it cannot
+    settle keep their fitted parameters, still validate, and their intervals say so."""
+    from pyro_dirichlet_prune.data import Split
+    from pyro_dirichlet_prune.inference.svi import AUTO_QUADRATIC_COST, SwitchConfig, fit_switches, interval_basis
+    from pyro_dirichlet_prune.models import SwitchedNetwork
+
+    assert SwitchConfig().resolved_concentration() == "quadratic"
+    assert SwitchConfig().resolved_concentration(units=155, macs=498_750) == "quadratic"  # LeNet-5
+    assert SwitchConfig().resolved_concentration(units=1056, macs=20_000_000) == "fitted"  # a VGG-16 x0.25
+    net, x, y = _problem()
+    small = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, schedule="joint", epochs=1))
+    assert small.concentration == "quadratic" and small.settled is not None
+    assert interval_basis(SwitchConfig(), small).startswith("quadratic: ")
+    import pyro_dirichlet_prune.inference.svi as svi
+
+    assert AUTO_QUADRATIC_COST > 0
+    monkeypatch.setattr(svi, "AUTO_QUADRATIC_COST", 0.0)  # the same problem priced above the threshold
+    big = fit_switches(SwitchedNetwork(net), Split(x, y), SwitchConfig(batch_size=500, schedule="joint", epochs=1))
+    assert big.concentration == "fitted" and big.settled is None
+    assert interval_basis(SwitchConfig(), big).startswith("as fitted, not converged")
+    assert SwitchConfig(guide="dirichlet-mean").resolved_concentration() == "quadratic"
+    for other in (SwitchConfig(guide="normal"), SwitchConfig(guide="delta"),
+                  SwitchConfig(weight_scale=0.05, schedule="joint"), SwitchConfig(curvature_probes=4)):
+        other.validate()
+        assert other.resolved_concentration() == "fitted"
+    assert SwitchConfig(concentration="settled").resolved_concentration() == "settled"
+    with pytest.raises(ValueError, match="concentration='quadratic' needs guide 'dirichlet'"):
+        SwitchConfig(concentration="quadratic", guide="normal").validate()

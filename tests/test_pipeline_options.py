@@ -34,7 +34,7 @@ def test_rate_cutoff_and_inference_options(ckpt, tmp_path, extra, stages):
     assert rep["architecture"]["pruned"] == "5-10-50-13"
     assert rep["finetuned"]["params"] == lenet5_params(5, 10, 50, 13)
     assert len(rep["switches"]["stages"]) == stages
-    assert rep["switches"]["steps"] == stages * 3  # 120 training examples / batch 40
+    assert rep["switches"]["steps"] == stages * 3 * 3  # 120 training examples / batch 40, 3 epochs a stage
     assert [s["layers"] for s in rep["switches"]["stages"]] == (
         [["conv1"], ["conv2"], ["fc1"], ["fc2"]] if stages == 4 else [["conv1", "conv2", "fc1", "fc2"]])
     net, _ = load_checkpoint(out / "pruned.pt")
@@ -68,7 +68,8 @@ def _posterior_rule(out, tau_delta):
     return {layer: [j for j, p in enumerate(v["prob_below_tau"]) if not p >= 1 - tau_delta] for layer, v in post.items()}, post
 
 
-@pytest.mark.parametrize("extra", [["--switch-scale", "simplex", "--switch-lr", "0.5", "--tau", "1.0", "--delta", "0.3"],
+@pytest.mark.parametrize("extra", [["--switch-scale", "simplex", "--switch-lr", "0.5", "--tau", "1.0", "--delta", "0.3",
+                                    "--concentration", "fitted", "--no-switch-average"],
                                    ["--guide", "normal", "--switch-scale", "simplex", "--switch-lr", "0.2", "--tau", "1.0",
                                     "--delta", "0.3"]])
 def test_uncertainty_cutoff_is_the_default_and_follows_the_posterior(ckpt, tmp_path, extra):

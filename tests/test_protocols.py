@@ -37,7 +37,7 @@ def test_the_shipped_cutoff_objects_choose_what_the_quick_start_functions_choose
     assert RateCutoff(0.5)(post, net, SHAPE) == rate_cutoff(post, 0.5)
     kept = UncertaintyCutoff(0.5, 0.05)(post, net, SHAPE)
     assert sum(map(len, kept.values())) < 155  # the posterior above is confident about some units
-    assert BudgetCutoff(macs=150_000).describe() == {"kind": "budget", "tau": 0.5, "target": {"macs": 150_000}}
+    assert BudgetCutoff(macs=150_000).describe() == {"kind": "budget", "tau": 1.0, "target": {"macs": 150_000}}
 
 
 def test_cutoff_settings_are_checked_when_made():

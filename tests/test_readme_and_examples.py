@@ -45,7 +45,8 @@ def test_example_your_own_guide_through_compare_guides(mnist_dir):
 
 
 def test_example_your_own_cutoff_through_run_prune(mnist_dir):
-    out = _run([str(ROOT / "examples" / "your_own_cutoff.py"), "--examples", "5000"], mnist_dir, ROOT)
+    out = _run([str(ROOT / "examples" / "your_own_cutoff.py"), "--examples", "5000",
+                "--finetune-epochs", "3"], mnist_dir, ROOT)
     assert "cut-off {'kind': 'interval', 'tau': 1.0, 'credible_level': 0.95}" in out, out
     m = re.search(r"10-20-100-25 -> ([0-9-]+): MACs (\d+) -> (\d+), test error [0-9.]+ -> ([0-9.]+)", out)
     assert m and m.group(1) != "10-20-100-25" and int(m.group(3)) < int(m.group(2)), out  # the user's rule pruned

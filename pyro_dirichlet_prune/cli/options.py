@@ -254,12 +254,14 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--alpha0", d.alpha0, "concentration of the symmetric Dirichlet prior", type=positive_float)
     _option(p, "--init-concentration", d.init_concentration, "initial guide concentration of every unit",
             type=positive_float)
-    _option(p, "--concentration", d.concentration, "fitted: the guide's concentrations as switch learning left them "
+    _option(p, "--concentration", d.concentration, "auto: quadratic for the dirichlet and dirichlet-mean guides on "
+            "frozen weights, fitted otherwise; fitted: the guide's concentrations as switch learning left them "
             "(their total still carries --init-concentration and the epoch budget); settled: each layer's total set "
             "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
             "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights); quadratic: every "
             "concentration set after the fit to the optimum of the ELBO's quadratic expansion about the fitted means "
-            "(exact gradient and Hessian; with --switch-average, the recipe of docs/convergence.md)",
+            "(exact gradient and Hessian; with iterate averaging and 3 epochs a stage, the recipe of "
+            "docs/convergence.md, whose intervals do not move with --init-concentration or the budget)",
             choices=CONCENTRATIONS)
     p.add_argument("--switch-until-converged", action="store_true",
                    help="end each stage of switch learning when it has converged (inference/convergence.py: the "
@@ -276,13 +278,13 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--switch-lr-decay", d.lr_decay, "step t of a stage of switch learning is taken at "
             "lr*(1+t/T)^-DECAY, T one epoch: 0 keeps the rate constant (its iterates jitter for ever), 1 decays it "
             "as 1/t (Robbins-Monro), so that the means settle", type=unit_interval)
-    p.add_argument("--switch-average", action="store_true",
+    p.add_argument("--switch-average", action=argparse.BooleanOptionalAction, default=d.average,
                    help="end each stage of switch learning at the mean of the guide's parameters over its last epoch "
-                        "(iterate averaging) instead of the last iterate, which wanders about the optimum "
-                        "(inference/averaging.py)")
+                        "(iterate averaging; the default) instead of the last iterate, which wanders about the "
+                        "optimum (inference/averaging.py); --no-switch-average: the last iterate")
     _option(p, "--floor", d.floor, "lower bound of guide concentrations", type=positive_float)
     _option(p, "--switch-lr", d.lr, "Adam learning rate of the concentrations", type=positive_float)
-    _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the paper",
+    _option(p, "--switch-epochs", d.epochs, "epochs of switch learning, per stage", ", as in the authors' code",
             type=positive_int)
     _option(p, "--switch-batch-size", d.batch_size, "minibatch size of switch learning", type=positive_int)
     _option(p, "--switch-sampling", d.sampling, "shared: one switch draw per layer for the whole minibatch; "

@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> dict:
     if convergence is not None:
         unsettled = ["+".join(st["layers"]) for st in convergence["stages"] if not st["converged"]]
         if unsettled:
-            then = ("the quadratic settle then set every concentration (--concentration quadratic), which is "
-                    "what the intervals rest on" if cfg.switch.concentration == "quadratic" else
+            then = ("the quadratic settle then set every concentration, which is "
+                    "what the intervals rest on" if r["posterior"]["intervals"].startswith("quadratic") else
                     "what it reports still moves with the optimiser's budget")
             print(f"{PROG}: warning: switch learning did not converge within --switch-epochs "
                   f"{convergence['cap_epochs']} in {', '.join(unsettled)}: {then} (report.json: switches.convergence)",

@@ -14,6 +14,7 @@ from torch.distributions import transform_to
 
 from .. import distributed
 from ..data import Split, SplitLoader
+from ..metrics import count_macs
 from ..models.switched import SAMPLINGS, SCALES, SwitchedNetwork, SwitchModel, switch_factors
 from ..pruning.surgery import fold_scales
 from ..runstate import RunState
@@ -28,7 +29,13 @@ from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 ELBOS = ("trace", "meanfield")
 EPOCH_CURVATURE_EXAMPLES = 2000
 """Examples whose curvature settles the concentrations at every epoch end (``SettleEachEpoch``)."""
-CONCENTRATIONS = ("fitted", "settled", "quadratic")
+CONCENTRATIONS = ("auto", "fitted", "settled", "quadratic")
+AUTO_QUADRATIC_COST = 2e8
+"""``concentration="auto"`` takes the quadratic settle when the switched units times the network's
+MACs per example are at most this (LeNet-5: 155 units × 498,750 MACs = 7.7e7, a settle of about a
+minute on one core): its exact Hessian takes one backward pass per unit and minibatch over up to
+``curvature_examples`` examples, which for VGG-16 (×0.25: about 1,000 units × 20M MACs) would
+cost hours."""
 
 
 @dataclass
@@ -51,7 +58,10 @@ class SwitchConfig:
         with a MAP point estimate (``models.weight_prior``); needs a Dirichlet guide and the
         ``joint`` schedule (the weights learn under every switch at once). ``weight_lr`` is
         Adam's learning rate of the weights.
-    concentration: ``fitted`` (the guide's phi_l as the fit left them) or ``settled`` (a Dirichlet
+    concentration: ``auto`` (the default): ``quadratic`` for a Dirichlet guide on frozen weights
+        where its exact Hessian is affordable (``AUTO_QUADRATIC_COST``), else ``fitted``
+        (``resolved_concentration``; the fit's ``concentration`` says which was taken). ``fitted``: the guide's phi_l as the fit left
+        them, which carry the initial value and the epoch budget. ``settled``: a Dirichlet
         guide's total concentrations set, after the fit, to the ELBO's optimum given the fitted means,
         from the likelihood's curvature: ``inference.concentration``; the intervals then no longer
         carry the initial value or the epoch budget, and for the mean variant, whose objective does
@@ -77,6 +87,10 @@ class SwitchConfig:
     average: end every stage at the mean of the guide's parameters over its last epoch
         (``inference.averaging.IterateAverage``) instead of at the last iterate, which wanders
         about the optimum by several posterior standard deviations at a constant step.
+
+    The defaults (3 epochs a stage, iterate averaging, the quadratic settle) are the recipe of
+    docs/convergence.md: the intervals they give move by under 1% with the initial concentration
+    (1 or 10) or a budget twice as long, where one epoch of the last iterate's moved 2-2.6 times.
     """
 
     guide: str | GuideBuilder = "dirichlet"
@@ -86,7 +100,7 @@ class SwitchConfig:
     init_concentration: float = 10.0
     floor: float = DEFAULT_FLOOR
     lr: float = 0.05
-    epochs: int = 1
+    epochs: int = 3
     batch_size: int = 256
     schedule: str = DEFAULT_SCHEDULE
     scale: str = "simplex"
@@ -95,21 +109,33 @@ class SwitchConfig:
     gain: float = 1.0
     weight_scale: float | None = None
     weight_lr: float = 1e-3
-    concentration: str = "fitted"
+    concentration: str = "auto"
     until_converged: bool = False
     lr_decay: float = 0.0
     curvature_probes: int | None = None
     curvature_examples: int | None = 10000
-    average: bool = False
+    average: bool = True
+
+    def resolved_concentration(self, units: int | None = None, macs: int | None = None) -> str:
+        """What sets the concentrations after the fit: ``concentration``, with ``auto`` resolved to
+        ``quadratic`` for a guide whose concentrations can be set (the Dirichlet guides) on frozen
+        weights with exact curvature, unless the network's switched ``units`` times its ``macs``
+        per example exceed ``AUTO_QUADRATIC_COST`` (either unknown: not judged), and to ``fitted``
+        otherwise."""
+        if self.concentration != "auto":
+            return self.concentration
+        settles = guide_builder(self.guide).settles and self.weight_scale is None and self.curvature_probes is None
+        affordable = units is None or macs is None or units * macs <= AUTO_QUADRATIC_COST
+        return "quadratic" if settles and affordable else "fitted"
 
     def validate(self) -> None:
         builder = guide_builder(self.guide)
         if self.concentration not in CONCENTRATIONS:
             raise ValueError(f"unknown concentration {self.concentration!r}; choose one of {', '.join(CONCENTRATIONS)}")
-        if self.concentration != "fitted" and (not builder.settles or self.weight_scale is not None):
+        if self.resolved_concentration() != "fitted" and (not builder.settles or self.weight_scale is not None):
             raise ValueError(f"concentration={self.concentration!r} needs guide 'dirichlet' or 'dirichlet-mean' and "
                              f"frozen weights (no weight_scale)")
-        if self.concentration == "quadratic" and self.curvature_probes is not None:
+        if self.resolved_concentration() == "quadratic" and self.curvature_probes is not None:
             raise ValueError("curvature_probes: concentration='quadratic' needs the exact Hessian; leave it None")
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown ELBO {self.elbo!r}; choose one of {', '.join(ELBOS)}")
@@ -164,6 +190,8 @@ class SwitchFit:
     result: FitResult
     settled: dict | None = None
     convergence: dict | None = None
+    concentration: str = "fitted"
+    """What set the concentrations after the fit (``SwitchConfig.resolved_concentration``)."""
 
     @property
     def losses(self) -> list[float]:
@@ -233,12 +261,15 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     guide = make_guide(cfg, model)
     loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
     callbacks: list = [IterateAverage(guide)] if cfg.average else []
-    if cfg.concentration == "settled":
+    concentration = cfg.resolved_concentration(
+        *((sum(model.widths.values()), count_macs(network.net, train.x.shape[1:])) if cfg.concentration == "auto"
+          else ()))
+    if concentration == "settled":
         callbacks.append(SettleEachEpoch(model, guide, train, schedule=cfg.schedule, probes=cfg.curvature_probes,
                                          max_examples=EPOCH_CURVATURE_EXAMPLES, seed=cfg.seed))
     if cfg.until_converged and distributed.active():
         raise ValueError("until_converged runs in one process only: each rank would judge its own losses")
-    settling = cfg.concentration != "fitted"
+    settling = concentration != "fitted"
     rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)), phi_rtol=None if settling else 0.01,
                            mean_atol=0.001 if settling else None, stops=cfg.until_converged)
     callbacks.append(rule)  # it always watches; with until_converged it also ends the stages
@@ -246,11 +277,11 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=callbacks,
                  lr_decay=cfg.lr_decay)
     settled = None
-    if cfg.concentration != "fitted":
+    if settling:
         settled = settle_concentrations(model, guide, train, schedule=cfg.schedule,  # every rank: the same examples
                                         max_examples=cfg.curvature_examples, probes=cfg.curvature_probes,
-                                        seed=cfg.seed, whole=cfg.concentration == "quadratic")
-    return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs))
+                                        seed=cfg.seed, whole=concentration == "quadratic")
+    return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs), concentration)
 
 
 def convergence_record(rule: ConvergenceRule, result: FitResult, cap_epochs: int) -> dict:
@@ -312,10 +343,11 @@ def interval_basis(cfg: SwitchConfig, fit: SwitchFit) -> str:
     """What a fit's credible intervals rest on, in words for a report: settled concentrations, the
     mean variant's unidentified phi_0 (then they are not posterior intervals), or the guide as
     fitted, converged or not (``fit.convergence``)."""
-    if cfg.concentration == "settled":
+    concentration = fit.concentration
+    if concentration == "settled":
         return ("settled: each layer's total concentration phi_0 set to the ELBO's optimum given the fitted means "
                 "(inference.concentration)")
-    if cfg.concentration == "quadratic":
+    if concentration == "quadratic":
         return ("quadratic: each layer's concentrations set to the optimum of the ELBO's quadratic expansion about "
                 "the fitted means (inference.concentration.optimal_concentrations)")
     if guide_name(cfg.guide) == "dirichlet-mean":

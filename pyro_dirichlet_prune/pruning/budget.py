@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import UserError
 from ..metrics import count_macs, count_params
 from ..models.switch_points import SwitchPoint
+from .cutoff import TAU
 from .surgery import prune_units
 
 SizeFn = Callable[[Mapping[str, int]], dict[str, int]]
@@ -95,7 +96,7 @@ def budget_keep(
 
 
 def budget_cutoff(posterior, net: nn.Module, input_shape: Sequence[int], macs: int | None = None,
-                  params: int | None = None, tau: float = 0.5,
+                  params: int | None = None, tau: float = TAU,
                   points: Sequence[SwitchPoint] | None = None) -> dict[str, list[int]]:
     """The units to keep so that ``net`` fits ``macs`` and/or ``params``: units are removed across
     layers in order of posterior evidence of unimportance, ``P(D_l · s_lj < tau)`` descending

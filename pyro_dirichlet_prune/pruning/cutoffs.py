@@ -37,7 +37,7 @@ from torch import nn
 from ..data import Split
 from ..models.switch_points import SwitchPoint, point_widths, switch_points
 from .budget import budget_keep, size_function
-from .cutoff import keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
+from .cutoff import DELTA, TAU, keep_top, parse_arch, rate_widths, removal_order, uncertainty_keep
 from .decision import DEFAULT_EXAMPLES, DEFAULT_LAM, MEASURES, decision_cutoff, decision_examples
 from .ranking import FittedSwitches, Ranking, get_ranking
 from .surgery import check_keep
@@ -103,7 +103,7 @@ class UncertaintyCutoff(Cutoff):
 
     kind = "uncertainty"
 
-    def __init__(self, tau: float = 0.5, delta: float = 0.05) -> None:
+    def __init__(self, tau: float = TAU, delta: float = DELTA) -> None:
         super().__init__()
         self.tau = _positive("tau", tau)
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
@@ -126,7 +126,7 @@ class BudgetCutoff(Cutoff):
 
     kind = "budget"
 
-    def __init__(self, macs: int | None = None, params: int | None = None, tau: float = 0.5) -> None:
+    def __init__(self, macs: int | None = None, params: int | None = None, tau: float = TAU) -> None:
         super().__init__()
         self.target = {k: v for k, v in (("macs", macs), ("params", params)) if v is not None}
         if not self.target:

@@ -28,13 +28,14 @@ from torch import nn
 
 from ..inference.posterior import SwitchPosterior
 from ..models.points import SwitchPoint
+from .cutoff import TAU
 
 SCORES = ("mean", "prob_below")
 
 _OUT_CHANNEL_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
 
-def posterior_scores(posterior: SwitchPosterior, score: str = "mean", tau: float = 0.5) -> dict[str, torch.Tensor]:
+def posterior_scores(posterior: SwitchPosterior, score: str = "mean", tau: float = TAU) -> dict[str, torch.Tensor]:
     """Per layer, the float64 score of every unit (module docstring): ``D_l · E_q[s_lj]`` for
     ``score="mean"``, ``1 - P(D_l · s_lj < tau)`` for ``score="prob_below"``."""
     if not isinstance(posterior, SwitchPosterior):
@@ -71,7 +72,7 @@ class PosteriorImportance(tp.importance.Importance):
     """
 
     def __init__(self, posterior: SwitchPosterior, points: Sequence[SwitchPoint], score: str = "mean",
-                 tau: float = 0.5) -> None:
+                 tau: float = TAU) -> None:
         scores = posterior_scores(posterior, score, tau)
         if isinstance(points, (str, bytes)) or not isinstance(points, Sequence):
             raise TypeError(f"points must be a sequence of SwitchPoint (model.points), got {type(points).__name__}")

@@ -49,10 +49,11 @@ from ..models.switch_points import SwitchPoint, rebind, switch_points
 from ..models.switched import SwitchedNetwork
 from .baselines import (FISHER_BATCH_SIZE, FISHER_BATCHES, check_scores, fisher_scores, greedy_scores, random_scores,
                         weight_norm_scores)
+from .cutoff import TAU
 from .decision import DEFAULT_EXAMPLES
 
 Scores = dict[str, torch.Tensor]
-DEFAULT_TAU = 0.5
+DEFAULT_TAU = TAU
 
 
 def _points(net: nn.Module, points: Sequence[SwitchPoint] | None, train: Split | None) -> list[SwitchPoint]:
