@@ -14,6 +14,8 @@ import pyro
 import pytest
 import torch
 
+os.environ.setdefault("DIRICHLET_PRUNE_AUTO_QUADRATIC_COST", "-1")  # see _quadratic_settle_where_asked
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +94,19 @@ def adam_rates(monkeypatch) -> list[float]:
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     return seen
+
+
+@pytest.fixture(autouse=True)
+def _quadratic_settle_where_asked(request, monkeypatch):
+    """The suite runs with ``DIRICHLET_PRUNE_AUTO_QUADRATIC_COST=-1`` (set above, so that the
+    processes it starts inherit it): ``concentration="auto"`` is then ``fitted``, as the quadratic
+    settle's exact Hessian adds seconds to every LeNet-5 fit, minutes over the suite. Tests marked
+    ``default_recipe`` get the library's own threshold, in this process."""
+    if request.node.get_closest_marker("default_recipe") is not None:
+        import pyro_dirichlet_prune.inference.svi as svi
+
+        monkeypatch.setattr(svi, "AUTO_QUADRATIC_COST", 2e8)
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -96,7 +96,8 @@ def test_prune_report_fields(pruned_run, pretrained, data_cfg):
     assert conv["converged"] == all(s["converged"] for s in conv["stages"])
     assert [s["steps"] for s in conv["stages"]] == [s["steps"] for s in rep["switches"]["stages"]]
     assert rep["posterior"]["structure"].startswith("per-stage conditional posteriors")
-    assert rep["posterior"]["intervals"].startswith("quadratic: ")  # the default settles LeNet-5's concentrations
+    assert rep["posterior"]["intervals"].startswith("as fitted, " + ("converged" if conv["converged"] else "not converged"))
+    assert rep["switches"]["concentration"] == "fitted"  # the suite's setting (conftest); the settle: test_cli_errors
     assert rep["command"] == "prune"
     cfg = rep["config"]
     assert cfg["model"] == "lenet5" and cfg["dataset"] == data_cfg.dataset and cfg["arch"] == ARCH

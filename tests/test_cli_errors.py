@@ -423,6 +423,7 @@ def test_a_switch_fit_that_hits_its_cap_unconverged_says_so(ckpts, tmp_path, cap
     assert [s["steps"] for s in conv["stages"]] == [s["steps"] for s in report["switches"]["stages"]]
 
 
+@pytest.mark.default_recipe
 def test_the_default_quadratic_settle_says_what_its_intervals_rest_on(ckpts, tmp_path, capsys):
     """With no switch option given, the recipe: 3 averaged epochs a stage, then the quadratic settle."""
     import json

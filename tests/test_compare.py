@@ -205,7 +205,7 @@ def test_compare_on_a_local_cluster_equals_in_process(tmp_path, data_cfg):
     torch.set_num_threads(1)
     cfg = compare.CompareConfig(
         dataset=data_cfg.dataset, data_dir=str(data_cfg.data_dir) if data_cfg.data_dir else None,
-        guides=["dirichlet", "delta"], seeds=[1], switch=SwitchConfig(batch_size=200), arch="5-10-50-13",
+        guides=["dirichlet", "delta"], seeds=[1], switch=SwitchConfig(batch_size=200, epochs=1), arch="5-10-50-13",
         finetune=TrainConfig(epochs=1, lr=2e-3, augment_shift=2), elbo_particles=2, elbo_batches=2,
         predictive_draws=2, val_size=data_cfg.val_size, max_train_examples=data_cfg.max_train)
     if data_cfg.dataset != "mnist":  # the shipped checkpoint is MNIST's; the fake data set takes its shapes

@@ -277,6 +277,7 @@ def test_switch_learning_can_end_with_the_quadratic_settle():
         SwitchConfig(concentration="quadratic", guide="delta").validate()
 
 
+@pytest.mark.default_recipe
 def test_auto_concentration_is_the_quadratic_settle_where_it_applies(monkeypatch):
     """The default ``auto``: the quadratic settle for the Dirichlet guides on frozen weights where
     its exact Hessian is affordable (LeNet-5, not a VGG-16); the guides and models it cannot

@@ -21,7 +21,7 @@ def test_same_seed_same_report(tmp_path):
     reports = []
     for name in ("a", "b"):
         assert cli.main(["prune", "--checkpoint", str(tmp_path / "base" / "model.pt"), "--rate", "0.5",
-                         "--switch-batch-size", "100", "--particles", "2", "--finetune-epochs", "2", "--seed", "11",
+                         "--switch-batch-size", "100", "--switch-epochs", "1", "--particles", "2", "--finetune-epochs", "2", "--seed", "11",
                          "--threads", "1", *DATA, "--out", str(tmp_path / name)]) == 0
         reports.append(json.loads((tmp_path / name / "report.json").read_text()))
     a, b = (_numbers(r) for r in reports)
@@ -32,7 +32,7 @@ def test_same_seed_same_report(tmp_path):
     )
     # and a different seed gives a different run
     assert cli.main(["prune", "--checkpoint", str(tmp_path / "base" / "model.pt"), "--rate", "0.5",
-                     "--switch-batch-size", "100", "--particles", "2", "--finetune-epochs", "2", "--seed", "12",
+                     "--switch-batch-size", "100", "--switch-epochs", "1", "--particles", "2", "--finetune-epochs", "2", "--seed", "12",
                      "--threads", "1", *DATA, "--out", str(tmp_path / "c")]) == 0
     c = json.loads((tmp_path / "c" / "report.json").read_text())
     assert c["switches"]["losses"] != reports[0]["switches"]["losses"]

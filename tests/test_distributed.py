@@ -79,7 +79,7 @@ def test_prune_under_torchrun_killed_and_resumed_matches_one_process(tmp_path, d
     from pyro_dirichlet_prune.models.checkpoint import shipped_checkpoint
 
     args = ["prune", "--arch", "6-8-40-20", "--checkpoint", str(shipped_checkpoint("lenet5", "mnist")),
-            *data_cfg.cli_args(), "--switch-batch-size", "200",
+            *data_cfg.cli_args(), "--switch-batch-size", "200", "--switch-epochs", "1",
             "--finetune-epochs", "2", "--threads", "1", "--checkpoint-every", "5", "--no-latency"]
     one = tmp_path / "one"
     assert cli.main([*args, "--out", str(one)]) == 0

@@ -7,6 +7,7 @@ same objects itself (``SwitchModel``, ``DirichletGuide``, ``fit``, ``posterior_o
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +31,14 @@ ELBOS = ("trace", "meanfield")
 EPOCH_CURVATURE_EXAMPLES = 2000
 """Examples whose curvature settles the concentrations at every epoch end (``SettleEachEpoch``)."""
 CONCENTRATIONS = ("auto", "fitted", "settled", "quadratic")
-AUTO_QUADRATIC_COST = 2e8
+AUTO_QUADRATIC_COST = float(os.environ.get("DIRICHLET_PRUNE_AUTO_QUADRATIC_COST", "2e8"))
 """``concentration="auto"`` takes the quadratic settle when the switched units times the network's
 MACs per example are at most this (LeNet-5: 155 units × 498,750 MACs = 7.7e7, a settle of about a
 minute on one core): its exact Hessian takes one backward pass per unit and minibatch over up to
 ``curvature_examples`` examples, which for VGG-16 (×0.25: about 1,000 units × 20M MACs) would
-cost hours."""
+cost hours. The environment variable ``DIRICHLET_PRUNE_AUTO_QUADRATIC_COST`` overrides it for a
+process and the processes it starts (-1: never settle automatically; the test suite's setting,
+for speed)."""
 
 
 @dataclass
