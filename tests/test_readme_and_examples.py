@@ -36,7 +36,7 @@ def test_readme_quick_start_runs_as_written(tmp_path, mnist_dir):
 
 
 def test_example_your_own_guide_through_compare_guides(mnist_dir):
-    out = _run([str(ROOT / "examples" / "your_own_guide.py"), "--examples", "2000"], mnist_dir, ROOT)
+    out = _run([str(ROOT / "examples" / "your_own_guide.py"), "--examples", "1000"], mnist_dir, ROOT)
     rows = dict(re.findall(r"^(\S+) +ELBO +(-?[0-9.]+) ", out, re.M))
     assert set(rows) == {"dirichlet", "logistic-normal"}, out  # the user's guide ran beside the shipped one
     assert float(rows["logistic-normal"]) != float(rows["dirichlet"])
