@@ -105,7 +105,7 @@ def _quadratic_settle_where_asked(request, monkeypatch):
     if request.node.get_closest_marker("default_recipe") is not None:
         import pyro_dirichlet_prune.inference.svi as svi
 
-        monkeypatch.setattr(svi, "AUTO_QUADRATIC_COST", 2e8)
+        monkeypatch.setattr(svi, "AUTO_QUADRATIC_COST", svi.DEFAULT_AUTO_QUADRATIC_COST)
     yield
 
 

@@ -255,7 +255,8 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
     _option(p, "--init-concentration", d.init_concentration, "initial guide concentration of every unit",
             type=positive_float)
     _option(p, "--concentration", d.concentration, "auto: quadratic for the dirichlet and dirichlet-mean guides on "
-            "frozen weights, fitted otherwise; fitted: the guide's concentrations as switch learning left them "
+            "frozen weights when switched units x MACs per example <= 2e8 (LeNet-5, not VGG-16), fitted otherwise; "
+            "fitted: the guide's concentrations as switch learning left them "
             "(their total still carries --init-concentration and the epoch budget); settled: each layer's total set "
             "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
             "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights); quadratic: every "

@@ -31,7 +31,8 @@ ELBOS = ("trace", "meanfield")
 EPOCH_CURVATURE_EXAMPLES = 2000
 """Examples whose curvature settles the concentrations at every epoch end (``SettleEachEpoch``)."""
 CONCENTRATIONS = ("auto", "fitted", "settled", "quadratic")
-AUTO_QUADRATIC_COST = float(os.environ.get("DIRICHLET_PRUNE_AUTO_QUADRATIC_COST", "2e8"))
+DEFAULT_AUTO_QUADRATIC_COST = 2e8
+AUTO_QUADRATIC_COST = float(os.environ.get("DIRICHLET_PRUNE_AUTO_QUADRATIC_COST", DEFAULT_AUTO_QUADRATIC_COST))
 """``concentration="auto"`` takes the quadratic settle when the switched units times the network's
 MACs per example are at most this (LeNet-5: 155 units × 498,750 MACs = 7.7e7, a settle of about a
 minute on one core): its exact Hessian takes one backward pass per unit and minibatch over up to
@@ -63,8 +64,9 @@ class SwitchConfig:
         Adam's learning rate of the weights.
     concentration: ``auto`` (the default): ``quadratic`` for a Dirichlet guide on frozen weights
         where its exact Hessian is affordable (``AUTO_QUADRATIC_COST``), else ``fitted``
-        (``resolved_concentration``; the fit's ``concentration`` says which was taken). ``fitted``: the guide's phi_l as the fit left
-        them, which carry the initial value and the epoch budget. ``settled``: a Dirichlet
+        (``resolved_concentration``; the fit's ``concentration`` says which was taken).
+        ``fitted``: the guide's phi_l as the fit left them, which carry the initial value and the
+        epoch budget. ``settled``: a Dirichlet
         guide's total concentrations set, after the fit, to the ELBO's optimum given the fitted means,
         from the likelihood's curvature: ``inference.concentration``; the intervals then no longer
         carry the initial value or the epoch budget, and for the mean variant, whose objective does
@@ -264,9 +266,11 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     guide = make_guide(cfg, model)
     loader = distributed.sharded(SplitLoader(train, cfg.batch_size, True, torch.Generator().manual_seed(cfg.seed)))
     callbacks: list = [IterateAverage(guide)] if cfg.average else []
-    concentration = cfg.resolved_concentration(
-        *((sum(model.widths.values()), count_macs(network.net, train.x.shape[1:])) if cfg.concentration == "auto"
-          else ()))
+    if cfg.concentration == "auto":  # priced by the network's size (AUTO_QUADRATIC_COST)
+        units, macs = sum(model.widths.values()), count_macs(network.net, train.x.shape[1:])
+        concentration = cfg.resolved_concentration(units, macs)
+    else:
+        concentration = cfg.resolved_concentration()
     if concentration == "settled":
         callbacks.append(SettleEachEpoch(model, guide, train, schedule=cfg.schedule, probes=cfg.curvature_probes,
                                          max_examples=EPOCH_CURVATURE_EXAMPLES, seed=cfg.seed))
