@@ -258,6 +258,50 @@ def test_the_quadratic_settle_lands_where_a_long_full_batch_fit_goes_from_either
         settle_concentrations(model, guide, [(x, y)], whole=True, probes=2)
 
 
+def test_the_full_data_nll_and_its_gradient_against_sums_and_finite_differences():
+    from pyro_dirichlet_prune.inference.concentration import layer_nll
+
+    net, x, y = _problem()
+    model = SwitchModel(net, num_data=N)
+    mean = torch.linspace(1, 2, 12, dtype=torch.float64)
+    mean = mean / mean.sum()
+    nll, g = layer_nll(model, "fc1", mean, [(x, y)], gradient=True)
+    # every example counts, unscaled, in any minibatching
+    parts = [layer_nll(model, "fc1", mean, [(x[a:a + 300], y[a:a + 300])])[0] for a in range(0, N, 300)]
+    assert nll == pytest.approx(sum(parts), rel=1e-5)
+    assert layer_nll(model, "fc1", mean, [(x, y)], gradient=False)[1] is None
+    for j in (0, 5, 11):
+        e = torch.zeros(12, dtype=torch.float64)
+        e[j] = 1e-3
+        fd = (layer_nll(model, "fc1", mean + e, [(x, y)])[0] - layer_nll(model, "fc1", mean - e, [(x, y)])[0]) / 2e-3
+        assert float(g[j]) == pytest.approx(fd, rel=1e-2, abs=1e-2 * float(g.abs().max()))
+
+
+def test_the_quadratic_settle_keeps_the_settled_point_when_its_step_lowers_the_elbo(monkeypatch):
+    """The whole settle's Newton step is checked on the whole data: a step the quadratic expansion
+    likes but the likelihood does not (here a candidate with its means reversed) is not taken;
+    the real step of a short fit is, and raises the data's ELBO."""
+    import pyro_dirichlet_prune.inference.concentration as conc
+
+    net, x, y = _problem()
+    model = SwitchModel(net, num_data=N)
+    guide = DirichletGuide(model, init_concentration=10.0)
+    fit(model, guide, [(x, y)], epochs=60, schedule="joint", seed=0, progress=False)
+    fitted = guide.concentration("fc1").detach().double().clone()
+    real = conc.optimal_concentrations
+    monkeypatch.setattr(conc, "optimal_concentrations", lambda g, h, m, a, start, **kw: (start.flip(0), 1e6))
+    out = settle_concentrations(model, guide, [(x, y)], schedule="joint", whole=True)["fc1"]
+    kept = guide.concentration("fc1").detach().double()
+    assert out["step"] == 0.0 and out["elbo_gain"] == 0.0 and out["phi0"] == pytest.approx(out["phi0_settled"])
+    assert torch.allclose(kept / kept.sum(), fitted / fitted.sum(), atol=1e-6)  # the fitted means
+    monkeypatch.setattr(conc, "optimal_concentrations", real)
+    guide.set_concentrations({"fc1": fitted})
+    out = settle_concentrations(model, guide, [(x, y)], schedule="joint", whole=True)["fc1"]
+    moved = guide.concentration("fc1").detach().double()
+    assert out["step"] > 0 and out["elbo_gain"] > 0
+    assert float((moved / moved.sum() - fitted / fitted.sum()).abs().max()) > 1e-3
+
+
 def test_switch_learning_can_end_with_the_quadratic_settle():
     from pyro_dirichlet_prune.data import Split
     from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, interval_basis

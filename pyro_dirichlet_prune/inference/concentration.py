@@ -20,6 +20,17 @@ its conv layers it is 24-41% below the fit's (the ReLU kinks a larger spread cro
 the Hessian at the mean does not see): a lower bound of the right order there
 (``benchmarks/phi0_optimum.py``, docs/convergence.md).
 
+``whole`` (the ``quadratic`` recipe) also moves the means, by a damped Newton step on that
+expansion: the gradient g_l of the *whole* training set (a subsample's gradient is noise that H_l^-1
+amplifies along the directions the likelihood barely pins: on LeNet-5 the step's means moved by
+6-33 posterior sds between two disjoint 10,000-example subsamples, against at most 1.7 with the
+full-data gradient, H_l from either subsample), H_l on the subsample. The step is then checked on
+the whole training set: taken if it raises ELBO(phi) ~ log p(D | m) - 1/2 tr(H_l Cov_phi) - KL(phi)
+(the log-likelihood at the new means exact, the spread to second order), else a quarter of it,
+else none: where the log-likelihood is far from quadratic over the step (LeNet-5's conv1, whose
+full step lowers log p(D | m) by about 500 nats) the settled point is kept
+(``benchmarks/settle_elbo.py``, docs/convergence.md).
+
 Under the layer-by-layer schedule each layer's likelihood is its stage's: only that layer switched,
 the others as the network has them; under the joint schedule the other layers sit at their
 posterior means (their spread is ignored, as a mean-field guide ignores it).
@@ -80,6 +91,66 @@ def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, d
     examples read."""
     _, h, g, _, scale = _curvature(model, layer, mean, data, others, batch_size, max_examples, None, None)
     return g * scale, (h + h.T) / 2 * scale
+
+
+def layer_nll(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
+              others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 5000,
+              gradient: bool = False) -> tuple[float, torch.Tensor | None]:
+    """The negative log-likelihood -log p(D | s_l = ``mean``) summed over *every* example of
+    ``data`` (no subsample, no scaling; ``others`` as in ``layer_curvature``) and, with
+    ``gradient``, its gradient in s_l (else None): one pass over the data, a backward pass per
+    minibatch only with ``gradient``."""
+    if layer not in model.widths:
+        raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
+    m = torch.as_tensor(mean, dtype=torch.float64).detach()
+    if m.shape != (model.widths[layer],):
+        raise ValueError(f"mean must have {model.widths[layer]} entries for {layer}, got shape {tuple(m.shape)}")
+    was_training = model.network.training
+    model.network.eval()
+    s = m.clone().requires_grad_(gradient)
+    g = torch.zeros_like(m) if gradient else None
+    total, seen = 0.0, 0
+    with torch.set_grad_enabled(gradient):
+        for batch in minibatches(data, batch_size):
+            x, y, *_ = split_batch(batch)
+            scales = {**(others or {}), layer: model.factors[layer] * s.to(torch.get_default_dtype())}
+            with model.network.scaled(scales):
+                nll = F.cross_entropy(model.network(x), y, reduction="sum")
+            if gradient:
+                g += torch.autograd.grad(nll, s)[0]
+            total += float(nll.detach())
+            seen += len(y)
+    model.network.train(was_training)
+    if seen == 0:
+        raise ValueError("data holds no examples")
+    return total, g
+
+
+def _spread_elbo(nll: float, h: torch.Tensor, phi: torch.Tensor, alpha0: float) -> float:
+    """ELBO(phi) to second order in the spread: -nll(m) - 1/2 tr(H Cov_phi) - KL(phi || prior),
+    with nll(m) the exact full-data negative log-likelihood at phi's means."""
+    phi0 = phi.sum()
+    m = phi / phi0
+    cov = (torch.diag(m) - torch.outer(m, m)) / (phi0 + 1)
+    kl = kl_divergence(Dirichlet(phi), Dirichlet(torch.full_like(phi, alpha0)))
+    return float(-nll - 0.5 * torch.trace(h @ cov) - kl)
+
+
+def checked_step(model: SwitchModel, layer: str, data: Split | Iterable, others, h: torch.Tensor,
+                 settled: torch.Tensor, nll_settled: float, step: torch.Tensor,
+                 fractions: Sequence[float] = (1.0, 0.25)) -> tuple[torch.Tensor, float, float]:
+    """Backtracking on the whole training set: the first of ``fractions`` of the way (in log phi)
+    from ``settled`` to ``step`` whose ELBO (``_spread_elbo``: exact log-likelihood at its means)
+    is above the settled point's, else ``settled``. Returns phi, the fraction taken (0: none) and
+    the ELBO gained."""
+    base = _spread_elbo(nll_settled, h, settled, model.alpha0)
+    for t in fractions:
+        phi = (settled.log() * (1 - t) + step.log() * t).exp()
+        nll, _ = layer_nll(model, layer, phi / phi.sum(), data, others)
+        value = _spread_elbo(nll, h, phi, model.alpha0)
+        if value > base:
+            return phi, float(t), value - base
+    return settled, 0.0, 0.0
 
 
 def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
@@ -165,9 +236,12 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
     ``probes`` (with its draws seeded by ``seed``) estimates each layer's curvature stochastically
     (``layer_curvature``); None computes it exactly. With ``whole`` every phi_lj is then set to the
     optimum of the ELBO's quadratic expansion about the means (``optimal_concentrations``): the
-    means move too, by a Newton-like step; needs the exact Hessian (no ``probes``).
-    Returns, per layer, ``{"c", "phi0_before", "phi0_settled", "phi0"}`` (and ``surrogate_gain``,
-    the expansion's ELBO gained by the whole step)."""
+    means move too, by a Newton-like step with the full-data gradient, checked on the whole data
+    (``checked_step``; module docstring); needs the exact Hessian (no ``probes``).
+    Returns, per layer, ``{"c", "phi0_before", "phi0_settled", "phi0"}`` (and, with ``whole``,
+    ``surrogate_gain``, the expansion's ELBO gained by the full step, ``step``, the fraction of it
+    taken, 0 when none raised the whole data's ELBO, and ``elbo_gain``, what the taken step gained
+    on the whole data)."""
     if not isinstance(guide, DirichletGuide):
         raise TypeError(f"guide must be a DirichletGuide, got {type(guide).__name__}")
     if schedule not in ("sequential", "joint"):
@@ -185,8 +259,9 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
             others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
         m = means[layer]
         if whole:
-            g, h = layer_gradient_hessian(model, layer, m, data, others, batch_size, max_examples)
+            _, h = layer_gradient_hessian(model, layer, m, data, others, batch_size, max_examples)
             c = _trace_term(h, m)
+            nll, g = layer_nll(model, layer, m, data, others, gradient=True)  # every example
         else:
             c = layer_curvature(model, layer, m, data, others, batch_size, max_examples, probes,
                                 torch.Generator().manual_seed(seed))
@@ -194,8 +269,11 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         value = (phi0 * m).clamp_min(guide.floor * (1 + 1e-6))
         out[layer] = {"c": c, "phi0_before": float(phis[layer].sum()), "phi0_settled": float(value.sum())}
         if whole:
-            value, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
-            out[layer]["surrogate_gain"] = gain
+            step, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
+            if not torch.allclose(value / value.sum(), m, rtol=0, atol=1e-9):  # the floor moved the means
+                nll, _ = layer_nll(model, layer, value / value.sum(), data, others)
+            value, taken, elbo_gain = checked_step(model, layer, data, others, h, value, nll, step)
+            out[layer].update(surrogate_gain=gain, step=taken, elbo_gain=elbo_gain)
         guide.set_concentrations({layer: value})
         out[layer]["phi0"] = float(value.sum())
     return out
