@@ -314,7 +314,9 @@ def test_switch_learning_can_end_with_the_quadratic_settle():
     phi = done.guide.concentration("fc1").detach()
     assert float(phi.sum()) == pytest.approx(record["phi0"], rel=1e-5) and record["surrogate_gain"] > 0
     assert record["phi0"] != pytest.approx(record["phi0_settled"], rel=1e-3)  # the means moved too
-    assert interval_basis(cfg, done).startswith("quadratic: ")
+    basis = interval_basis(cfg, done)
+    assert basis.startswith("quadratic: ") and basis.endswith(f"(fraction of the step taken: fc1 {record['step']:g})")
+    assert record["step"] > 0 and record["elbo_gain"] > 0
     with pytest.raises(ValueError, match="curvature_probes: concentration='quadratic' needs the exact Hessian"):
         SwitchConfig(concentration="quadratic", curvature_probes=4).validate()
     with pytest.raises(ValueError, match="concentration='quadratic' needs guide 'dirichlet' or 'dirichlet-mean'"):

@@ -72,9 +72,12 @@ class SwitchConfig:
         carry the initial value or the epoch budget, and for the mean variant, whose objective does
         not identify phi_0, this is the stated rule that fixes it). Frozen weights only. ``quadratic``:
         every phi_lj (means and total) set, after the fit, to the optimum of the ELBO's quadratic
-        expansion about the fitted means, from the likelihood's exact gradient and Hessian
+        expansion about the fitted means, from the likelihood's exact gradient on every training
+        example and its exact Hessian on ``curvature_examples``
         (``inference.concentration.optimal_concentrations``): a damped Newton step that finishes
-        what SVI's noisy steps approach slowly (units dying towards zero; docs/convergence.md).
+        what SVI's noisy steps approach slowly (units dying towards zero; docs/convergence.md),
+        kept (whole, or a quarter of it) only where it raises the ELBO on the whole training set;
+        elsewhere the layer is settled (``inference.concentration.checked_step``).
     until_converged: end each stage of switch learning by ``inference.convergence.ConvergenceRule``
         (windows of one epoch's steps; the loss and phi_l0, or, with ``concentration="settled"``,
         the loss and the means), ``epochs`` being the cap. One process only. Without it the rule
@@ -355,8 +358,12 @@ def interval_basis(cfg: SwitchConfig, fit: SwitchFit) -> str:
         return ("settled: each layer's total concentration phi_0 set to the ELBO's optimum given the fitted means "
                 "(inference.concentration)")
     if concentration == "quadratic":
+        steps = {k: v.get("step") for k, v in (fit.settled or {}).items()}
+        kept = ", ".join(f"{k} {t:g}" for k, t in steps.items() if t is not None)
         return ("quadratic: each layer's concentrations set to the optimum of the ELBO's quadratic expansion about "
-                "the fitted means (inference.concentration.optimal_concentrations)")
+                "the fitted means (inference.concentration.optimal_concentrations), the Newton step kept where it "
+                "raised the whole training set's ELBO, else the layer settled (fraction of the step taken: "
+                f"{kept or 'none recorded'})")
     if guide_name(cfg.guide) == "dirichlet-mean":
         return ("not posterior intervals: the mean variant's objective does not identify phi_0, so they carry the "
                 "initial concentration and the budget; concentration='settled' fixes phi_0 by the ELBO's optimum")
