@@ -261,8 +261,10 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
             "after the fit to the ELBO's optimum given the fitted means, from the likelihood's curvature "
             "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights); quadratic: every "
             "concentration set after the fit to the optimum of the ELBO's quadratic expansion about the fitted means "
-            "(exact gradient and Hessian; with iterate averaging and 3 epochs a stage, the recipe of "
-            "docs/convergence.md, whose intervals do not move with --init-concentration or the budget)",
+            "(the gradient of every training example, the exact Hessian on --curvature-examples; the step kept, "
+            "whole or a quarter, only where it raises the whole training set's ELBO; with iterate averaging and 3 "
+            "epochs a stage, the recipe of docs/convergence.md, whose intervals do not move with "
+            "--init-concentration or the budget)",
             choices=CONCENTRATIONS)
     p.add_argument("--switch-until-converged", action="store_true",
                    help="end each stage of switch learning when it has converged (inference/convergence.py: the "
@@ -273,8 +275,8 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
             "curvature from this many random probes a minibatch instead of exactly (one backward pass per unit)",
             type=positive_int)
     p.add_argument("--curvature-examples", type=positive_int, default=d.curvature_examples, metavar="N",
-                   help=f"with --concentration settled, the first N training examples give the curvature that "
-                        f"settles the concentrations after the fit, scaled to the whole split (default "
+                   help=f"with --concentration settled or quadratic, the first N training examples give the "
+                        f"curvature that settles the concentrations after the fit, scaled to the whole split (default "
                         f"{d.curvature_examples}; at every epoch end the first {EPOCH_CURVATURE_EXAMPLES} do)")
     _option(p, "--switch-lr-decay", d.lr_decay, "step t of a stage of switch learning is taken at "
             "lr*(1+t/T)^-DECAY, T one epoch: 0 keeps the rate constant (its iterates jitter for ever), 1 decays it "
