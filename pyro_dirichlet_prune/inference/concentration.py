@@ -26,8 +26,8 @@ amplifies along the directions the likelihood barely pins: on LeNet-5 the step's
 6-33 posterior sds between two disjoint 10,000-example subsamples, against at most 1.7 with the
 full-data gradient, H_l from either subsample), H_l on the subsample. The step is then checked on
 the whole training set: taken if it raises ELBO(phi) ~ log p(D | m) - 1/2 tr(H_l Cov_phi) - KL(phi)
-(the log-likelihood at the new means exact, the spread to second order), else a quarter of it,
-else none: where the log-likelihood is far from quadratic over the step (LeNet-5's conv1, whose
+(the log-likelihood at the new means exact, the spread to second order, phi_0 the optimum given
+the means), else a quarter of it, else none: where the log-likelihood is far from quadratic over the step (LeNet-5's conv1, whose
 full step lowers log p(D | m) by about 500 nats) the settled point is kept
 (``benchmarks/settle_elbo.py``, docs/convergence.md).
 
@@ -137,15 +137,19 @@ def _spread_elbo(nll: float, h: torch.Tensor, phi: torch.Tensor, alpha0: float) 
 
 
 def checked_step(model: SwitchModel, layer: str, data: Split | Iterable, others, h: torch.Tensor,
-                 settled: torch.Tensor, nll_settled: float, step: torch.Tensor,
+                 settled: torch.Tensor, nll_settled: float, step: torch.Tensor, floor: float = 0.0,
                  fractions: Sequence[float] = (1.0, 0.25)) -> tuple[torch.Tensor, float, float]:
-    """Backtracking on the whole training set: the first of ``fractions`` of the way (in log phi)
-    from ``settled`` to ``step`` whose ELBO (``_spread_elbo``: exact log-likelihood at its means)
-    is above the settled point's, else ``settled``. Returns phi, the fraction taken (0: none) and
-    the ELBO gained."""
+    """Backtracking on the whole training set: the first of ``fractions`` of the way from
+    ``settled``'s means to ``step``'s (in log phi) whose ELBO (``_spread_elbo``: exact
+    log-likelihood at its means) is above the settled point's, else ``settled``. Each candidate's
+    total is the optimum given its means, phi_0*(c(m)) (``optimal_phi0``, c from ``h``), as it is at
+    the expansion's optimum itself: the widths then follow the means smoothly instead of
+    interpolating two totals. Returns phi, the fraction taken (0: none) and the ELBO gained."""
     base = _spread_elbo(nll_settled, h, settled, model.alpha0)
     for t in fractions:
-        phi = (settled.log() * (1 - t) + step.log() * t).exp()
+        mixed = settled.log() * (1 - t) + step.log() * t
+        m = torch.softmax(mixed, 0)
+        phi = (optimal_phi0(_trace_term(h, m), m, model.alpha0) * m).clamp_min(floor * (1 + 1e-6))
         nll, _ = layer_nll(model, layer, phi / phi.sum(), data, others)
         value = _spread_elbo(nll, h, phi, model.alpha0)
         if value > base:
@@ -272,7 +276,7 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
             step, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
             if not torch.allclose(value / value.sum(), m, rtol=0, atol=1e-9):  # the floor moved the means
                 nll, _ = layer_nll(model, layer, value / value.sum(), data, others)
-            value, taken, elbo_gain = checked_step(model, layer, data, others, h, value, nll, step)
+            value, taken, elbo_gain = checked_step(model, layer, data, others, h, value, nll, step, guide.floor)
             out[layer].update(surrogate_gain=gain, step=taken, elbo_gain=elbo_gain)
         guide.set_concentrations({layer: value})
         out[layer]["phi0"] = float(value.sum())
