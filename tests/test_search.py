@@ -224,6 +224,43 @@ def _records(out) -> dict[str, dict]:
             for r in search.load_records(out)}
 
 
+def test_finetune_overrides_are_checked_and_reach_every_record(tiny_search, tmp_path, monkeypatch):
+    """``finetune`` (``--finetune-config``) replaces the brief Adam fine-tune's settings, say by a
+    VGG-16's SGD recipe; the epochs and the seed stay the search's."""
+    cfg = search.SearchConfig(finetune={"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4}, finetune_epochs=3)
+    tcfg = cfg.train_config(7)
+    assert (tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.epochs, tcfg.seed) == ("sgd", 0.01, 5e-4, 3, 7)
+    assert tcfg.augment_shift == search.AUGMENT_SHIFT
+    plain = search.SearchConfig().train_config(0)
+    assert (plain.optimizer, plain.lr, plain.epochs) == ("adam", search.FINETUNE_LR, search.DEFAULT_FINETUNE_EPOCHS)
+    for bad, match in (({"epochs": 5}, "finetune settings epochs are set by the search"),
+                       ({"bogus": 1}, "unknown finetune settings bogus"),
+                       ({"optimizer": "rmsprop"}, "finetune: unknown optimizer 'rmsprop'")):
+        with pytest.raises(UserError, match=match):
+            search.SearchConfig(finetune=bad).validate()
+    args = _parser().parse_args(["search", "--out", "x", "--finetune-config", '{"optimizer": "sgd", "lr": 0.01}'])
+    assert search_cli.search_config_from_args(args).finetune == {"optimizer": "sgd", "lr": 0.01}
+    for bad in ("[1]", "{lr: 1}"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["search", "--out", "x", "--finetune-config", bad])
+
+    torch.set_num_threads(1)
+    tiny, _ = tiny_search
+    seen = []
+    finetune = prune_step.train
+
+    def spy(net, data, tc, **kwargs):
+        seen.append(tc)
+        return finetune(net, data, tc, **kwargs)
+
+    monkeypatch.setattr(prune_step, "train", spy)
+    out = tmp_path / "sgd"
+    search.run_search(dataclasses.replace(tiny, methods=["l1"], finetune={"optimizer": "sgd", "lr": 0.01}), out)
+    assert len(seen) == 2 and all(t.optimizer == "sgd" and t.lr == 0.01 and t.epochs == tiny.finetune_epochs
+                                  for t in seen)
+    assert json.loads((out / "config.json").read_text())["config"]["finetune"] == {"optimizer": "sgd", "lr": 0.01}
+
+
 def test_interrupted_search_resumes_without_recomputing(tiny_search, tmp_path, monkeypatch, data_cfg, capsys):
     torch.set_num_threads(1)
     cfg, pool = tiny_search

@@ -4,6 +4,7 @@ in error messages into the command line's flags."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from typing import NoReturn
@@ -85,6 +86,17 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds, got {text!r}")
     return seeds
+
+
+def parse_json_object(text: str) -> dict:
+    """An argparse type: a JSON object such as ``'{"lr": 0.01}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- library messages

@@ -14,7 +14,8 @@ from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
 from ..pruning.ranking import RANKINGS
 from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
                       run_search)
-from .options import add_checkpoint_arg, add_runner_args, choice_list, nonneg_int, parse_seeds, positive_int
+from .options import (add_checkpoint_arg, add_runner_args, choice_list, nonneg_int, parse_json_object, parse_seeds,
+                      positive_int)
 
 parse_methods = choice_list(tuple(RANKINGS))
 """``"l1,random"`` → ``["l1", "random"]``; distinct names of registered rankings (``RANKINGS``)."""
@@ -55,6 +56,11 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                         f"{AUGMENT_SHIFT} px, best validation epoch kept; 0 tests the network right after surgery "
                         f"(default {DEFAULT_FINETUNE_EPOCHS}: a brief, cheap fine-tune that lets the ranking, not the "
                         f"training, decide)")
+    p.add_argument("--finetune-config", type=parse_json_object, default={}, metavar="JSON",
+                   help="training settings over every record's fine-tuning, as a JSON object of TrainConfig "
+                        "fields, e.g. '{\"optimizer\": \"sgd\", \"lr\": 0.01, \"weight_decay\": 5e-4, "
+                        "\"channels_last\": true}' (the fine-tuning recipe of VGG-16 and the WRNs); the epochs come "
+                        "from --finetune-epochs (default {}: the brief Adam fine-tune above)")
     p.add_argument("--switch-scale", choices=SCALES, default=None,
                    help="switch model of the Dirichlet methods: simplex (a layer's output times s_l, the paper's) "
                         "or dim (times D_l*s_l) (default: SwitchConfig's)")
@@ -86,7 +92,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, checkpoint=args.checkpoint, pool=args.pool,
         every=args.every, methods=list(args.methods), seeds=list(args.seeds), finetune_epochs=args.finetune_epochs,
-        switch=switch, fisher_batches=args.fisher_batches, val_size=args.val_size,
+        switch=switch, finetune=dict(args.finetune_config), fisher_batches=args.fisher_batches, val_size=args.val_size,
         max_train_examples=args.max_train_examples,
     )
 

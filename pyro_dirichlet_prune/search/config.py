@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..inference.svi import SwitchConfig
 from ..pruning.baselines import BASELINES, FISHER_BATCH_SIZE, FISHER_BATCHES
 from ..pruning.ranking import RANKINGS, Ranking, get_ranking
+from ..training import TrainConfig
 
 DIRICHLET_METHODS = ("dirichlet", "dirichlet-mean")
 """The search's rankings that fit switches, each with the guide of its name."""
@@ -25,7 +26,11 @@ AUGMENT_SHIFT = 2
 class SearchConfig:
     """Settings of a search. ``methods`` are names of ``pruning.ranking.RANKINGS``. ``switch``
     holds extra ``SwitchConfig`` fields (e.g. ``scale``, ``schedule``) for the rankings that fit
-    switches; ``guide`` and ``seed`` are set by the search (the method and the seed)."""
+    switches; ``guide`` and ``seed`` are set by the search (the method and the seed). ``finetune``
+    holds ``TrainConfig`` fields that override every record's brief fine-tuning (Adam at
+    ``finetune_lr``, cosine decay, shifts of ``augment_shift``), e.g. the SGD recipe of
+    ``pretraining.train_defaults`` for a VGG-16; ``epochs`` (``finetune_epochs``) and ``seed``
+    (each record's) are set by the search (``train_config``)."""
 
     model: str = "lenet5"
     dataset: str = "mnist"
@@ -39,6 +44,7 @@ class SearchConfig:
     finetune_lr: float = FINETUNE_LR
     augment_shift: int = AUGMENT_SHIFT
     switch: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
     fisher_batches: int = FISHER_BATCHES
     fisher_batch_size: int = FISHER_BATCH_SIZE
     val_size: int = 5000
@@ -67,6 +73,26 @@ class SearchConfig:
             raise UserError(f"max_train_examples must be positive, got {self.max_train_examples}")
         for method in self.methods:
             self.ranking(method)
+        self.train_config(0)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The fine-tuning of every record of ``seed``: ``finetune_epochs`` epochs of Adam at
+        ``finetune_lr``, cosine decay, shifts of ``augment_shift``, with ``finetune``'s fields over
+        them; ``UserError`` naming a field that ``TrainConfig`` lacks or that the search sets."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.finetune) - names)
+        if unknown:
+            raise UserError(f"unknown finetune settings {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        fixed = sorted(set(self.finetune) & {"epochs", "seed"})
+        if fixed:
+            raise UserError(f"finetune settings {', '.join(fixed)} are set by the search (finetune_epochs and the seed)")
+        base = {"lr": self.finetune_lr, "augment_shift": self.augment_shift}
+        try:
+            tcfg = TrainConfig(**{**base, **self.finetune, "epochs": self.finetune_epochs, "seed": int(seed)})
+            tcfg.validate()
+            return tcfg
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"finetune: {exc}") from None
 
     def ranking(self, method: str) -> Ranking:
         """The ranking registered as ``method`` with this search's switch settings

@@ -25,7 +25,6 @@ from ..pruning.baselines import check_scores
 from ..pruning.cutoff import keep_top, parse_arch
 from ..prune_step import prune_and_finetune
 from ..report import now, versions
-from ..training import TrainConfig
 from .config import SearchConfig
 from .pools import load_pool
 from .records import load_records, prepare_folder, read_json, record_key, sha256, write_json_durable
@@ -57,7 +56,7 @@ def run_record(
     t0 = time.perf_counter()
     widths = {p.name: p.width for p in switch_points(net)}
     keep = keep_top(scores, parse_arch(arch, widths))
-    tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, augment_shift=cfg.augment_shift, seed=seed)
+    tcfg = cfg.train_config(seed)
     r = prune_and_finetune(net, keep, data, tcfg, seed=seed, progress=False)  # hundreds of records: no epoch lines
     return {
         "method": method, "seed": int(seed), "arch": arch,
