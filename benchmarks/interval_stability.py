@@ -23,7 +23,7 @@ allowed twice as long (twice the epochs of the first run's longest stage, no rul
   (``concentration="quadratic"``).
 
 Per layer it records phi_0, the means, the mean 95% interval width, the units the
-default uncertainty cut-off (tau 0.5, delta 0.05) keeps, whether the stage converged, and the
+default uncertainty cut-off (``pruning.cutoff.TAU``, ``DELTA``) keeps, whether the stage converged, and the
 times; the summary gives, per recipe, the largest ratio between the widths of the two inits and
 between the run and the one twice as long (and the largest gap between their posterior means, in
 posterior standard deviations): a posterior that is the ELBO's, not the optimiser's,
