@@ -21,14 +21,15 @@ the Hessian at the mean does not see): a lower bound of the right order there
 (``benchmarks/phi0_optimum.py``, docs/convergence.md).
 
 ``whole`` (the ``quadratic`` recipe) also moves the means, by a damped Newton step on that
-expansion: the gradient g_l of the *whole* training set (a subsample's gradient is noise that H_l^-1
-amplifies along the directions the likelihood barely pins: on LeNet-5 the step's means moved by
-6-33 posterior sds between two disjoint 10,000-example subsamples, against at most 1.7 with the
-full-data gradient, H_l from either subsample), H_l on the subsample. The step is then checked on
-the whole training set: taken if it raises ELBO(phi) ~ log p(D | m) - 1/2 tr(H_l Cov_phi) - KL(phi)
-(the log-likelihood at the new means exact, the spread to second order, phi_0 the optimum given
-the means), else a quarter of it, else none: where the log-likelihood is far from quadratic over the step (LeNet-5's conv1, whose
-full step lowers log p(D | m) by about 500 nats) the settled point is kept
+expansion: the gradient g_l of the *whole* training set (a subsample's gradient is noise that
+H_l^-1 amplifies along the directions the likelihood barely pins: on LeNet-5 the step's means
+moved by 6-33 posterior sds between two disjoint 10,000-example subsamples, against at most 0.8
+with the full-data gradient and H_l from either subsample), H_l on the subsample. The step is then
+checked on the whole training set: taken if it raises
+ELBO(phi) ~ log p(D | m) - 1/2 tr(H_l Cov_phi) - KL(phi) (the log-likelihood at the new means
+exact, the spread to second order, phi_0 the optimum given the means), else a quarter of it, else
+none. Where the log-likelihood is far from quadratic over the step (LeNet-5's conv1, whose whole
+step lowers log p(D | m) by about 540 nats) a smaller step or the settled point is kept
 (``benchmarks/settle_elbo.py``, docs/convergence.md).
 
 Under the layer-by-layer schedule each layer's likelihood is its stage's: only that layer switched,
