@@ -53,6 +53,13 @@ def test_pool_file_parsing_and_errors(tmp_path):
             search.load_pool(str(f), WIDTHS)
     with pytest.raises(UserError, match="neither a built-in pool"):
         search.load_pool(str(tmp_path / "missing.txt"), WIDTHS)
+    # uniform rates: round(D (1 - r)) units of every layer, at least one
+    assert search.load_pool("rates:0.5,0.3", WIDTHS) == ["5-10-50-13", "7-14-70-18"]
+    assert search.load_pool("rates:0.95", WIDTHS) == ["1-1-5-1"]
+    for spec, match in (("rates:", "comma-separated rates"), ("rates:half", "comma-separated rates"),
+                        ("rates:1.0", "rate must be in"), ("rates:0.3,0.3", "rate 0.3 gives 7-14-70-18 again")):
+        with pytest.raises(UserError, match=match):
+            search.load_pool(spec, WIDTHS)
     with pytest.raises(UserError, match="pool lenet5-108 architecture 1: .*4 widths"):
         search.load_pool("lenet5-108", {"conv1": 20, "conv2": 50, "fc1": 500})  # LeNet-5-Caffe
 

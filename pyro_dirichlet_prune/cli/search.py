@@ -37,8 +37,10 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     add_checkpoint_arg(p)
     p.add_argument("--pool", default="lenet5-108",
                    help="architectures to search: lenet5-108 (c1,c2,f1,f2 in {4,5,6}x{6,7,8}x{35,40,45,50}x"
-                        "{15,17,20}, 108 in all) or a text file with one architecture such as 6-8-40-20 per line "
-                        "(# comments and blank lines ignored) (default lenet5-108)")
+                        "{15,17,20}, 108 in all), rates:R1,R2,... (every layer keeps round(D*(1-R)) units, one "
+                        "architecture per rate: the uniform-rate pool of any network) or a text file with one "
+                        "architecture such as 6-8-40-20 per line (# comments and blank lines ignored) "
+                        "(default lenet5-108)")
     p.add_argument("--every", type=positive_int, default=1,
                    help="keep every N-th architecture of the pool, starting with the first (default 1: all)")
     p.add_argument("--methods", type=parse_methods, default=list(METHODS),

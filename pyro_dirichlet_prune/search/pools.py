@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import UserError
-from ..pruning.cutoff import arch_string, parse_arch
+from ..pruning.cutoff import arch_string, parse_arch, rate_widths
 
 POOLS = ("lenet5-108",)
 
@@ -41,17 +41,40 @@ def parse_pool_text(text: str, widths: Mapping[str, int], source: str = "pool", 
     return archs
 
 
+def uniform_rates(text: str, widths: Mapping[str, int]) -> list[str]:
+    """The architectures that remove a fraction ``r`` of every layer (``pruning.cutoff.rate_widths``),
+    one per comma-separated rate of ``text`` such as ``"0.3,0.5"``: the uniform-rate pool of any
+    network, e.g. a VGG-16 at about 2x and 4x fewer MACs."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        rates = [float(t) for t in items]
+    except ValueError:
+        raise UserError(f"pool rates:{text}: expected comma-separated rates such as rates:0.3,0.5") from None
+    if not rates:
+        raise UserError(f"pool rates:{text}: expected comma-separated rates such as rates:0.3,0.5")
+    archs = []
+    for rate in rates:
+        arch = arch_string(rate_widths(rate, widths))  # UserError for a rate outside [0, 1)
+        if arch in archs:
+            raise UserError(f"pool rates:{text}: rate {rate:g} gives {arch} again")
+        archs.append(arch)
+    return archs
+
+
 def load_pool(spec: str, widths: Mapping[str, int], every: int = 1) -> list[str]:
-    """The architectures of pool ``spec`` (a name in ``POOLS`` or a text file), every
-    ``every``-th one kept (the 1st, the (1+every)-th, ...)."""
+    """The architectures of pool ``spec`` (a name in ``POOLS``, ``rates:R1,R2,...`` for uniform
+    rates, ``uniform_rates``, or a text file), every ``every``-th one kept (the 1st, the
+    (1+every)-th, ...)."""
     if every < 1:
         raise UserError(f"every must be a positive integer, got {every}")
     if spec == "lenet5-108":
         archs = parse_pool_text("\n".join(lenet5_108()), widths, source="pool lenet5-108", item="architecture")
+    elif spec.startswith("rates:"):
+        archs = uniform_rates(spec[len("rates:"):], widths)
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"pool {spec!r} is neither a built-in pool ({', '.join(POOLS)}) nor a file")
+            raise UserError(f"pool {spec!r} is neither a built-in pool ({', '.join(POOLS)}), rates:R1,R2,... nor a file")
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
