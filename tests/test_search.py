@@ -56,7 +56,7 @@ def test_pool_file_parsing_and_errors(tmp_path):
     # uniform rates: round(D (1 - r)) units of every layer, at least one
     assert search.load_pool("rates:0.5,0.3", WIDTHS) == ["5-10-50-13", "7-14-70-18"]
     assert search.load_pool("rates:0.95", WIDTHS) == ["1-1-5-1"]
-    for spec, match in (("rates:", "comma-separated rates"), ("rates:half", "comma-separated rates"),
+    for spec, match in (("rates:", "comma-separated numbers"), ("rates:half", "comma-separated numbers"),
                         ("rates:1.0", "rate must be in"), ("rates:0.3,0.3", "rate 0.3 gives 7-14-70-18 again")):
         with pytest.raises(UserError, match=match):
             search.load_pool(spec, WIDTHS)
@@ -70,6 +70,39 @@ def test_pool_file_parsing_and_errors(tmp_path):
 def _rec(method, arch, seed, err, macs=1000):
     return {"method": method, "arch": arch, "seed": seed, "test_error": err, "val_error": err, "test_error_pruned": 2 * err,
             "params": 10, "macs": macs, "seconds": 1.0}
+
+
+def test_a_macs_pool_is_the_smallest_uniform_rate_that_reaches_each_factor():
+    from pyro_dirichlet_prune.models.checkpoint import load_checkpoint
+    from pyro_dirichlet_prune.pruning.budget import size_function
+    from pyro_dirichlet_prune.pruning.cutoff import arch_string, rate_widths
+
+    net, info = load_checkpoint(shipped_checkpoint("lenet5", "mnist"), "lenet5")
+    size = size_function(net, info["input_shape"])
+
+    def macs(kept):
+        return size(kept)["macs"]
+
+    base = macs(WIDTHS)
+    archs = search.load_pool("macs:2,4", WIDTHS, macs=macs)
+    for arch, factor in zip(archs, (2, 4)):
+        first = next(k for k in range(1000) if macs(rate_widths(k / 1000, WIDTHS)) <= base / factor)
+        assert arch == arch_string(rate_widths(first / 1000, WIDTHS)), (factor, first)
+    assert len(archs) == 2 and archs[0] != archs[1]
+    for spec, match in (("macs:1", "factors must be above 1"), ("macs:1e9", "no uniform rate reaches"),
+                        ("macs:two", "comma-separated numbers")):
+        with pytest.raises(UserError, match=match):
+            search.load_pool(spec, WIDTHS, macs=macs)
+    with pytest.raises(UserError, match="needs the network"):
+        search.load_pool("macs:2", WIDTHS)
+
+
+def test_a_search_takes_every_model_name_prune_takes(tmp_path):
+    with pytest.raises(UserError, match="unknown model 'wrn-9'.*wrn-<depth>-<widen>"):
+        search.run_search(search.SearchConfig(model="wrn-9"), tmp_path / "a")
+    # a wide residual network's name is known: the search goes on to look for its checkpoint
+    with pytest.raises(UserError, match="no pre-trained wrn-16-1 for mnist ships with the package"):
+        search.run_search(search.SearchConfig(model="wrn-16-1"), tmp_path / "b")
 
 
 def test_wins_and_ties():

@@ -8,7 +8,7 @@ import torch
 
 from ..data import DATASETS
 from ..inference.svi import SCHEDULES
-from ..models import MODELS
+from ..models.registry import MODEL_NAMES
 from ..models.switched import SCALES
 from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
 from ..pruning.ranking import RANKINGS
@@ -31,14 +31,15 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                     "record per (method, seed, architecture) as soon as it is finished (records/), the rankings "
                     "(scores/), summary.json, summary.md (wins, ties, paired comparison with the best baseline) "
                     "and report.json.")
-    p.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODELS)} (default lenet5)")
+    p.add_argument("--model", default="lenet5", help=f"network: {', '.join(MODEL_NAMES)} (wrn-D-K: e.g. wrn-16-1) (default lenet5)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="data set (default mnist)")
     p.add_argument("--data-dir", default=None, help="folder in torchvision's layout (default $DATA_DIR, else ./data)")
     add_checkpoint_arg(p)
     p.add_argument("--pool", default="lenet5-108",
                    help="architectures to search: lenet5-108 (c1,c2,f1,f2 in {4,5,6}x{6,7,8}x{35,40,45,50}x"
                         "{15,17,20}, 108 in all), rates:R1,R2,... (every layer keeps round(D*(1-R)) units, one "
-                        "architecture per rate: the uniform-rate pool of any network) or a text file with one "
+                        "architecture per rate: the uniform-rate pool of any network), macs:F1,F2,... (for each F the "
+                        "uniform rate, to 0.001, that first has F times fewer MACs) or a text file with one "
                         "architecture such as 6-8-40-20 per line (# comments and blank lines ignored) "
                         "(default lenet5-108)")
     p.add_argument("--every", type=positive_int, default=1,

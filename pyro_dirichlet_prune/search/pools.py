@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ..errors import UserError
 from ..pruning.cutoff import arch_string, parse_arch, rate_widths
@@ -45,13 +45,7 @@ def uniform_rates(text: str, widths: Mapping[str, int]) -> list[str]:
     """The architectures that remove a fraction ``r`` of every layer (``pruning.cutoff.rate_widths``),
     one per comma-separated rate of ``text`` such as ``"0.3,0.5"``: the uniform-rate pool of any
     network, e.g. a VGG-16 at about 2x and 4x fewer MACs."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        rates = [float(t) for t in items]
-    except ValueError:
-        raise UserError(f"pool rates:{text}: expected comma-separated rates such as rates:0.3,0.5") from None
-    if not rates:
-        raise UserError(f"pool rates:{text}: expected comma-separated rates such as rates:0.3,0.5")
+    rates = _factors(text, f"rates:{text}")
     archs = []
     for rate in rates:
         arch = arch_string(rate_widths(rate, widths))  # UserError for a rate outside [0, 1)
@@ -61,16 +55,56 @@ def uniform_rates(text: str, widths: Mapping[str, int]) -> list[str]:
     return archs
 
 
-def load_pool(spec: str, widths: Mapping[str, int], every: int = 1) -> list[str]:
+def _factors(text: str, spec: str) -> list[float]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        values = []
+    if not values:
+        raise UserError(f"pool {spec}: expected comma-separated numbers such as {spec.split(':')[0]}:2,4")
+    return values
+
+
+def macs_rates(text: str, widths: Mapping[str, int], macs: Callable[[Mapping[str, int]], int]) -> list[str]:
+    """For every factor F of ``text`` (``"2,4"``), the uniform-rate architecture (``rate_widths``)
+    with the smallest rate, to 0.001, whose MACs are at most 1/F of the whole network's: the pool
+    of "F times fewer MACs" for any network. ``macs(kept)`` counts the MACs of the network keeping
+    ``kept[l]`` units of each layer (``pruning.budget.size_function``)."""
+    base = macs(dict(widths))
+    archs = []
+    for factor in _factors(text, f"macs:{text}"):
+        if not factor > 1:
+            raise UserError(f"pool macs:{text}: factors must be above 1, got {factor:g}")
+        target = base / factor
+        if macs(rate_widths(0.999, widths)) > target:
+            raise UserError(f"pool macs:{text}: no uniform rate reaches {factor:g}x fewer MACs than {base}")
+        lo, hi = 0, 999  # rate lo/1000 is above the target, hi/1000 meets it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if macs(rate_widths(mid / 1000, widths)) <= target else (mid, hi)
+        arch = arch_string(rate_widths(hi / 1000, widths))
+        if arch in archs:
+            raise UserError(f"pool macs:{text}: factor {factor:g} gives {arch} again")
+        archs.append(arch)
+    return archs
+
+
+def load_pool(spec: str, widths: Mapping[str, int], every: int = 1,
+              macs: Callable[[Mapping[str, int]], int] | None = None) -> list[str]:
     """The architectures of pool ``spec`` (a name in ``POOLS``, ``rates:R1,R2,...`` for uniform
-    rates, ``uniform_rates``, or a text file), every ``every``-th one kept (the 1st, the
-    (1+every)-th, ...)."""
+    rates, ``uniform_rates``, ``macs:F1,F2,...`` for F times fewer MACs, ``macs_rates``, which needs
+    ``macs``, or a text file), every ``every``-th one kept (the 1st, the (1+every)-th, ...)."""
     if every < 1:
         raise UserError(f"every must be a positive integer, got {every}")
     if spec == "lenet5-108":
         archs = parse_pool_text("\n".join(lenet5_108()), widths, source="pool lenet5-108", item="architecture")
     elif spec.startswith("rates:"):
         archs = uniform_rates(spec[len("rates:"):], widths)
+    elif spec.startswith("macs:"):
+        if macs is None:
+            raise UserError(f"pool {spec}: counting MACs needs the network (load_pool's macs)")
+        archs = macs_rates(spec[len("macs:"):], widths, macs)
     else:
         path = Path(spec)
         if not path.is_file():

@@ -26,6 +26,7 @@ from ..pruning.cutoff import keep_top, parse_arch
 from ..prune_step import prune_and_finetune
 from ..report import now, versions
 from .config import SearchConfig
+from ..pruning.budget import size_function
 from .pools import load_pool
 from .records import load_records, prepare_folder, read_json, record_key, sha256, write_json_durable
 from .render import write_summary
@@ -188,17 +189,17 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, overwrite: bool = Fals
     where they ran; this process writes each one as it comes back."""
     cfg.validate()
     jobs_.check_runner(jobs, scheduler, client)
-    from ..models import MODELS
+    from ..models.registry import check_model_name
 
-    if cfg.model not in MODELS:
-        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    check_model_name(cfg.model)  # the named networks and wrn-<depth>-<widen>
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     out = Path(out)
     ckpt = _resolve_checkpoint(cfg)
     net, info = load_checkpoint(ckpt, cfg.model)
     widths = {p.name: p.width for p in switch_points(net)}
-    archs = load_pool(cfg.pool, widths, cfg.every)
+    size = size_function(net, info["input_shape"])
+    archs = load_pool(cfg.pool, widths, cfg.every, macs=lambda kept: size(kept)["macs"])
     config = dataclasses.asdict(cfg)
     identity = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
     identity.update(archs=archs, checkpoint_sha256=sha256(ckpt))
