@@ -94,6 +94,16 @@ def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, d
     return g * scale, (h + h.T) / 2 * scale
 
 
+def _layer_mean(model: SwitchModel, layer: str, mean) -> torch.Tensor:
+    """``mean`` as a float64 vector, checked to be one value per unit of switched ``layer``."""
+    if layer not in model.widths:
+        raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
+    m = torch.as_tensor(mean, dtype=torch.float64).detach()
+    if m.shape != (model.widths[layer],):
+        raise ValueError(f"mean must have {model.widths[layer]} entries for {layer}, got shape {tuple(m.shape)}")
+    return m
+
+
 def layer_nll(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
               others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 5000,
               gradient: bool = False) -> tuple[float, torch.Tensor | None]:
@@ -101,11 +111,7 @@ def layer_nll(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | 
     ``data`` (no subsample, no scaling; ``others`` as in ``layer_curvature``) and, with
     ``gradient``, its gradient in s_l (else None): one pass over the data, a backward pass per
     minibatch only with ``gradient``."""
-    if layer not in model.widths:
-        raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
-    m = torch.as_tensor(mean, dtype=torch.float64).detach()
-    if m.shape != (model.widths[layer],):
-        raise ValueError(f"mean must have {model.widths[layer]} entries for {layer}, got shape {tuple(m.shape)}")
+    m = _layer_mean(model, layer, mean)
     was_training = model.network.training
     model.network.eval()
     s = m.clone().requires_grad_(gradient)
@@ -190,11 +196,7 @@ def _curvature(model, layer, mean, data, others, batch_size, max_examples, probe
     """The pass over ``data`` behind ``layer_curvature`` and ``layer_gradient_hessian``: the
     mean, the summed Hessian (exact; zeros with probes), the summed gradient, the probes' mean of
     ``z^T H z`` summed over minibatches (0 without), and the scale num_data / examples read."""
-    if layer not in model.widths:
-        raise ValueError(f"layer: no switched layer named {layer!r}; the layers are {', '.join(model.layers)}")
-    m = torch.as_tensor(mean, dtype=torch.float64).detach()
-    if m.shape != (model.widths[layer],):
-        raise ValueError(f"mean must have {model.widths[layer]} entries for {layer}, got shape {tuple(m.shape)}")
+    m = _layer_mean(model, layer, mean)
     if probes is not None and (isinstance(probes, bool) or not isinstance(probes, int) or probes < 1):
         raise ValueError(f"probes must be a positive int or None, got {probes!r}")
     was_training = model.network.training

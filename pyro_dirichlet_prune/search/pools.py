@@ -45,7 +45,7 @@ def uniform_rates(text: str, widths: Mapping[str, int]) -> list[str]:
     """The architectures that remove a fraction ``r`` of every layer (``pruning.cutoff.rate_widths``),
     one per comma-separated rate of ``text`` such as ``"0.3,0.5"``: the uniform-rate pool of any
     network, e.g. a VGG-16 at about 2x and 4x fewer MACs."""
-    rates = _factors(text, f"rates:{text}")
+    rates = _numbers(text, f"rates:{text}")
     archs = []
     for rate in rates:
         arch = arch_string(rate_widths(rate, widths))  # UserError for a rate outside [0, 1)
@@ -55,7 +55,7 @@ def uniform_rates(text: str, widths: Mapping[str, int]) -> list[str]:
     return archs
 
 
-def _factors(text: str, spec: str) -> list[float]:
+def _numbers(text: str, spec: str) -> list[float]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         values = [float(t) for t in items]
@@ -73,7 +73,7 @@ def macs_rates(text: str, widths: Mapping[str, int], macs: Callable[[Mapping[str
     ``kept[l]`` units of each layer (``pruning.budget.size_function``)."""
     base = macs(dict(widths))
     archs = []
-    for factor in _factors(text, f"macs:{text}"):
+    for factor in _numbers(text, f"macs:{text}"):
         if not factor > 1:
             raise UserError(f"pool macs:{text}: factors must be above 1, got {factor:g}")
         target = base / factor
@@ -108,7 +108,8 @@ def load_pool(spec: str, widths: Mapping[str, int], every: int = 1,
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"pool {spec!r} is neither a built-in pool ({', '.join(POOLS)}), rates:R1,R2,... nor a file")
+            raise UserError(f"pool {spec!r} is neither a built-in pool ({', '.join(POOLS)}), rates:R1,R2,..., "
+                            f"macs:F1,F2,... nor a file")
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:

@@ -22,11 +22,11 @@ from ..errors import NumericalError, UserError
 from ..models.checkpoint import load_checkpoint, shipped_checkpoint
 from ..models.switch_points import switch_points
 from ..pruning.baselines import check_scores
+from ..pruning.budget import size_function
 from ..pruning.cutoff import keep_top, parse_arch
 from ..prune_step import prune_and_finetune
 from ..report import now, versions
 from .config import SearchConfig
-from ..pruning.budget import size_function
 from .pools import load_pool
 from .records import load_records, prepare_folder, read_json, record_key, sha256, write_json_durable
 from .render import write_summary
