@@ -45,9 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet, kl_divergence
 
-from ..data import Split, minibatches, split_batch
+from ..data import Split
 from ..loop import LoopCallback, LoopEvent
+from ..models.common import evaluating
 from ..models.switched import SwitchModel
+from .frozen_head import FrozenHead, frozen_head, logit_batches
 from .guides import DirichletGuide
 
 
@@ -83,7 +85,7 @@ def optimal_phi0(c: float, mean: torch.Tensor, alpha0: float) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
+def layer_gradient_hessian(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | FrozenHead | Iterable,
                            others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 1000,
                            max_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient g_l and the (symmetrised) Hessian H_l in s_l of the full-data negative
@@ -104,30 +106,26 @@ def _layer_mean(model: SwitchModel, layer: str, mean) -> torch.Tensor:
     return m
 
 
-def layer_nll(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
-              others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 5000,
+def layer_nll(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | FrozenHead | Iterable,
+              others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 256,
               gradient: bool = False) -> tuple[float, torch.Tensor | None]:
     """The negative log-likelihood -log p(D | s_l = ``mean``) summed over *every* example of
     ``data`` (no subsample, no scaling; ``others`` as in ``layer_curvature``) and, with
     ``gradient``, its gradient in s_l (else None): one pass over the data, a backward pass per
     minibatch only with ``gradient``."""
     m = _layer_mean(model, layer, mean)
-    was_training = model.network.training
-    model.network.eval()
     s = m.clone().requires_grad_(gradient)
     g = torch.zeros_like(m) if gradient else None
     total, seen = 0.0, 0
-    with torch.set_grad_enabled(gradient):
-        for batch in minibatches(data, batch_size):
-            x, y, *_ = split_batch(batch)
+    with torch.set_grad_enabled(gradient), evaluating(model.network):
+        for forward, y in logit_batches(model.network, layer, data, batch_size):
             scales = {**(others or {}), layer: model.factors[layer] * s.to(torch.get_default_dtype())}
             with model.network.scaled(scales):
-                nll = F.cross_entropy(model.network(x), y, reduction="sum")
+                nll = F.cross_entropy(forward(), y, reduction="sum")
             if gradient:
                 g += torch.autograd.grad(nll, s)[0]
             total += float(nll.detach())
             seen += len(y)
-    model.network.train(was_training)
     if seen == 0:
         raise ValueError("data holds no examples")
     return total, g
@@ -143,7 +141,7 @@ def _spread_elbo(nll: float, h: torch.Tensor, phi: torch.Tensor, alpha0: float) 
     return float(-nll - 0.5 * torch.trace(h @ cov) - kl)
 
 
-def checked_step(model: SwitchModel, layer: str, data: Split | Iterable, others, h: torch.Tensor,
+def checked_step(model: SwitchModel, layer: str, data: Split | FrozenHead | Iterable, others, h: torch.Tensor,
                  settled: torch.Tensor, nll_settled: float, step: torch.Tensor, floor: float = 0.0,
                  fractions: Sequence[float] = (1.0, 0.25)) -> tuple[torch.Tensor, float, float]:
     """Backtracking on the whole training set: the first of ``fractions`` of the way from
@@ -164,15 +162,16 @@ def checked_step(model: SwitchModel, layer: str, data: Split | Iterable, others,
     return settled, 0.0, 0.0
 
 
-def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | Iterable,
+def layer_curvature(model: SwitchModel, layer: str, mean: torch.Tensor, data: Split | FrozenHead | Iterable,
                     others: Mapping[str, torch.Tensor] | None = None, batch_size: int = 1000,
                     max_examples: int | None = None, probes: int | None = None,
                     generator: torch.Generator | None = None) -> float:
     """c_l = 1/2 tr(H_l (diag(m) - m m^T)) for ``layer`` at ``mean`` (module docstring).
 
     H_l is the exact Hessian (one backward pass per unit and minibatch) of the negative
-    log-likelihood of ``data`` (a ``Split`` in batches of ``batch_size`` or an iterable of
-    ``(x, y[, idx])`` minibatches), scaled by ``model.num_data`` over the examples read, so that a
+    log-likelihood of ``data`` (a ``Split`` in batches of ``batch_size``, an iterable of
+    ``(x, y[, idx])`` minibatches, or a ``FrozenHead`` of the layer: the layers below it computed
+    once, ``inference.frozen_head``), scaled by ``model.num_data`` over the examples read, so that a
     subsample (``max_examples``) estimates the full-data curvature. ``others``: the scales
     (factor times switch) of other layers switched meanwhile.
 
@@ -199,36 +198,29 @@ def _curvature(model, layer, mean, data, others, batch_size, max_examples, probe
     m = _layer_mean(model, layer, mean)
     if probes is not None and (isinstance(probes, bool) or not isinstance(probes, int) or probes < 1):
         raise ValueError(f"probes must be a positive int or None, got {probes!r}")
-    was_training = model.network.training
-    model.network.eval()
     h = torch.zeros(len(m), len(m), dtype=torch.float64)
     g = torch.zeros(len(m), dtype=torch.float64)
     quad = 0.0
     root = m.sqrt()
     seen = 0
     s = m.clone().requires_grad_(True)
-    for batch in minibatches(data, batch_size):
-        x, y, *_ = split_batch(batch)
-        if max_examples is not None:
-            if seen >= max_examples:
-                break
-            x, y = x[:max_examples - seen], y[:max_examples - seen]
-        scales = {**(others or {}), layer: model.factors[layer] * s.to(torch.get_default_dtype())}
-        with model.network.scaled(scales):
-            nll = F.cross_entropy(model.network(x), y, reduction="sum")
-        grad = torch.autograd.grad(nll, s, create_graph=True)[0]
-        g += grad.detach()
-        if probes is None:
-            for j in range(len(m)):
-                h[j] += torch.autograd.grad(grad[j], s, retain_graph=j + 1 < len(m))[0].detach()
-        else:
-            for k in range(probes):
-                e = torch.randn(len(m), dtype=torch.float64, generator=generator)
-                z = root * e - m * (root @ e)
-                hz = torch.autograd.grad(grad @ z, s, retain_graph=k + 1 < probes)[0].detach()
-                quad += float(z @ hz) / probes
-        seen += len(y)
-    model.network.train(was_training)
+    with evaluating(model.network):
+        for forward, y in logit_batches(model.network, layer, data, batch_size, max_examples):
+            scales = {**(others or {}), layer: model.factors[layer] * s.to(torch.get_default_dtype())}
+            with model.network.scaled(scales):
+                nll = F.cross_entropy(forward(), y, reduction="sum")
+            grad = torch.autograd.grad(nll, s, create_graph=True)[0]
+            g += grad.detach()
+            if probes is None:
+                for j in range(len(m)):
+                    h[j] += torch.autograd.grad(grad[j], s, retain_graph=j + 1 < len(m))[0].detach()
+            else:
+                for k in range(probes):
+                    e = torch.randn(len(m), dtype=torch.float64, generator=generator)
+                    z = root * e - m * (root @ e)
+                    hz = torch.autograd.grad(grad @ z, s, retain_graph=k + 1 < probes)[0].detach()
+                    quad += float(z @ hz) / probes
+            seen += len(y)
     if seen == 0:
         raise ValueError("data holds no examples")
     return m, h, g, quad, model.num_data / seen
@@ -265,10 +257,11 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         if schedule == "joint":
             others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
         m = means[layer]
-        if whole:
-            _, h = layer_gradient_hessian(model, layer, m, data, others, batch_size, max_examples)
+        if whole:  # several passes over the data: the layers below this one computed once (frozen_head)
+            source = (frozen_head(model.network, layer, data, others) if isinstance(data, Split) else None) or data
+            _, h = layer_gradient_hessian(model, layer, m, source, others, batch_size, max_examples)
             c = _trace_term(h, m)
-            nll, g = layer_nll(model, layer, m, data, others, gradient=True)  # every example
+            nll, g = layer_nll(model, layer, m, source, others, gradient=True)  # every example
         else:
             c = layer_curvature(model, layer, m, data, others, batch_size, max_examples, probes,
                                 torch.Generator().manual_seed(seed))
@@ -278,8 +271,8 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         if whole:
             step, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
             if not torch.allclose(value / value.sum(), m, rtol=0, atol=1e-9):  # the floor moved the means
-                nll, _ = layer_nll(model, layer, value / value.sum(), data, others)
-            value, taken, elbo_gain = checked_step(model, layer, data, others, h, value, nll, step, guide.floor)
+                nll, _ = layer_nll(model, layer, value / value.sum(), source, others)
+            value, taken, elbo_gain = checked_step(model, layer, source, others, h, value, nll, step, guide.floor)
             out[layer].update(surrogate_gain=gain, step=taken, elbo_gain=elbo_gain)
         guide.set_concentrations({layer: value})
         out[layer]["phi0"] = float(value.sum())

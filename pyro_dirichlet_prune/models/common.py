@@ -1,7 +1,8 @@
-"""Helpers shared by the registered networks: width checks, width scaling, initialisation."""
+"""Helpers shared by the registered networks: width checks, width scaling, initialisation, eval mode."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 from torch import nn
 
@@ -29,3 +30,17 @@ def kaiming_init(net: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode inside, and every submodule's own mode back on exit: a network whose
+    wrapper and layers differ (a ``SwitchedNetwork`` in train mode around a network in eval mode)
+    is left exactly as it was, where ``net.train(net.training)`` would switch its layers."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, mode in modes:
+            m.training = mode

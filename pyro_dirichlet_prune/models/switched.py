@@ -103,18 +103,25 @@ class SwitchedNetwork(nn.Module):
     def widths(self) -> dict[str, int]:
         return {p.name: p.width for p in self.points}
 
+    def apply_scale(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        """``output`` of switch point ``name`` times its scale of the current ``scaled`` context
+        (unchanged when it has none), broadcast over the batch and the spatial dimensions: what
+        the point's forward hook returns. A caller that holds a point's output computed elsewhere
+        (``inference.frozen_head``) switches it with this."""
+        scale = self._scales.get(name)
+        if scale is None:
+            return output
+        if scale.dtype != output.dtype or scale.device != output.device:
+            scale = scale.to(device=output.device, dtype=output.dtype)
+        if scale.dim() == 1:
+            scale = scale.view(1, -1, *([1] * (output.dim() - 2)))
+        else:
+            scale = scale.view(scale.shape[0], -1, *([1] * (output.dim() - 2)))
+        return output * scale
+
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            scale = self._scales.get(name)
-            if scale is None:
-                return None
-            if scale.dtype != output.dtype or scale.device != output.device:
-                scale = scale.to(device=output.device, dtype=output.dtype)
-            if scale.dim() == 1:
-                scale = scale.view(1, -1, *([1] * (output.dim() - 2)))
-            else:
-                scale = scale.view(scale.shape[0], -1, *([1] * (output.dim() - 2)))
-            return output * scale
+            return None if name not in self._scales else self.apply_scale(name, output)
 
         return hook
 
