@@ -141,3 +141,46 @@ def test_the_full_data_passes_leave_every_layer_in_its_own_mode():
     layer_gradient_hessian(model, layer, mean, data, batch_size=12)
     frozen_head(model.network, layer, data)
     assert [m.training for m in net.modules()] == modes and net.bn.training and not net.fc.training
+
+
+def test_switch_learning_with_the_heads_is_the_same_fit_and_skips_the_layers_below():
+    """fit's layer-by-layer stages on FrozenHeads: the same concentrations as without them, step
+    for step, while conv1 runs only in its own stage (and once per example to build the heads);
+    minibatches that are not rows of the split (here: augmented) run the whole network."""
+    from pyro_dirichlet_prune import SplitLoader, fit
+    from pyro_dirichlet_prune.inference.frozen_head import FrozenHeads
+
+    data = _split((1, 28, 28), n=120)
+    calls = []
+    fitted = []
+    for use_heads in (False, True):
+        torch.manual_seed(0)
+        net = build_model("lenet5").eval()
+        handle = net.conv1.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+        model = SwitchModel(net, num_data=len(data))
+        heads = FrozenHeads(model.network, data) if use_heads else None
+        guide = DirichletGuide(model, init_concentration=5.0)
+        loader = SplitLoader(data, 40, True, torch.Generator().manual_seed(0))
+        calls.clear()
+        fit(model, guide, loader, epochs=2, seed=0, progress=False, heads=heads)
+        fitted.append({k: guide.concentration(k).detach().clone() for k in model.widths})
+        handle.remove()
+        if use_heads:
+            # conv1's stage (2 epochs of 120; the counting hook on conv1 keeps it from a head of its own),
+            # then for each of the three heads above it a one-example probe of its size and one pass to build it
+            assert calls == [40] * 6 + [1, 120] * 3
+            assert heads.get("conv1") is None and heads.get("fc1") is not None
+        else:
+            assert sum(calls) == 4 * 2 * 120
+    for k in fitted[0]:
+        assert torch.allclose(fitted[0][k], fitted[1][k], rtol=1e-5), k
+    shifted = SplitLoader(data, 40, True, torch.Generator().manual_seed(0), augment_shift=2)
+    calls.clear()
+    handle = model.network.net.conv1.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    only_fc1 = model.restricted(["fc1"])  # sharing the network, and so the heads
+    fit(only_fc1, DirichletGuide(only_fc1), shifted, epochs=1, seed=0, progress=False, heads=heads)
+    assert sum(calls) == 120
+    calls.clear()
+    fit(only_fc1, DirichletGuide(only_fc1), loader, epochs=1, seed=0, progress=False, heads=heads)
+    handle.remove()
+    assert sum(calls) == 0

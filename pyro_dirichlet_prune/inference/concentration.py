@@ -49,7 +49,7 @@ from ..data import Split
 from ..loop import LoopCallback, LoopEvent
 from ..models.common import evaluating
 from ..models.switched import SwitchModel
-from .frozen_head import FrozenHead, frozen_head, logit_batches
+from .frozen_head import FrozenHead, FrozenHeads, frozen_head, logit_batches
 from .guides import DirichletGuide
 
 
@@ -229,7 +229,8 @@ def _curvature(model, layer, mean, data, others, batch_size, max_examples, probe
 def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split | Iterable,
                           layers: Sequence[str] | None = None, schedule: str = "sequential",
                           batch_size: int = 1000, max_examples: int | None = None, probes: int | None = None,
-                          seed: int = 0, whole: bool = False) -> dict[str, dict[str, float]]:
+                          seed: int = 0, whole: bool = False,
+                          heads: FrozenHeads | None = None) -> dict[str, dict[str, float]]:
     """Set every layer's phi_l to phi_l0* m_l: the fitted means kept, the total concentration the
     ELBO's optimum gives them (module docstring; entries are kept above the guide's floor).
     ``probes`` (with its draws seeded by ``seed``) estimates each layer's curvature stochastically
@@ -240,13 +241,17 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
     Returns, per layer, ``{"c", "phi0_before", "phi0_settled", "phi0"}`` (and, with ``whole``,
     ``surrogate_gain``, the expansion's ELBO gained by the full step, ``step``, the fraction of it
     taken, 0 when none raised the whole data's ELBO, and ``elbo_gain``, what the taken step gained
-    on the whole data)."""
+    on the whole data). The whole settle's passes over a ``Split`` compute the layers below each
+    switch once (``inference.frozen_head``); ``heads``, ``FrozenHeads`` of the model's network on
+    ``data`` (those switch learning built), lends it the ones already computed."""
     if not isinstance(guide, DirichletGuide):
         raise TypeError(f"guide must be a DirichletGuide, got {type(guide).__name__}")
     if schedule not in ("sequential", "joint"):
         raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")
     if whole and probes is not None:
         raise ValueError("probes: the whole settle (whole=True) needs the exact Hessian; leave probes None")
+    if heads is not None and (heads.split is not data or heads.network is not model.network):
+        raise ValueError("heads: FrozenHeads of another network or split than the model's and data")
     layers = list(model.layers if layers is None else layers)
     with torch.no_grad():
         phis = {k: guide.concentration(k).detach().double() for k in model.layers}
@@ -258,7 +263,10 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
             others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
         m = means[layer]
         if whole:  # several passes over the data: the layers below this one computed once (frozen_head)
-            source = (frozen_head(model.network, layer, data, others) if isinstance(data, Split) else None) or data
+            if heads is not None and others is None:  # the stage's, kept from switch learning
+                source = heads.get(layer) or data
+            else:
+                source = (frozen_head(model.network, layer, data, others) if isinstance(data, Split) else None) or data
             _, h = layer_gradient_hessian(model, layer, m, source, others, batch_size, max_examples)
             c = _trace_term(h, m)
             nll, g = layer_nll(model, layer, m, source, others, gradient=True)  # every example

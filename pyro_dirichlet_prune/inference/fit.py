@@ -36,6 +36,7 @@ from ..loop import Checkpoint, EpochLoop, LoopCallback, Progress, as_callbacks
 from ..models.switched import SwitchModel
 from ..runstate import LoopPosition, RunState, open_loop
 from .callbacks import Callback, FitResult, FitStep
+from .frozen_head import FrozenHeads
 from .guards import CollapseGuard, NonFiniteStep, diagnose_nonfinite
 from .guides import DirichletGuide, all_layers, follows_active_layers
 
@@ -97,6 +98,7 @@ def fit(
     weight_lr: float = 1e-3,
     callback: Callback | LoopCallback | Sequence[Callback | LoopCallback] | None = None,
     lr_decay: float = 0.0,
+    heads: FrozenHeads | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by SVI with Adam(lr) over ``epochs`` passes of ``data``.
 
@@ -128,6 +130,10 @@ def fit(
         state: a ``runstate.RunState`` shared by several loops of one run (the command line's
             ``prune`` keeps switch learning and fine-tuning in one state file); ``checkpoint``
             makes one for this fit alone. ``loop`` is this fit's name in that state.
+        heads: under the layer-by-layer schedule, ``FrozenHeads`` of the network on the split that
+            ``data``'s ``(x, y, idx)`` minibatches index (a ``SplitLoader`` over it): each stage
+            computes the layers below its switch once and its steps run only the rest
+            (``SwitchModel.computing_below``; the same ELBO, checked per minibatch).
 
     Returns a ``FitResult`` (the losses and every stage's steps, epochs and time).
 
@@ -230,7 +236,8 @@ def fit(
         if state is not None:
             watchers.append(Checkpoint(state, loop, snapshot, loop_, steps=lambda: len(result.losses)))
         t0 = time.perf_counter()
-        with model.switching(layers):
+        head = heads.get(layers[0]) if heads is not None and len(layers) == 1 else None
+        with model.switching(layers), model.computing_below(head):
             stopped = loop_.run(step, watchers)
         result.stages.append({"layers": layers, "steps": loop_.steps, "epochs": loop_.at.epoch,
                               "seconds": time.perf_counter() - t0, "stopped": stopped})

@@ -40,8 +40,13 @@ class FrozenHead:
     a minibatch of them into logits under the network's current scales."""
 
     def __init__(self, network: SwitchedNetwork, layer: str, tail: fx.GraphModule, values: list[torch.Tensor],
-                 y: torch.Tensor) -> None:
-        self.network, self.layer, self.tail, self.values, self.y = network, layer, tail, values, y
+                 split: Split) -> None:
+        self.network, self.layer, self.tail, self.values = network, layer, tail, values
+        self.x, self.y = split.x, split.y
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.values)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -57,6 +62,45 @@ class FrozenHead:
         it by theirs, through their hooks)."""
         switched, *rest = values
         return self.tail(self.network.apply_scale(self.layer, switched), *rest)
+
+    def logits_at(self, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor | None:
+        """The logits of minibatch ``x`` from the head's values, when ``x`` is rows ``idx`` of the
+        split the head was computed on (checked: comparing costs far less than the head); None
+        otherwise (no ``idx``, other or augmented inputs), and the caller runs the whole network."""
+        if idx is None or x.shape[0] != idx.shape[0] or x.device != self.x.device:
+            return None
+        if not torch.equal(x, self.x[idx]):
+            return None
+        return self.logits(tuple(v[idx] for v in self.values))
+
+
+class FrozenHeads:
+    """Heads of ``network`` below each switch, on ``split``, the other switches off (the
+    layer-by-layer schedule's stages), built when first asked for (``frozen_head``) and kept for
+    later passes: switch learning's stage and then the settle of the same layer. At most
+    ``max_total`` bytes are kept, the oldest dropped first; a layer whose head cannot be built
+    (``frozen_head`` gives None) is asked about only once."""
+
+    def __init__(self, network: SwitchedNetwork, split: Split, max_bytes: int = MAX_BYTES,
+                 max_total: int = 2 * MAX_BYTES) -> None:
+        self.network, self.split, self.max_bytes, self.max_total = network, split, max_bytes, max_total
+        self._heads: dict[str, FrozenHead | None] = {}
+
+    def get(self, layer: str) -> FrozenHead | None:
+        if layer not in self._heads:
+            head = frozen_head(self.network, layer, self.split, max_bytes=self.max_bytes)
+            self._heads[layer] = head
+            older = [k for k, v in self._heads.items() if v is not None and k != layer]
+            while older and self.nbytes > self.max_total:
+                self._heads[older.pop(0)] = None
+            if self.nbytes > self.max_total:
+                self._heads[layer] = None
+        return self._heads[layer]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the kept heads hold."""
+        return sum(v.nbytes for v in self._heads.values() if v is not None)
 
 
 def _split(net: nn.Module, target: str) -> tuple[fx.GraphModule, fx.GraphModule] | None:
@@ -130,7 +174,7 @@ def frozen_head(network: SwitchedNetwork, layer: str, data: Split, others: Mappi
             return None
         chunks = [head(data.x[a:a + batch_size]) for a in range(0, len(data), batch_size)]
     values = [torch.cat([c[i] for c in chunks]) for i in range(len(probe))]
-    return FrozenHead(network, layer, tail, values, data.y)
+    return FrozenHead(network, layer, tail, values, data)
 
 
 def logit_batches(network: SwitchedNetwork, layer: str, data: FrozenHead | Split | Iterable, batch_size: int,

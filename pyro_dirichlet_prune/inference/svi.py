@@ -24,6 +24,7 @@ from .averaging import IterateAverage
 from .concentration import SettleEachEpoch, settle_concentrations
 from .convergence import BATCHES, ConvergenceRule
 from .fit import DEFAULT_SCHEDULE, SCHEDULES, FitResult, fit
+from .frozen_head import FrozenHeads
 from .guides import DEFAULT_FLOOR, DirichletGuide, all_layers
 from .posterior import SwitchPosterior, estimate_elbo, posterior_of
 
@@ -284,14 +285,17 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
     rule = ConvergenceRule(window=max(2 * BATCHES, len(loader)), phi_rtol=None if settling else 0.01,
                            mean_atol=0.001 if settling else None, stops=cfg.until_converged)
     callbacks.append(rule)  # it always watches; with until_converged it also ends the stages
+    # each stage's frozen layers below its switch computed once, for its epochs and the settle
+    heads = FrozenHeads(model.network, train) if cfg.schedule == "sequential" and cfg.weight_scale is None else None
     result = fit(model, guide, loader, epochs=cfg.epochs, schedule=cfg.schedule, loss=make_elbo(cfg), lr=cfg.lr,
                  seed=cfg.seed, state=state, loop=loop, weight_lr=cfg.weight_lr, callback=callbacks,
-                 lr_decay=cfg.lr_decay)
+                 lr_decay=cfg.lr_decay, heads=heads)
     settled = None
     if settling:
         settled = settle_concentrations(model, guide, train, schedule=cfg.schedule,  # every rank: the same examples
                                         max_examples=cfg.curvature_examples, probes=cfg.curvature_probes,
-                                        seed=cfg.seed, whole=concentration == "quadratic")
+                                        seed=cfg.seed, whole=concentration == "quadratic",
+                                        heads=heads if concentration == "quadratic" else None)
     return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs), concentration)
 
 

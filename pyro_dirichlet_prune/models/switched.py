@@ -259,6 +259,7 @@ class SwitchModel:
         self.gain = float(gain)
         self.factors = switch_factors(self.widths, scale, gain)
         self.active_layers = list(names)
+        self._head = None
         self._prior = {n: torch.full((d,), self.alpha0, dtype=SWITCH_DTYPE) for n, d in self.widths.items()}
         self.weight_scale = None if weight_scale is None else float(weight_scale)
         self.weight_prior = None if weight_scale is None else WeightPrior(network.net, weight_scale)
@@ -301,6 +302,18 @@ class SwitchModel:
         finally:
             self.active_layers = previous
 
+    @contextlib.contextmanager
+    def computing_below(self, head) -> Iterator["SwitchModel"]:
+        """Inside, while ``head.layer`` is the only active layer, a minibatch that is rows ``idx``
+        of the split ``head`` was computed on runs only the network above that layer, from the
+        head's values (an ``inference.frozen_head.FrozenHead``: the same logits, the layers below
+        computed once); any other minibatch runs the whole network. None: nothing changes."""
+        previous, self._head = self._head, head
+        try:
+            yield self
+        finally:
+            self._head = previous
+
     def restricted(self, layers: Sequence[str]) -> "SwitchModel":
         """The same model with only ``layers`` switched, sharing this model's network."""
         return SwitchModel(self.network, self.input_shape, self.num_data, layers=layers, alpha0=self.alpha0,
@@ -316,8 +329,11 @@ class SwitchModel:
                 scales[name] = (self.factors[name] * s).to(torch.get_default_dtype())
         weights = self.weight_prior.sample() if self.weight_prior is not None else None
         with self.network.scaled(scales):
+            head = self._head if self._head is not None and self.active_layers == [self._head.layer] else None
             if weights is None:
-                logits = self.network(x)
+                logits = head.logits_at(x, idx) if head is not None else None
+                if logits is None:
+                    logits = self.network(x)
             else:
                 logits = torch.func.functional_call(self.network, {f"net.{k}": v for k, v in weights.items()}, (x,))
         if y is not None:
