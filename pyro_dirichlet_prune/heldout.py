@@ -17,6 +17,7 @@ import torch
 from .data import Split, minibatches
 from .inference.arviz_data import guide_draws
 from .models import SwitchedNetwork
+from .models.common import restore_modes, training_modes
 from .models.switched import switch_site
 from .training import evaluate
 
@@ -61,14 +62,14 @@ def predictive_check(switched: SwitchedNetwork, draws: dict[str, torch.Tensor], 
             n += len(y)
         return {"lppd": lppd / n, "error": wrong / n}
 
-    was_training = switched.training
+    modes = training_modes(switched)
     switched.eval()
     try:
         if schedule == "joint":
             return check(list(draws)), None
         by_layer = {k: check([k]) for k in draws}
     finally:
-        switched.train(was_training)
+        restore_modes(modes)
     return {key: float(np.mean([m[key] for m in by_layer.values()])) for key in ("lppd", "error")}, by_layer
 
 

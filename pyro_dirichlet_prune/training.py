@@ -17,6 +17,7 @@ from .devices import check_device, device_of
 from .finetune_budget import (PLATEAU_CUTS, PLATEAU_FACTOR, PLATEAU_PATIENCE, EarlyStopping, EpochRecord,
                               PlateauSchedule, TrainResult)
 from .loop import Checkpoint, EpochLoop, LoopEvent, Progress, as_callbacks
+from .models.common import restore_modes, training_modes
 from .runstate import LoopPosition, RunState, open_loop
 
 
@@ -48,7 +49,7 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
     ``DataLoader``), computed on the network's device. With ``across_ranks`` and several
     processes (``distributed``), each rank evaluates its share of a ``Split`` and the counts are
     summed: every rank gets the whole split's numbers."""
-    was_training = net.training
+    modes = training_modes(net)
     net.eval()
     device = device_of(net)
     if across_ranks and isinstance(data, Split) and distributed.active():
@@ -63,7 +64,7 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
         wrong += int((logits.argmax(1) != y).sum())
         nll += float(F.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
-    net.train(was_training)
+    restore_modes(modes)
     if across_ranks:
         wrong, nll, n = distributed.all_sum([wrong, nll, n])
     if n == 0:

@@ -141,6 +141,15 @@ def test_the_full_data_passes_leave_every_layer_in_its_own_mode():
     layer_gradient_hessian(model, layer, mean, data, batch_size=12)
     frozen_head(model.network, layer, data)
     assert [m.training for m in net.modules()] == modes and net.bn.training and not net.fc.training
+    from pyro_dirichlet_prune.metrics import count_macs
+    from pyro_dirichlet_prune.training import evaluate
+
+    net.train()
+    net.bn.eval()  # a frozen batch-norm in a training network
+    modes = [m.training for m in net.modules()]
+    evaluate(net, data)
+    count_macs(net, (3, 32, 32))
+    assert [m.training for m in net.modules()] == modes and not net.bn.training and net.fc.training
 
 
 def test_switch_learning_with_the_heads_is_the_same_fit_and_skips_the_layers_below():

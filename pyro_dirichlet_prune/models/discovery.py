@@ -42,6 +42,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from ..errors import UserError
+from .common import restore_modes, training_modes
 from .points import SwitchPoint
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -184,7 +185,7 @@ def analyse_layers(net: nn.Module, input_shape: Sequence[int]) -> list[LayerFind
 
     Raises ``UserError`` when ``net`` does not run on inputs of shape ``input_shape`` or
     Torch-Pruning cannot trace it."""
-    was_training = net.training
+    modes = training_modes(net)
     requires_grad = {p: p.requires_grad for p in net.parameters()}
     example = torch.zeros(1, *input_shape)
     names = {m: n for n, m in net.named_modules()}
@@ -219,7 +220,7 @@ def analyse_layers(net: nn.Module, input_shape: Sequence[int]) -> list[LayerFind
     finally:
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)
-        net.train(was_training)
+        restore_modes(modes)
     return findings
 
 

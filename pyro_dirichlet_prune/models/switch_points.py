@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .common import restore_modes, training_modes
 from .discovery import discover_switch_points
 from .points import SwitchPoint, point_widths, rebind
 
@@ -38,7 +39,7 @@ def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tupl
     shape or the network cannot take it."""
     shape = as_input_shape(input_shape)
     param = next(iter(net.parameters()), None)
-    was_training = net.training
+    modes = training_modes(net)
     net.eval()
     try:
         with torch.no_grad():
@@ -47,7 +48,7 @@ def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tupl
     except (RuntimeError, ValueError, IndexError) as exc:
         raise shape_mismatch(net, shape, exc) from None
     finally:
-        net.train(was_training)
+        restore_modes(modes)
     return shape
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data import Split, batches
 from ..errors import UserError
+from ..models.common import restore_modes, training_modes
 from ..models.switch_points import SwitchPoint, switch_points
 from ..models.switched import SwitchedNetwork
 from .decision import DEFAULT_EXAMPLES, decision_examples, elimination_order, loglik_function
@@ -56,13 +57,13 @@ def random_scores(net: nn.Module, seed: int, points: Sequence[SwitchPoint] | Non
 def _probe(net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> Iterator[SwitchedNetwork]:
     """A switched view of ``net`` in eval mode (its weights frozen inside ``scaled``); the net's
     mode is restored on exit."""
-    was_training = net.training
+    modes = training_modes(net)
     switched = SwitchedNetwork(net, points)
     net.eval()
     try:
         yield switched
     finally:
-        net.train(was_training)
+        restore_modes(modes)
 
 
 def fisher_scores(
