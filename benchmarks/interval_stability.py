@@ -20,7 +20,9 @@ allowed twice as long (twice the epochs of the first run's longest stage, no rul
   iterate average (``IterateAverage``), the rule ending the stages, 10 epochs the cap;
 * ``quadratic``: a constant step for 3 epochs a layer, each stage ending at its last epoch's
   average, then every concentration set to the optimum of the ELBO's quadratic expansion
-  (``concentration="quadratic"``).
+  (``concentration="quadratic"``);
+* ``rounds``: the same with up to 4 checked Newton steps a layer, each from where the last landed
+  (``settle_rounds=4``).
 
 Per layer it records phi_0, the means, the mean 95% interval width, the units the
 default uncertainty cut-off (``pruning.cutoff.TAU``, ``DELTA``) keeps, whether the stage converged, and the
@@ -49,6 +51,7 @@ RECIPES = {
     "settled3": {"lr_decay": 1.0, "concentration": "settled", "epochs": 3},
     "averaged": {"average": True, "until_converged": True, "concentration": "settled", "epochs": 10},
     "quadratic": {"average": True, "concentration": "quadratic", "epochs": 3},
+    "rounds": {"average": True, "concentration": "quadratic", "epochs": 3, "settle_rounds": 4},
 }
 
 

@@ -354,3 +354,29 @@ def test_auto_concentration_is_the_quadratic_settle_where_it_applies(monkeypatch
     assert SwitchConfig(concentration="settled").resolved_concentration() == "settled"
     with pytest.raises(ValueError, match="concentration='quadratic' needs guide 'dirichlet'"):
         SwitchConfig(concentration="quadratic", guide="normal").validate()
+
+
+def test_more_settle_rounds_climb_further_and_stop_at_the_first_round_without_a_step():
+    """rounds > 1 repeats the checked Newton step from where the last one landed: its first round
+    is the single step's, the whole data's ELBO gains at least as much, and the rounds end at the
+    first that takes no step (or at the cap)."""
+    from pyro_dirichlet_prune import SplitLoader
+    from pyro_dirichlet_prune.data import Split
+
+    net, x, y = _problem()
+    model = SwitchModel(net, num_data=N)
+    guide = DirichletGuide(model, init_concentration=1.0)
+    fit(model, guide, SplitLoader(Split(x, y), 200, True, torch.Generator().manual_seed(0)), epochs=1,
+        schedule="joint", seed=0, progress=False)
+    fitted = guide.concentration("fc1").detach().clone()
+    once = settle_concentrations(model, guide, [(x, y)], schedule="joint", whole=True)["fc1"]
+    guide.set_concentrations({"fc1": fitted})
+    more = settle_concentrations(model, guide, [(x, y)], schedule="joint", whole=True, rounds=6)["fc1"]
+    assert more["steps"][0] == once["step"] == once["steps"][0] and once["step"] > 0
+    assert len(more["steps"]) >= 2 and (more["steps"][-1] == 0 or len(more["steps"]) == 6), more["steps"]
+    assert more["elbo_gain"] >= once["elbo_gain"] and more["phi0"] != pytest.approx(once["phi0"], rel=1e-9)
+    with pytest.raises(ValueError, match="rounds must be a positive int"):
+        settle_concentrations(model, guide, [(x, y)], whole=True, rounds=0)
+    from pyro_dirichlet_prune.inference.svi import SwitchConfig
+    with pytest.raises(ValueError, match="settle_rounds must be a positive int"):
+        SwitchConfig(settle_rounds=0).validate()

@@ -229,8 +229,8 @@ def _curvature(model, layer, mean, data, others, batch_size, max_examples, probe
 def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split | Iterable,
                           layers: Sequence[str] | None = None, schedule: str = "sequential",
                           batch_size: int = 1000, max_examples: int | None = None, probes: int | None = None,
-                          seed: int = 0, whole: bool = False,
-                          heads: FrozenHeads | None = None) -> dict[str, dict[str, float]]:
+                          seed: int = 0, whole: bool = False, heads: FrozenHeads | None = None,
+                          rounds: int = 1) -> dict[str, dict[str, float]]:
     """Set every layer's phi_l to phi_l0* m_l: the fitted means kept, the total concentration the
     ELBO's optimum gives them (module docstring; entries are kept above the guide's floor).
     ``probes`` (with its draws seeded by ``seed``) estimates each layer's curvature stochastically
@@ -241,7 +241,8 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
     Returns, per layer, ``{"c", "phi0_before", "phi0_settled", "phi0"}`` (and, with ``whole``,
     ``surrogate_gain``, the expansion's ELBO gained by the full step, ``step``, the fraction of it
     taken, 0 when none raised the whole data's ELBO, and ``elbo_gain``, what the taken step gained
-    on the whole data). The whole settle's passes over a ``Split`` compute the layers below each
+    on the whole data); ``rounds`` > 1 takes further checked steps, each from where the last one
+    landed, until one takes none (``steps`` lists each round's fraction). The whole settle's passes over a ``Split`` compute the layers below each
     switch once (``inference.frozen_head``); ``heads``, ``FrozenHeads`` of the model's network on
     ``data`` (those switch learning built), lends it the ones already computed."""
     if not isinstance(guide, DirichletGuide):
@@ -250,6 +251,8 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")
     if whole and probes is not None:
         raise ValueError("probes: the whole settle (whole=True) needs the exact Hessian; leave probes None")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     if heads is not None and (heads.split is not data or heads.network is not model.network):
         raise ValueError("heads: FrozenHeads of another network or split than the model's and data")
     layers = list(model.layers if layers is None else layers)
@@ -262,29 +265,51 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
         if schedule == "joint":
             others = {k: model.factors[k] * means[k].to(torch.get_default_dtype()) for k in model.layers if k != layer}
         m = means[layer]
+        out[layer] = {"phi0_before": float(phis[layer].sum())}
         if whole:  # several passes over the data: the layers below this one computed once (frozen_head)
             if heads is not None and others is None:  # the stage's, kept from switch learning
                 source = heads.get(layer) or data
             else:
                 source = (frozen_head(model.network, layer, data, others) if isinstance(data, Split) else None) or data
-            _, h = layer_gradient_hessian(model, layer, m, source, others, batch_size, max_examples)
-            c = _trace_term(h, m)
-            nll, g = layer_nll(model, layer, m, source, others, gradient=True)  # every example
+            value, record = _checked_newton(model, layer, m, source, others, batch_size, max_examples, guide.floor,
+                                            rounds)
+            out[layer].update(record)
         else:
             c = layer_curvature(model, layer, m, data, others, batch_size, max_examples, probes,
                                 torch.Generator().manual_seed(seed))
-        phi0 = optimal_phi0(c, m, model.alpha0)
-        value = (phi0 * m).clamp_min(guide.floor * (1 + 1e-6))
-        out[layer] = {"c": c, "phi0_before": float(phis[layer].sum()), "phi0_settled": float(value.sum())}
-        if whole:
-            step, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=guide.floor)
-            if not torch.allclose(value / value.sum(), m, rtol=0, atol=1e-9):  # the floor moved the means
-                nll, _ = layer_nll(model, layer, value / value.sum(), source, others)
-            value, taken, elbo_gain = checked_step(model, layer, source, others, h, value, nll, step, guide.floor)
-            out[layer].update(surrogate_gain=gain, step=taken, elbo_gain=elbo_gain)
+            value = (optimal_phi0(c, m, model.alpha0) * m).clamp_min(guide.floor * (1 + 1e-6))
+            out[layer].update(c=c, phi0_settled=float(value.sum()))
         guide.set_concentrations({layer: value})
         out[layer]["phi0"] = float(value.sum())
     return out
+
+
+def _checked_newton(model, layer, m, source, others, batch_size, max_examples, floor, rounds):
+    """The whole settle of one layer from means ``m``: up to ``rounds`` checked Newton steps, each
+    from the point the last one reached (gradient and Hessian there, the step checked on the whole
+    data, ``checked_step``), ending early at the first round that takes none. Returns phi and the
+    record (``c`` and ``phi0_settled`` of the first round, ``surrogate_gain`` of its full step,
+    ``step`` its fraction taken, ``steps`` every round's, ``elbo_gain`` the sum)."""
+    record: dict = {"steps": []}
+    gained = 0.0
+    for r in range(rounds):
+        _, h = layer_gradient_hessian(model, layer, m, source, others, batch_size, max_examples)
+        c = _trace_term(h, m)
+        nll, g = layer_nll(model, layer, m, source, others, gradient=True)  # every example
+        value = (optimal_phi0(c, m, model.alpha0) * m).clamp_min(floor * (1 + 1e-6))
+        step, gain = optimal_concentrations(g, h, m, model.alpha0, value, floor=floor)
+        if r == 0:
+            record.update(c=c, phi0_settled=float(value.sum()), surrogate_gain=gain)
+        if not torch.allclose(value / value.sum(), m, rtol=0, atol=1e-9):  # the floor moved the means
+            nll, _ = layer_nll(model, layer, value / value.sum(), source, others)
+        value, taken, elbo_gain = checked_step(model, layer, source, others, h, value, nll, step, floor)
+        record["steps"].append(taken)
+        gained += elbo_gain
+        if taken == 0:
+            break
+        m = value / value.sum()
+    record.update(step=record["steps"][0], elbo_gain=gained)
+    return value, record
 
 
 def optimal_concentrations(g: torch.Tensor, h: torch.Tensor, mean: torch.Tensor, alpha0: float, start: torch.Tensor,

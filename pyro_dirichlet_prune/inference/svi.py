@@ -93,6 +93,9 @@ class SwitchConfig:
         learning a settled fit also settles the active layers on the first ``EPOCH_CURVATURE_EXAMPLES``
         (``SettleEachEpoch``), so that the means learn under the posterior's spread, not under the
         initial value's.
+    settle_rounds: with ``concentration="quadratic"``, up to this many checked Newton steps per
+        layer, each from where the last landed, ending at the first that takes none
+        (``settle_concentrations(rounds=)``); 1, the default, is the single step of the recipe.
     average: end every stage at the mean of the guide's parameters over its last epoch
         (``inference.averaging.IterateAverage``) instead of at the last iterate, which wanders
         about the optimum by several posterior standard deviations at a constant step.
@@ -125,6 +128,7 @@ class SwitchConfig:
     curvature_probes: int | None = None
     curvature_examples: int | None = 10000
     average: bool = True
+    settle_rounds: int = 1
 
     def resolved_concentration(self, units: int | None = None, macs: int | None = None) -> str:
         """What sets the concentrations after the fit: ``concentration``, with ``auto`` resolved to
@@ -182,6 +186,8 @@ class SwitchConfig:
             raise ValueError(f"weight_lr must be positive, got {self.weight_lr}")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in [0, 1], got {self.lr_decay}")
+        if isinstance(self.settle_rounds, bool) or not isinstance(self.settle_rounds, int) or self.settle_rounds < 1:
+            raise ValueError(f"settle_rounds must be a positive int, got {self.settle_rounds!r}")
         if self.curvature_examples is not None and int(self.curvature_examples) < 1:
             raise ValueError(f"curvature_examples must be a positive int or None, got {self.curvature_examples}")
         if self.curvature_probes is not None and int(self.curvature_probes) < 1:
@@ -295,7 +301,8 @@ def fit_switches(network: SwitchedNetwork, train: Split, cfg: SwitchConfig, stat
         settled = settle_concentrations(model, guide, train, schedule=cfg.schedule,  # every rank: the same examples
                                         max_examples=cfg.curvature_examples, probes=cfg.curvature_probes,
                                         seed=cfg.seed, whole=concentration == "quadratic",
-                                        heads=heads if concentration == "quadratic" else None)
+                                        heads=heads if concentration == "quadratic" else None,
+                                        rounds=cfg.settle_rounds if concentration == "quadratic" else 1)
     return SwitchFit(model, guide, result, settled, convergence_record(rule, result, cfg.epochs), concentration)
 
 
