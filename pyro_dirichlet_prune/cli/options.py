@@ -290,6 +290,9 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
                    help=f"with --concentration settled or quadratic, the first N training examples give the "
                         f"curvature that settles the concentrations after the fit, scaled to the whole split (default "
                         f"{d.curvature_examples}; at every epoch end the first {EPOCH_CURVATURE_EXAMPLES} do)")
+    _option(p, "--settle-rounds", d.settle_rounds, "with --concentration quadratic, up to this many checked Newton "
+            "steps a layer, each from where the last landed, ending at the first that takes none "
+            "(inference/concentration.py)", type=positive_int)
     _option(p, "--switch-lr-decay", d.lr_decay, "step t of a stage of switch learning is taken at "
             "lr*(1+t/T)^-DECAY, T one epoch: 0 keeps the rate constant (its iterates jitter for ever), 1 decays it "
             "as 1/t (Robbins-Monro), so that the means settle", type=unit_interval)
@@ -323,7 +326,7 @@ def switch_config(args: argparse.Namespace) -> SwitchConfig:
         weight_scale=args.weight_scale, weight_lr=args.weight_lr, concentration=args.concentration,
         until_converged=args.switch_until_converged, lr_decay=args.switch_lr_decay,
         curvature_probes=args.curvature_probes, curvature_examples=args.curvature_examples,
-        average=args.switch_average,
+        average=args.switch_average, settle_rounds=args.settle_rounds,
     )
 
 
