@@ -53,6 +53,11 @@ from .frozen_head import FrozenHead, FrozenHeads, frozen_head, logit_batches
 from .guides import DirichletGuide
 
 
+ROUND_GAIN = 1.0
+"""A further round of the whole settle (``rounds``) follows only a round that raised the whole data's
+ELBO by at least this many nats: below it the posterior it changes is the same to the ELBO."""
+
+
 def optimal_phi0(c: float, mean: torch.Tensor, alpha0: float) -> float:
     """The phi_0 > 0 that maximises -c / (phi_0 + 1) - KL(Dirichlet(phi_0 mean) || Dirichlet(alpha0 1)).
 
@@ -242,7 +247,8 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
     ``surrogate_gain``, the expansion's ELBO gained by the full step, ``step``, the fraction of it
     taken, 0 when none raised the whole data's ELBO, and ``elbo_gain``, what the taken step gained
     on the whole data); ``rounds`` > 1 takes further checked steps, each from where the last one
-    landed, until one takes none (``steps`` lists each round's fraction). The whole settle's passes over a ``Split`` compute the layers below each
+    landed, until one takes none or gains less than ``ROUND_GAIN`` (``steps`` lists each round's
+    fraction). The whole settle's passes over a ``Split`` compute the layers below each
     switch once (``inference.frozen_head``); ``heads``, ``FrozenHeads`` of the model's network on
     ``data`` (those switch learning built), lends it the ones already computed."""
     if not isinstance(guide, DirichletGuide):
@@ -287,7 +293,8 @@ def settle_concentrations(model: SwitchModel, guide: DirichletGuide, data: Split
 def _checked_newton(model, layer, m, source, others, batch_size, max_examples, floor, rounds):
     """The whole settle of one layer from means ``m``: up to ``rounds`` checked Newton steps, each
     from the point the last one reached (gradient and Hessian there, the step checked on the whole
-    data, ``checked_step``), ending early at the first round that takes none. Returns phi and the
+    data, ``checked_step``), ending early at the first round that takes none or gains less than
+    ``ROUND_GAIN`` nats. Returns phi and the
     record (``c`` and ``phi0_settled`` of the first round, ``surrogate_gain`` of its full step,
     ``step`` its fraction taken, ``steps`` every round's, ``elbo_gain`` the sum)."""
     record: dict = {"steps": []}
@@ -305,7 +312,7 @@ def _checked_newton(model, layer, m, source, others, batch_size, max_examples, f
         value, taken, elbo_gain = checked_step(model, layer, source, others, h, value, nll, step, floor)
         record["steps"].append(taken)
         gained += elbo_gain
-        if taken == 0:
+        if taken == 0 or elbo_gain < ROUND_GAIN:
             break
         m = value / value.sum()
     record.update(step=record["steps"][0], elbo_gain=gained)
