@@ -315,7 +315,9 @@ def test_switch_learning_can_end_with_the_quadratic_settle():
     assert float(phi.sum()) == pytest.approx(record["phi0"], rel=1e-5) and record["surrogate_gain"] > 0
     assert record["phi0"] != pytest.approx(record["phi0_settled"], rel=1e-3)  # the means moved too
     basis = interval_basis(cfg, done)
-    assert basis.startswith("quadratic: ") and basis.endswith(f"(fraction of the step taken: fc1 {record['step']:g})")
+    rounds = "+".join(f"{t:g}" for t in record["steps"])
+    assert basis.startswith("quadratic: ") and basis.endswith(f"(fraction of the step taken in each round: fc1 {rounds})")
+    assert record["steps"][0] == record["step"] and 1 <= len(record["steps"]) <= cfg.settle_rounds == 4
     assert record["step"] > 0 and record["elbo_gain"] > 0
     with pytest.raises(ValueError, match="curvature_probes: concentration='quadratic' needs the exact Hessian"):
         SwitchConfig(concentration="quadratic", curvature_probes=4).validate()

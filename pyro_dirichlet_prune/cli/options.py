@@ -274,9 +274,9 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
             "(inference/concentration.py; dirichlet and dirichlet-mean guides, frozen weights); quadratic: every "
             "concentration set after the fit to the optimum of the ELBO's quadratic expansion about the fitted means "
             "(the gradient of every training example, the exact Hessian on --curvature-examples; the step kept, "
-            "whole or a quarter, only where it raises the whole training set's ELBO; with iterate averaging and 3 "
-            "epochs a stage, the recipe of docs/convergence.md: on LeNet-5 its widths move by under 1%% with "
-            "--init-concentration or the budget, except fc1's, by up to 14%%)",
+            "whole or a quarter, only where it raises the whole training set's ELBO, in up to --settle-rounds rounds; "
+            "with iterate averaging and 3 epochs a stage, the recipe of docs/convergence.md: on LeNet-5 its widths "
+            "move by at most 4%% with --init-concentration or the budget)",
             choices=CONCENTRATIONS)
     p.add_argument("--switch-until-converged", action="store_true",
                    help="end each stage of switch learning when it has converged (inference/convergence.py: the "

@@ -95,15 +95,16 @@ class SwitchConfig:
         initial value's.
     settle_rounds: with ``concentration="quadratic"``, up to this many checked Newton steps per
         layer, each from where the last landed, ending at the first that takes none
-        (``settle_concentrations(rounds=)``); 1, the default, is the single step of the recipe.
+        or gains under a nat (``settle_concentrations(rounds=)``); 1 is the single step of the
+        recipe until commit 4dba1d4.
     average: end every stage at the mean of the guide's parameters over its last epoch
         (``inference.averaging.IterateAverage``) instead of at the last iterate, which wanders
         about the optimum by several posterior standard deviations at a constant step.
 
-    The defaults (3 epochs a stage, iterate averaging, the quadratic settle) are the recipe of
-    docs/convergence.md: on LeNet-5 the widths they give move by under 1% with the initial
-    concentration (1 or 10) or a budget twice as long in three layers of four and by up to 14% in
-    fc1, whose ELBO is flat along the Newton step; one epoch of the last iterate's moved 2-2.6 times.
+    The defaults (3 epochs a stage, iterate averaging, the quadratic settle in up to 4 rounds) are
+    the recipe of docs/convergence.md: on LeNet-5 the widths they give move by at most 4% with the
+    initial concentration (1 or 10) or a budget twice as long (fc1's moved by 14% with one round,
+    its ELBO being flat along the Newton step); one epoch of the last iterate's moved 2-2.6 times.
     """
 
     guide: str | GuideBuilder = "dirichlet"
@@ -128,7 +129,7 @@ class SwitchConfig:
     curvature_probes: int | None = None
     curvature_examples: int | None = 10000
     average: bool = True
-    settle_rounds: int = 1
+    settle_rounds: int = 4
 
     def resolved_concentration(self, units: int | None = None, macs: int | None = None) -> str:
         """What sets the concentrations after the fit: ``concentration``, with ``auto`` resolved to
@@ -370,12 +371,12 @@ def interval_basis(cfg: SwitchConfig, fit: SwitchFit) -> str:
         return ("settled: each layer's total concentration phi_0 set to the ELBO's optimum given the fitted means "
                 "(inference.concentration)")
     if concentration == "quadratic":
-        steps = {k: v.get("step") for k, v in (fit.settled or {}).items()}
-        kept = ", ".join(f"{k} {t:g}" for k, t in steps.items() if t is not None)
+        steps = {k: v.get("steps", [v["step"]] if "step" in v else None) for k, v in (fit.settled or {}).items()}
+        kept = ", ".join(f"{k} {'+'.join(f'{t:g}' for t in ts)}" for k, ts in steps.items() if ts)
         return ("quadratic: each layer's concentrations set to the optimum of the ELBO's quadratic expansion about "
                 "the fitted means (inference.concentration.optimal_concentrations), the Newton step kept where it "
-                "raised the whole training set's ELBO, else the layer settled (fraction of the step taken: "
-                f"{kept or 'none recorded'})")
+                "raised the whole training set's ELBO, else the layer settled, in rounds from where the last landed "
+                f"(fraction of the step taken in each round: {kept or 'none recorded'})")
     if guide_name(cfg.guide) == "dirichlet-mean":
         return ("not posterior intervals: the mean variant's objective does not identify phi_0, so they carry the "
                 "initial concentration and the budget; concentration='settled' fixes phi_0 by the ELBO's optimum")
