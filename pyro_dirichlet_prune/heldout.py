@@ -17,7 +17,7 @@ import torch
 from .data import Split, minibatches
 from .inference.arviz_data import guide_draws
 from .models import SwitchedNetwork
-from .models.common import restore_modes, training_modes
+from .models.common import evaluating
 from .models.switched import switch_site
 from .training import evaluate
 
@@ -62,14 +62,10 @@ def predictive_check(switched: SwitchedNetwork, draws: dict[str, torch.Tensor], 
             n += len(y)
         return {"lppd": lppd / n, "error": wrong / n}
 
-    modes = training_modes(switched)
-    switched.eval()
-    try:
+    with evaluating(switched):
         if schedule == "joint":
             return check(list(draws)), None
         by_layer = {k: check([k]) for k in draws}
-    finally:
-        restore_modes(modes)
     return {key: float(np.mean([m[key] for m in by_layer.values()])) for key in ("lppd", "error")}, by_layer
 
 

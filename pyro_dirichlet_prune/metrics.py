@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.common import restore_modes, training_modes
+from .models.common import evaluating
 from .models.switch_points import as_input_shape, shape_mismatch
 from .devices import device_of
 
@@ -34,17 +34,14 @@ def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
     activations and pooling are not counted, as in the paper's FLOPs column).
     """
     shape = as_input_shape(input_shape)
-    modes = training_modes(net)
-    net.eval()
     x = torch.zeros(1, *shape, device=device_of(net))
     counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            net(x)
-    except RuntimeError as exc:
-        raise shape_mismatch(net, shape, exc) from None
-    finally:
-        restore_modes(modes)
+    with evaluating(net):
+        try:
+            with counter:
+                net(x)
+        except RuntimeError as exc:
+            raise shape_mismatch(net, shape, exc) from None
     flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in _MAC_OPS)
     return int(flops // 2)
 

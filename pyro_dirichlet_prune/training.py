@@ -17,7 +17,7 @@ from .devices import check_device, device_of
 from .finetune_budget import (PLATEAU_CUTS, PLATEAU_FACTOR, PLATEAU_PATIENCE, EarlyStopping, EpochRecord,
                               PlateauSchedule, TrainResult)
 from .loop import Checkpoint, EpochLoop, LoopEvent, Progress, as_callbacks
-from .models.common import restore_modes, training_modes
+from .models.common import evaluating
 from .runstate import LoopPosition, RunState, open_loop
 
 
@@ -49,22 +49,20 @@ def evaluate(net: nn.Module, data: Split | Iterable, batch_size: int = 1000, acr
     ``DataLoader``), computed on the network's device. With ``across_ranks`` and several
     processes (``distributed``), each rank evaluates its share of a ``Split`` and the counts are
     summed: every rank gets the whole split's numbers."""
-    modes = training_modes(net)
-    net.eval()
     device = device_of(net)
     if across_ranks and isinstance(data, Split) and distributed.active():
         part = distributed.share(len(data))
         data = Split(data.x[part], data.y[part])
     wrong, nll, n = 0, 0.0, 0
-    for batch in minibatches(data, batch_size):
-        x, y, *_ = split_batch(batch)
-        x, y = x.to(device), y.to(device)
-        logits = net(x)
-        check_labels(y, logits.shape[-1])
-        wrong += int((logits.argmax(1) != y).sum())
-        nll += float(F.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
-    restore_modes(modes)
+    with evaluating(net):
+        for batch in minibatches(data, batch_size):
+            x, y, *_ = split_batch(batch)
+            x, y = x.to(device), y.to(device)
+            logits = net(x)
+            check_labels(y, logits.shape[-1])
+            wrong += int((logits.argmax(1) != y).sum())
+            nll += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
     if across_ranks:
         wrong, nll, n = distributed.all_sum([wrong, nll, n])
     if n == 0:

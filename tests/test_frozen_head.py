@@ -116,9 +116,13 @@ def test_no_head_where_the_split_cannot_or_should_not_be_made():
     handle = lenet.net.fc1.register_forward_hook(lambda m, i, o: o * 2)
     try:
         assert frozen_head(lenet, "fc1", images) is None
+        with lenet.scaled({}):  # beside the network's own switch hook too
+            assert frozen_head(lenet, "fc1", images) is None
     finally:
         handle.remove()
     assert frozen_head(lenet, "fc1", images) is not None
+    with lenet.scaled({}):  # the network's own hook alone does not count
+        assert frozen_head(lenet, "fc1", images) is not None
     with pytest.raises(ValueError, match="layer: no switch point named 'fc9'"):
         frozen_head(lenet, "fc9", images)
     with pytest.raises(TypeError, match="network must be a SwitchedNetwork"):

@@ -291,8 +291,8 @@ def add_switch_args(p: argparse.ArgumentParser, guide: bool = True) -> None:
                         f"curvature that settles the concentrations after the fit, scaled to the whole split (default "
                         f"{d.curvature_examples}; at every epoch end the first {EPOCH_CURVATURE_EXAMPLES} do)")
     _option(p, "--settle-rounds", d.settle_rounds, "with --concentration quadratic, up to this many checked Newton "
-            "steps a layer, each from where the last landed, ending at the first that takes none "
-            "(inference/concentration.py)", type=positive_int)
+            "steps a layer, each from where the last landed, ending at the first that takes none or gains under a "
+            "nat on the whole training set (inference/concentration.py)", type=positive_int)
     _option(p, "--switch-lr-decay", d.lr_decay, "step t of a stage of switch learning is taken at "
             "lr*(1+t/T)^-DECAY, T one epoch: 0 keeps the rate constant (its iterates jitter for ever), 1 decays it "
             "as 1/t (Robbins-Monro), so that the means settle", type=unit_interval)

@@ -294,9 +294,9 @@ def _checked_newton(model, layer, m, source, others, batch_size, max_examples, f
     """The whole settle of one layer from means ``m``: up to ``rounds`` checked Newton steps, each
     from the point the last one reached (gradient and Hessian there, the step checked on the whole
     data, ``checked_step``), ending early at the first round that takes none or gains less than
-    ``ROUND_GAIN`` nats. Returns phi and the
-    record (``c`` and ``phi0_settled`` of the first round, ``surrogate_gain`` of its full step,
-    ``step`` its fraction taken, ``steps`` every round's, ``elbo_gain`` the sum)."""
+    ``ROUND_GAIN`` nats. Returns phi and the record: ``c`` and ``phi0_settled`` of the first round,
+    ``surrogate_gain`` of its full step, ``step`` its fraction taken, ``steps`` every round's,
+    ``elbo_gain`` the sum."""
     record: dict = {"steps": []}
     gained = 0.0
     for r in range(rounds):

@@ -160,7 +160,7 @@ def frozen_head(network: SwitchedNetwork, layer: str, data: Split, others: Mappi
     if any(p.device.type != "cpu" for p in network.net.parameters()):
         return None
     hooked = points[layer].hooked
-    if network._depth == 0 and (hooked._forward_hooks or hooked._forward_pre_hooks):  # a user's hooks would not run
+    if network.has_other_hooks(layer):  # they would not run on the cached output
         return None
     path = {id(m): n for n, m in network.net.named_modules()}.get(id(hooked))
     parts = _split(network.net, path) if path else None

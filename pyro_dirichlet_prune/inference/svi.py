@@ -96,7 +96,7 @@ class SwitchConfig:
     settle_rounds: with ``concentration="quadratic"``, up to this many checked Newton steps per
         layer, each from where the last landed, ending at the first that takes none
         or gains under a nat (``settle_concentrations(rounds=)``); 1 is the single step of the
-        recipe until commit 4dba1d4.
+        default recipe before commit 66d8ca7.
     average: end every stage at the mean of the guide's parameters over its last epoch
         (``inference.averaging.IterateAverage``) instead of at the last iterate, which wanders
         about the optimum by several posterior standard deviations at a constant step.

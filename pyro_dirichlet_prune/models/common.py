@@ -32,26 +32,16 @@ def kaiming_init(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def training_modes(net: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every submodule of ``net`` with its train/eval mode, for ``restore_modes``."""
-    return [(m, m.training) for m in net.modules()]
-
-
-def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    """Give every module of ``training_modes`` its own mode back: a network whose wrapper and
-    layers differ (a ``SwitchedNetwork`` in train mode around a network in eval mode, a frozen
-    batch-norm in a training network) is left exactly as it was, where ``net.train(net.training)``
-    would set every layer to the wrapper's mode."""
-    for m, mode in modes:
-        m.training = mode
-
-
 @contextlib.contextmanager
 def evaluating(net: nn.Module) -> Iterator[nn.Module]:
-    """``net`` in eval mode inside, and every submodule's own mode back on exit (``restore_modes``)."""
-    modes = training_modes(net)
+    """``net`` in eval mode inside, and every submodule's own train/eval mode back on exit: a
+    network whose wrapper and layers differ (a ``SwitchedNetwork`` in train mode around a network
+    in eval mode, a frozen batch-norm in a training network) is left exactly as it was, where
+    ``net.train(net.training)`` would set every layer to the wrapper's mode."""
+    modes = [(m, m.training) for m in net.modules()]
     net.eval()
     try:
         yield net
     finally:
-        restore_modes(modes)
+        for m, mode in modes:
+            m.training = mode

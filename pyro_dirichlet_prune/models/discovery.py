@@ -42,7 +42,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from ..errors import UserError
-from .common import restore_modes, training_modes
+from .common import evaluating
 from .points import SwitchPoint
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -185,42 +185,40 @@ def analyse_layers(net: nn.Module, input_shape: Sequence[int]) -> list[LayerFind
 
     Raises ``UserError`` when ``net`` does not run on inputs of shape ``input_shape`` or
     Torch-Pruning cannot trace it."""
-    modes = training_modes(net)
     requires_grad = {p: p.requires_grad for p in net.parameters()}
     example = torch.zeros(1, *input_shape)
     names = {m: n for n, m in net.named_modules()}
-    net.eval()
-    try:
-        order, count, rank = _calls(net, example)
-        # The dependency graph is traced through autograd: every parameter must require grad.
-        for p in requires_grad:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
-        findings = []
-        for module in order:
-            name = names.get(module, "")
-            if not name:
-                continue
-            if count[module] > 1:
-                reason, hook = "it is called more than once in forward", None
-            elif isinstance(module, nn.Linear) and rank[module] != 2:
-                reason, hook = "it is applied to inputs of more than two dimensions", None
-            elif module not in graph.module2node:
-                reason, hook = "Torch-Pruning did not find it in the traced graph", None
-            else:
-                hook, reason = _analyse(graph, module, names)
-            findings.append(LayerFinding(name, module, hook, reason))
-    except UserError:
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"could not trace {type(net).__name__} on inputs of shape {tuple(input_shape)}: "
-                        f"{type(exc).__name__}: {first}") from None
-    finally:
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
-        restore_modes(modes)
+    with evaluating(net):
+        try:
+            order, count, rank = _calls(net, example)
+            # The dependency graph is traced through autograd: every parameter must require grad.
+            for p in requires_grad:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                graph = tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
+            findings = []
+            for module in order:
+                name = names.get(module, "")
+                if not name:
+                    continue
+                if count[module] > 1:
+                    reason, hook = "it is called more than once in forward", None
+                elif isinstance(module, nn.Linear) and rank[module] != 2:
+                    reason, hook = "it is applied to inputs of more than two dimensions", None
+                elif module not in graph.module2node:
+                    reason, hook = "Torch-Pruning did not find it in the traced graph", None
+                else:
+                    hook, reason = _analyse(graph, module, names)
+                findings.append(LayerFinding(name, module, hook, reason))
+        except UserError:
+            raise
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise UserError(f"could not trace {type(net).__name__} on inputs of shape {tuple(input_shape)}: "
+                            f"{type(exc).__name__}: {first}") from None
+        finally:
+            for p, flag in requires_grad.items():
+                p.requires_grad_(flag)
     return findings
 
 

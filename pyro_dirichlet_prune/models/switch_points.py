@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .common import restore_modes, training_modes
+from .common import evaluating
 from .discovery import discover_switch_points
 from .points import SwitchPoint, point_widths, rebind
 
@@ -39,16 +39,13 @@ def check_input_shape(net: nn.Module, input_shape: Sequence[int] | None) -> tupl
     shape or the network cannot take it."""
     shape = as_input_shape(input_shape)
     param = next(iter(net.parameters()), None)
-    modes = training_modes(net)
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, *shape, device=param.device if param is not None else None,
-                            dtype=param.dtype if param is not None and param.is_floating_point() else None))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        raise shape_mismatch(net, shape, exc) from None
-    finally:
-        restore_modes(modes)
+    with evaluating(net):
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, *shape, device=param.device if param is not None else None,
+                                dtype=param.dtype if param is not None and param.is_floating_point() else None))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise shape_mismatch(net, shape, exc) from None
     return shape
 
 

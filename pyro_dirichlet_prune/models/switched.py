@@ -119,6 +119,13 @@ class SwitchedNetwork(nn.Module):
             scale = scale.view(scale.shape[0], -1, *([1] * (output.dim() - 2)))
         return output * scale
 
+    def has_other_hooks(self, name: str) -> bool:
+        """Whether the module switch point ``name`` multiplies carries forward hooks or pre-hooks
+        other than this network's own switch hook (a user's, a probe's)."""
+        module = next(p.hooked for p in self.points if p.name == name)
+        own = {h.id for h in self._handles}
+        return bool(module._forward_pre_hooks) or any(k not in own for k in module._forward_hooks)
+
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             return None if name not in self._scales else self.apply_scale(name, output)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Split, batches
 from ..errors import UserError
-from ..models.common import restore_modes, training_modes
+from ..models.common import evaluating
 from ..models.switch_points import SwitchPoint, switch_points
 from ..models.switched import SwitchedNetwork
 from .decision import DEFAULT_EXAMPLES, decision_examples, elimination_order, loglik_function
@@ -57,13 +57,8 @@ def random_scores(net: nn.Module, seed: int, points: Sequence[SwitchPoint] | Non
 def _probe(net: nn.Module, points: Sequence[SwitchPoint] | None = None) -> Iterator[SwitchedNetwork]:
     """A switched view of ``net`` in eval mode (its weights frozen inside ``scaled``); the net's
     mode is restored on exit."""
-    modes = training_modes(net)
-    switched = SwitchedNetwork(net, points)
-    net.eval()
-    try:
-        yield switched
-    finally:
-        restore_modes(modes)
+    with evaluating(net):
+        yield SwitchedNetwork(net, points)
 
 
 def fisher_scores(

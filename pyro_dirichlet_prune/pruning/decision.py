@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.common import restore_modes, training_modes
+from ..models.common import evaluating
 from ..models.switch_points import SwitchPoint
 from ..models.switched import SwitchedNetwork
 from .budget import SizeFn, size_function
@@ -259,10 +259,7 @@ def decision_cutoff(
     """``decision_keep`` on ``network`` (the network to prune, e.g. ``SwitchFit.fitted_network()``)
     and its switch ``points``, with the log-likelihood of the examples ``(x, y)`` and the size
     measured on physically pruned copies. ``network`` is not changed."""
-    modes = training_modes(network)
-    switched = SwitchedNetwork(network.eval(), points)
-    try:
+    with evaluating(network):
+        switched = SwitchedNetwork(network, points)
         return decision_keep(loglik_function(switched, points, x, y, draws), {p.name: p.width for p in points},
                              size_function(network, input_shape, points), lam=lam, target=target, measure=measure)
-    finally:
-        restore_modes(modes)
