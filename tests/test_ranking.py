@@ -97,6 +97,25 @@ def test_a_fitted_posterior_serves_only_the_rankings_of_its_guide(lenet, train):
         get_ranking("prob-below", fitted=fitted)  # no posterior to read P(D s < tau) from
 
 
+def test_the_learned_weights_ranking_reads_a_fit_whose_weights_learned(lenet, train):
+    ranking = get_ranking("dirichlet-weights", switch=SWITCH)
+    scores = ranking(lenet, None, train, seed=2)
+    cfg = ranking.details["switch_config"]
+    assert (cfg["weight_scale"], cfg["scale"], cfg["schedule"], cfg["guide"]) == (0.05, "dim", "joint", "dirichlet")
+    want = dataclasses.replace(SWITCH, seed=2, weight_scale=0.05, scale="dim", schedule="joint")
+    fit = fit_switches(SwitchedNetwork(copy.deepcopy(lenet)), train, want)
+    for layer, a in fit.concentrations.items():
+        assert torch.equal(scores[layer], (a / a.sum()).double()), layer
+    frozen = get_ranking("dirichlet", switch=dataclasses.replace(want, weight_scale=None))(lenet, None, train, seed=2)
+    assert not all(torch.equal(frozen[k], scores[k]) for k in scores)  # the weights' learning moved the means
+    # a switch setting that learns weights is kept; a posterior of frozen weights is not reused
+    own = get_ranking("dirichlet-weights", switch=dataclasses.replace(want, weight_scale=0.2))
+    assert own.switch.weight_scale == 0.2
+    widths = {p.name: p.width for p in lenet.switch_points()}
+    fitted = FittedSwitches(dataclasses.replace(SWITCH, guide="dirichlet"), {k: torch.ones(d) / d for k, d in widths.items()})
+    assert get_ranking("dirichlet-weights", fitted=fitted).fitted is None
+
+
 def test_unknown_names_and_options_are_refused():
     with pytest.raises(ValueError, match="'taylor'.*posterior-mean.*random"):
         get_ranking("taylor")

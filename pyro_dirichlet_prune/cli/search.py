@@ -11,6 +11,7 @@ from ..inference.svi import SCHEDULES
 from ..models.registry import MODEL_NAMES
 from ..models.switched import SCALES
 from ..pruning.baselines import FISHER_BATCH_SIZE, FISHER_BATCHES
+from ..pruning.cutoff import TAU
 from ..pruning.ranking import RANKINGS
 from ..search import (AUGMENT_SHIFT, DEFAULT_FINETUNE_EPOCHS, FINETUNE_LR, METHODS, SearchConfig, describe,
                       run_search)
@@ -48,8 +49,10 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"comma-separated ranking methods (default {','.join(METHODS)}): dirichlet (switch posterior "
                         f"means, sampled guide), dirichlet-mean (the mean-guide variant), l1/l2 (norm of each unit's "
                         f"incoming weights), fisher (Theis et al. 2018), greedy (loss-based greedy elimination, layer by "
-                        f"layer, on 1,000 training examples), random; also posterior-mean (as dirichlet) "
-                        f"and prob-below (1 - P(D_l*s_lj < 0.5) under the Dirichlet guide)")
+                        f"layer, on 1,000 training examples), random; also dirichlet-weights (the posterior means of the "
+                        f"model whose weights learn with the switches: sigma 0.05, dim scale, joint schedule; the "
+                        f"pre-trained network is pruned), posterior-mean (as dirichlet) "
+                        f"and prob-below (1 - P(D_l*s_lj < {TAU:g}) under the Dirichlet guide)")
     p.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],
                    help="a count N (seeds 0..N-1) or comma-separated seeds such as 0,4,7 (a single seed s is "
                         "written 's,'); each seed re-ranks (switch fit, fisher batches, random) and re-fine-tunes "

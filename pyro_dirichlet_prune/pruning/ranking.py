@@ -16,6 +16,11 @@ The registered rankings (``RANKINGS``; ``get_ranking(name, **options)`` builds o
   fitted with the ``switch`` settings (a Monte-Carlo mean for an autoguide);
 * ``dirichlet`` / ``dirichlet-mean``: the same with the guide set to the Dirichlet guide or to
   its mean variant (``MeanSwitchELBO``), whatever ``switch`` names;
+* ``dirichlet-weights``: the posterior means of the model whose weights learn with the switches
+  (Dirichlet guide; unless ``switch`` sets a ``weight_scale``, ``LEARNED_WEIGHTS``: sigma 0.05,
+  ``dim`` scale, ``joint`` schedule, the settings of docs/learned-weights.md). Only the ranking
+  comes from that model: the learned weights are not returned, so a search prunes the pre-trained
+  network with it like with every other ranking;
 * ``prob-below``: 1 - P_q(D_l · s_lj < tau) = P_q(D_l · s_lj >= tau), under the ``switch``
   settings' guide;
 * ``l1`` / ``l2``: ||W_j||_1 / ||W_j||_2 of unit j's incoming weights (bias excluded);
@@ -259,6 +264,21 @@ that one call site can build any ranking by name: ``switch`` (a ``SwitchConfig``
 and ``fisher_batch_size`` for ``fisher``, ``greedy_examples`` for ``greedy``."""
 
 
+LEARNED_WEIGHTS = {"weight_scale": 0.05, "scale": "dim", "schedule": "joint"}
+"""The switch settings of ``dirichlet-weights`` where the ``switch`` given learns no weights."""
+
+
+def _learned_weights(switch: SwitchConfig | None = None, fitted: FittedSwitches | None = None, **_: Any) -> Ranking:
+    switch = switch or SwitchConfig()
+    if switch.weight_scale is None:
+        switch = dataclasses.replace(switch, **LEARNED_WEIGHTS)
+    if fitted is not None and fitted.config.weight_scale is None:
+        fitted = None  # a posterior of frozen weights is not this model's
+    ranking = PosteriorMean(switch, fitted, "dirichlet")
+    ranking.name = "dirichlet-weights"
+    return ranking
+
+
 def _posterior_mean(guide: str | None) -> Callable[..., Ranking]:
     def build(switch=None, fitted=None, **_: Any) -> Ranking:
         ranking = PosteriorMean(switch, fitted, guide)
@@ -272,6 +292,7 @@ RANKINGS: dict[str, Callable[..., Ranking]] = {
     "prob-below": lambda switch=None, fitted=None, tau=DEFAULT_TAU, **_: ProbBelow(switch, fitted, tau),
     "dirichlet": _posterior_mean("dirichlet"),
     "dirichlet-mean": _posterior_mean("dirichlet-mean"),
+    "dirichlet-weights": _learned_weights,
     "l1": lambda **_: WeightNorm(1),
     "l2": lambda **_: WeightNorm(2),
     "fisher": lambda fisher_batches=FISHER_BATCHES, fisher_batch_size=FISHER_BATCH_SIZE, **_: Fisher(
