@@ -154,6 +154,40 @@ def test_greedy_elimination_is_a_baseline_the_rankings_are_compared_with():
     assert "greedy" in search.METHODS
 
 
+T_975_DF5 = 2.5705818366147395  # scipy.stats.t.ppf(0.975, 5)
+
+
+def test_few_architectures_are_compared_paired_by_seed():
+    """With a pool of two architectures (``macs:2,4``) the comparison pairs a method's record with
+    the baseline's of the same architecture and seed; each architecture has its own best baseline
+    and every method its mean ± sd over the seeds."""
+    errs = {  # arch -> method -> errors of seeds 0, 1, 2
+        "a2": {"dirichlet": [0.060, 0.061, 0.066], "l1": [0.062, 0.063, 0.064], "fisher": [0.070, 0.070, 0.071]},
+        "a4": {"dirichlet": [0.070, 0.071, 0.069], "l1": [0.080, 0.081, 0.079], "fisher": [0.075, 0.074, 0.076]},
+    }
+    records = [_rec(m, a, s, e) for a, row in errs.items() for m, es in row.items() for s, e in enumerate(es)]
+    s = search.summarize(records, ["dirichlet", "l1", "fisher"], ["a2", "a4"])
+    assert s["per_arch"][0]["test_error_sd"]["dirichlet"] == pytest.approx(statistics.stdev([0.060, 0.061, 0.066]))
+    assert s["best_baseline"] == "l1"  # 7.15% over both architectures, fisher 7.27%
+    c = s["paired_by_seed"]["dirichlet"]
+    d = [-0.002, -0.002, 0.002, -0.010, -0.010, -0.010]
+    half = T_975_DF5 * statistics.stdev(d) / math.sqrt(6)
+    assert (c["pairs"], c["better"], c["worse"], c["ties"]) == (6, 5, 1, 0)
+    assert c["mean_diff"] == pytest.approx(statistics.mean(d))
+    assert c["ci95"] == pytest.approx([statistics.mean(d) - half, statistics.mean(d) + half])
+    assert c["sign_test_p"] == pytest.approx(2 * 7 / 64)  # 2·P(X >= 5), X ~ Bin(6, 1/2)
+    # the paired-by-architecture comparison has two pairs only, and says so
+    assert s["comparisons_vs_best_baseline"]["dirichlet"]["archs"] == 2
+    per = s["paired_by_seed_per_arch"]
+    assert (per["a2"]["best_baseline"], per["a4"]["best_baseline"]) == ("l1", "fisher")
+    c4 = per["a4"]["comparisons"]["dirichlet"]
+    assert (c4["pairs"], c4["better"], c4["mean_diff"]) == (3, 3, pytest.approx(-0.005))
+    assert set(per["a4"]["comparisons"]) == {"dirichlet", "l1"}
+    md = search.summary_markdown(s)
+    assert "| a4 | 1000 | dirichlet | 3 | 7.00 ± 0.10 | -0.500 |" in md
+    assert "| a4 | 1000 | fisher | 3 | 7.50 ± 0.10 | best baseline | | | |" in md
+
+
 def test_sign_test_leaves_ties_out():
     c = search.paired_comparison([0.01] * 8 + [0.03, 0.02], [0.02] * 10)
     assert (c["better"], c["worse"], c["ties"]) == (8, 1, 1)

@@ -44,6 +44,7 @@ def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -
             md = "–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"
             lines.append(f"| {m} | {c['archs']} | {md} | {ci} | {c['better']} | {c['worse']} | {c['ties']} | "
                          f"{c['sign_test_p']:.3g} |")
+    lines += _seed_paired_markdown(summary)
     lines += ["", "## Mean test error % per architecture", "",
               "| arch | MACs | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
     for row in summary["per_arch"]:
@@ -51,6 +52,43 @@ def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -
                  for m in methods]
         lines.append(f"| {row['arch']} | {row['macs'] if row['macs'] is not None else '–'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _comparison_cells(c: Mapping) -> str:
+    lo, hi = c["ci95"]
+    ci = "–" if lo is None else f"[{100 * lo:+.3f}, {100 * hi:+.3f}]"
+    md = "–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"
+    return f"{md} | {ci} | {c['better']} / {c['worse']} / {c['ties']} | {c['sign_test_p']:.3g}"
+
+
+def _seed_paired_markdown(summary: Mapping) -> list[str]:
+    """The comparisons paired by seed (``stats.seed_paired``), when some architecture has
+    several seeds: every method's mean ± sd per architecture, against that architecture's best
+    baseline, and against the best baseline over all (architecture, seed) pairs."""
+    per_arch = summary.get("paired_by_seed_per_arch") or {}
+    if not any(n > 1 for row in summary["per_arch"] for n in row["seeds"].values()):
+        return []
+    best = summary["best_baseline"]
+    lines = ["", f"## Paired by seed with the best baseline ({best or 'none run'}), over every architecture and seed",
+             "", "| method | pairs | mean diff (pp) | 95% t interval (pp) | better / worse / ties | sign test p |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m, c in (summary.get("paired_by_seed") or {}).items():
+        lines.append(f"| {m} | {c['pairs']} | {_comparison_cells(c)} |")
+    lines += ["", "## Per architecture: test error mean ± sd over seeds, paired by seed with its best baseline", "",
+              "| arch | MACs | method | seeds | test error % | diff (pp) | 95% t interval (pp) | better / worse / ties | "
+              "sign test p |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for row in summary["per_arch"]:
+        info = per_arch.get(row["arch"], {})
+        b, comps = info.get("best_baseline"), info.get("comparisons", {})
+        for m in summary["methods"]:
+            if row["test_error"][m] is None:
+                continue
+            sd = row.get("test_error_sd", {}).get(m)
+            err = _pct(row["test_error"][m]) + ("" if sd is None else f" ± {_pct(sd)}")
+            rest = "best baseline | | |" if m == b else (_comparison_cells(comps[m]) if m in comps else "| | |")
+            lines.append(f"| {row['arch']} | {row['macs'] if row['macs'] is not None else '–'} | {m} | "
+                         f"{row['seeds'][m]} | {err} | {rest} |")
+    return lines
 
 
 def write_summary(out: str | os.PathLike, summary: Mapping) -> None:

@@ -59,6 +59,10 @@ def summarize(records: Iterable[Mapping], methods: Sequence[str] | None = None,
         rs = by.get((m, a))
         return float(np.mean([r[key] for r in rs])) if rs else None
 
+    def sd(m: str, a: str) -> float | None:
+        rs = by.get((m, a))
+        return float(np.std([r["test_error"] for r in rs], ddof=1)) if rs and len(rs) > 1 else None
+
     per_arch = []
     wins, ties = dict.fromkeys(methods, 0), dict.fromkeys(methods, 0)
     for a in archs:
@@ -72,7 +76,7 @@ def summarize(records: Iterable[Mapping], methods: Sequence[str] | None = None,
                 (wins if len(winners) == 1 else ties)[m] += 1
         any_rec = next((by[(m, a)][0] for m in methods if (m, a) in by), None)
         per_arch.append({
-            "arch": a, "test_error": errs, "winners": winners,
+            "arch": a, "test_error": errs, "test_error_sd": {m: sd(m, a) for m in methods}, "winners": winners,
             "seeds": {m: len(by.get((m, a), [])) for m in methods},
             "macs": any_rec["macs"] if any_rec else None, "params": any_rec["params"] if any_rec else None,
         })
@@ -100,10 +104,47 @@ def summarize(records: Iterable[Mapping], methods: Sequence[str] | None = None,
                      if e[m] is not None and e[best] is not None]
             comparisons[m] = paired_comparison([p[0] for p in pairs], [p[1] for p in pairs], tol)
     seconds = [r["seconds"] for r in records if "seconds" in r]
+    by_seed = seed_paired(by, methods, archs, best, tol)
     return {
         "methods": methods, "archs": archs, "tie_tolerance": tol, "per_arch": per_arch, "per_method": per_method,
         "wins": wins, "ties": ties, "best_baseline": best, "comparisons_vs_best_baseline": comparisons,
+        **by_seed,
         "records": len(records),
         "seconds_per_record": float(np.mean(seconds)) if seconds else None,
         "seconds_per_arch_all_records": float(np.sum(seconds) / len({r["arch"] for r in records})) if seconds else None,
     }
+
+
+def seed_paired(by: Mapping[tuple[str, str], Sequence[Mapping]], methods: Sequence[str], archs: Sequence[str],
+                best: str | None, tol: float = TIE_TOL) -> dict:
+    """The comparisons paired by seed, for pools of few architectures (``rates:``/``macs:``), where
+    pairing the means of two or three architectures says little: a method's record and the
+    baseline's of the same architecture and seed (the same fine-tuning seed; only the units kept
+    differ) form a pair (``paired_comparison`` over the pairs).
+
+    ``paired_by_seed``: every method against ``best`` over all (architecture, seed) pairs;
+    ``paired_by_seed_per_arch``: per architecture, that architecture's best baseline (the lowest
+    mean test error among the baselines run on it) and every other method against it."""
+    def pairs(m: str, b: str, arch_list: Sequence[str]) -> tuple[list[float], list[float]]:
+        ours, theirs = [], []
+        for a in arch_list:
+            base = {r["seed"]: r["test_error"] for r in by.get((b, a), [])}
+            for r in by.get((m, a), []):
+                if r["seed"] in base:
+                    ours.append(r["test_error"])
+                    theirs.append(base[r["seed"]])
+        return ours, theirs
+
+    def against(b: str | None, arch_list: Sequence[str]) -> dict:
+        if b is None:
+            return {}
+        return {m: paired_comparison(*pairs(m, b, arch_list), tol) | {"pairs": len(pairs(m, b, arch_list)[0])}
+                for m in methods if m != b and pairs(m, b, arch_list)[0]}
+
+    per_arch = {}
+    for a in archs:
+        means = {m: float(np.mean([r["test_error"] for r in by[(m, a)]])) for m in methods
+                 if m in BASELINES and by.get((m, a))}
+        b = min(means, key=lambda m: (means[m], methods.index(m))) if means else None
+        per_arch[a] = {"best_baseline": b, "comparisons": against(b, [a])}
+    return {"paired_by_seed": against(best, archs), "paired_by_seed_per_arch": per_arch}
