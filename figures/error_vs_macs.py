@@ -24,20 +24,30 @@ from pyro_dirichlet_prune.errors import UserError  # noqa: E402
 from pyro_dirichlet_prune.search import load_records, load_summary, summarize  # noqa: E402
 
 MARKERS = "o^sDvP*X"
+SMALL_POOL = 6
+"""Pools of at most this many architectures (``macs:2,4``) are drawn as lines with ± sd bars."""
 
 
 def plot_error_vs_macs(summary: Mapping, path: str | Path, title: str | None = None, ylabel: str | None = None) -> Path:
-    """Scatter of mean test error (%) against MACs, one colour and marker per method (the legend
-    gives each method's mean over the architectures); saved to ``path``."""
+    """Mean test error (%) against MACs, one colour and marker per method (the legend gives each
+    method's mean over the architectures): a scatter, or for a pool of at most ``SMALL_POOL``
+    architectures lines with bars of ± one sd over the seeds on a log MAC axis; saved to ``path``."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = [r for r in summary["per_arch"] if r.get("macs") is not None]
+    few = len(rows) <= SMALL_POOL  # a few architectures: each method's points joined, ± sd over the seeds
     for i, m in enumerate(summary["methods"]):
-        pts = sorted((r["macs"], 100 * r["test_error"][m]) for r in rows if r["test_error"].get(m) is not None)
+        pts = sorted((r["macs"], 100 * r["test_error"][m], 100 * ((r.get("test_error_sd") or {}).get(m) or 0.0))
+                     for r in rows if r["test_error"].get(m) is not None)
         if not pts:
             continue
-        x, y = np.array(pts).T
-        ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], linestyle="none", markersize=5, alpha=0.75,
-                label=f"{m} (mean {np.mean(y):.2f}%)")
+        x, y, sd = np.array(pts).T
+        style = dict(marker=MARKERS[i % len(MARKERS)], markersize=5, alpha=0.75, label=f"{m} (mean {np.mean(y):.2f}%)")
+        if few:
+            ax.errorbar(x, y, yerr=sd, linestyle="-", linewidth=1, capsize=3, **style)
+        else:
+            ax.plot(x, y, linestyle="none", **style)
+    if few:
+        ax.set_xscale("log")
     ax.set_xlabel("MACs per input of the pruned network")
     ax.set_ylabel(ylabel or "test error (%), mean over seeds")
     ax.grid(alpha=0.3)

@@ -57,6 +57,12 @@ def test_search_figures(search_folder, tmp_path, script, extra):
     assert _is_png(png) and png.parent == search_folder
 
 
+def test_error_vs_macs_draws_large_pools_as_a_scatter(search_folder, tmp_path, monkeypatch):
+    module = _script("error_vs_macs")
+    monkeypatch.setattr(module, "SMALL_POOL", 1)  # the fabricated pool's three architectures count as many
+    assert _is_png(module.plot_error_vs_macs(search.load_summary(search_folder), tmp_path / "b.png"))
+
+
 def _data_args(data_cfg) -> list[str]:
     args = ["--dataset", data_cfg.dataset, "--val-size", str(data_cfg.val_size),
             "--checkpoint", str(shipped_checkpoint("lenet5", "mnist"))]
