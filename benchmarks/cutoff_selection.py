@@ -1,15 +1,16 @@
 """Choosing tau and delta of the uncertainty cut-off on the validation split, next to the
 ``--rate`` sweep and the budget cut-off, from the same switch posterior.
 
-For every seed: fit the switch posterior of the shipped LeNet-5 once (``--config``: any
-``SwitchConfig``, e.g. learned weights); for every (tau, delta) of a grid apply the uncertainty
-cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate`` cut-off; for every budget the
-budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); for
+For every seed: fit the switch posterior of a shipped network (``--model``, default LeNet-5) once
+(``--config``: any ``SwitchConfig``, e.g. learned weights); for every (tau, delta) of a grid apply the uncertainty
+cut-off P(D·s < tau) >= 1 - delta; for every rate the ``--rate`` cut-off; for the budget (and for every
+``--mac-factors`` F, the budget of F times fewer MACs than the network's) the budget cut-off; for every ``--lams`` the decision cut-off (and under ``--decision-budget``); for
 every rate and every ``--baselines`` ranking (default ``greedy``: loss-based greedy elimination,
 which is what the decision cut-off of a frozen network amounts to) that ranking's units; prune
 the fitted network (with its learned weights, when they learned), fine-tune ``--ft-epochs`` epochs (the
 pipeline's recipe, ``PruneConfig().finetune_recipe()``: Adam 2e-3, cosine decay, shifts of 2 pixels, best
-validation epoch kept) and
+validation epoch kept; with ``--finetune-config`` the recipe of a ``search`` with that setting,
+``SearchConfig.train_config``, so that the rows compare with a search's records) and
 record MACs, params and the validation error. Selection uses the validation error only; with
 ``--test`` the test error of every pruned network is recorded too, for the closing table.
 Distinct pruned networks are fine-tuned once each, as jobs on Dask (``pyro_dirichlet_prune.jobs``:
@@ -18,6 +19,10 @@ those of an interrupted run.
 
     python benchmarks/cutoff_selection.py --data-dir ../shared/data \\
         --config '{"scale": "simplex", "schedule": "sequential"}' --seeds 0 1 2 --jobs 2
+    python benchmarks/cutoff_selection.py --model vgg16 --dataset fashion-mnist --data-dir ../shared/data \
+        --config '{"scale": "dim", "schedule": "joint"}' --taus 1 --deltas 0.05 --rates --baselines \
+        --budget '' --mac-factors 2 4 --ft-epochs 5 --test --seeds 0 1 2 \
+        --finetune-config '{"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "channels_last": true}'
 
 Writes a JSON report (``--out``) with one row per (seed, cut-off) and a summary per cut-off
 (mean ± sd over seeds), and prints one line per row.
@@ -37,6 +42,7 @@ from pathlib import Path
 import torch
 
 from pyro_dirichlet_prune.data import load_data
+from pyro_dirichlet_prune.inputs import fit_to_network
 from pyro_dirichlet_prune.jobs import cached, collect, dask_client, in_this_process, job_threads
 from pyro_dirichlet_prune.inference.svi import SwitchConfig, fit_switches, switch_posterior
 from pyro_dirichlet_prune.models import SwitchedNetwork, switch_points
@@ -48,13 +54,17 @@ from pyro_dirichlet_prune.pipeline import PruneConfig
 from pyro_dirichlet_prune.pruning.ranking import get_ranking
 from pyro_dirichlet_prune.report import versions, write_json
 from pyro_dirichlet_prune.prune_step import prune_and_finetune
+from pyro_dirichlet_prune.search import SearchConfig
 
 
 
-def inputs(dataset: str, data_dir: str | None):
-    """The data and the shipped LeNet-5 of ``dataset``, loaded once per process (Dask worker)."""
-    return cached(("cutoff_selection", dataset, data_dir),
-                  lambda: (load_data(dataset, data_dir), load_checkpoint(shipped_checkpoint("lenet5", dataset))[0]))
+def inputs(dataset: str, data_dir: str | None, model: str = "lenet5"):
+    """The data (fitted to the network's input size) and the shipped ``model`` of ``dataset``,
+    loaded once per process (Dask worker)."""
+    def load():
+        net, info = load_checkpoint(shipped_checkpoint(model, dataset), model)
+        return fit_to_network(load_data(dataset, data_dir), info["input_shape"]), net
+    return cached(("cutoff_selection", dataset, data_dir, model), load)
 
 
 def parse_budget(budget: str | None) -> tuple[int, int] | None:
@@ -71,8 +81,8 @@ def parse_budget(budget: str | None) -> tuple[int, int] | None:
 def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[list[tuple[dict, dict]], float]:
     """Fit the posterior for ``seed`` and return every cut-off's kept indices."""
     job_threads(threads)
-    data, net = inputs(args.dataset, args.data_dir)
-    widths = {p.name: p.width for p in net.switch_points()}
+    data, net = inputs(args.dataset, args.data_dir, args.model)
+    widths = {p.name: p.width for p in switch_points(net)}
     cfg = SwitchConfig(**{**json.loads(args.config), "seed": seed})
     torch.manual_seed(seed)
     switched = SwitchedNetwork(net)
@@ -110,6 +120,12 @@ def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[
             keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size,
                                   {"macs": macs, "params": params})
             cuts.append(({"cutoff": "budget", "tau": tau, "macs": macs, "params": params}, keep))
+    size = size_function(net, data.input_shape)
+    for factor in args.mac_factors:
+        macs = int(size(dict(widths))["macs"] / factor)
+        for tau in args.taus:
+            keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size, {"macs": macs})
+            cuts.append(({"cutoff": "budget", "tau": tau, "mac_factor": factor, "macs": macs}, keep))
     return cuts, fit_seconds, state
 
 
@@ -118,11 +134,16 @@ def _finetune(args: argparse.Namespace, job: tuple[int, dict, dict | None], thre
     weights (switch means folded in) of a fit with learned weights, else None."""
     job_threads(threads)
     seed, keep, state = job
-    data, net = inputs(args.dataset, args.data_dir)
+    data, net = inputs(args.dataset, args.data_dir, args.model)
     if state is not None:
         net = copy.deepcopy(net)
         net.load_state_dict(state)
-    recipe = dataclasses.replace(PruneConfig().finetune_recipe(), epochs=args.ft_epochs, seed=seed, device=args.device)
+    if args.finetune_config is None:
+        recipe = dataclasses.replace(PruneConfig().finetune_recipe(), epochs=args.ft_epochs, seed=seed,
+                                     device=args.device)
+    else:  # a search's records' recipe
+        finetune = {**json.loads(args.finetune_config), "device": args.device}
+        recipe = SearchConfig(finetune=finetune, finetune_epochs=args.ft_epochs).train_config(seed)
     r = prune_and_finetune(net, keep, data, recipe, seed=seed, splits=("val", "test") if args.test else ("val",))
     out = {"seed": seed, "arch": arch_string(keep), "macs": r.size["macs"], "params": r.size["params"],
            "val_error_pruned": r.pruned["val"]["error"], "val_error": r.finetuned["val"]["error"],
@@ -179,6 +200,7 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lenet5", help="a network shipped for --dataset")
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--config", default="{}", help="JSON SwitchConfig fields")
@@ -199,7 +221,11 @@ def main() -> None:
     ap.add_argument("--baselines", nargs="*", default=["greedy"],
                     help="rankings of pruning.ranking.RANKINGS cut at every --rates beside the posterior means "
                          "(default greedy); none given: none")
+    ap.add_argument("--mac-factors", type=float, nargs="*", default=[],
+                    help="budget cut-offs (each --taus) at F times fewer MACs than the network's, MACs only")
     ap.add_argument("--ft-epochs", type=int, default=5)
+    ap.add_argument("--finetune-config", default=None,
+                    help="JSON TrainConfig fields: fine-tune as a search with this --finetune-config does")
     ap.add_argument("--test", action="store_true", help="also record every pruned network's test error")
     ap.add_argument("--jobs", type=int, default=1,
                     help="Dask workers, one thread each: 1 runs in this process, N a local cluster of N processes")

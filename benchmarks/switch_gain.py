@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace, job: tuple[str, int], threads: int | None) ->
                "macs": count_macs(pruned, data.input_shape), "params": count_params(pruned)}
         if args.ft_epochs > 0 and cutoff_selection.within([cut], cutoff_selection.parse_budget(args.budget)):
             ft_args = argparse.Namespace(ft_epochs=args.ft_epochs, device="cpu", test=True, dataset="mnist",
-                                         data_dir=args.data_dir)
+                                         data_dir=args.data_dir, model="lenet5", finetune_config=None)
             done = cutoff_selection._finetune(ft_args, (seed, keep, None))
             cut.update({k: done[k] for k in ("val_error_pruned", "val_error", "test_error", "ft_seconds")})
         row["cutoffs"].append(cut)
