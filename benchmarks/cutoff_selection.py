@@ -113,18 +113,17 @@ def _cutoffs(args: argparse.Namespace, seed: int, threads: int | None) -> tuple[
         scores = get_ranking(name)(pruned_from, points, data.train, seed=seed)
         for rate in args.rates:
             cuts.append(({"cutoff": "rate", "rate": rate, "ranking": name}, keep_top(scores, rate_widths(rate, widths))))
+    size = size_function(net, data.input_shape)
+    orders = {tau: removal_order(post.prob_below(tau), means) for tau in args.taus}
     if args.budget:
         macs, params = parse_budget(args.budget)
-        size = size_function(net, data.input_shape)
         for tau in args.taus:
-            keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size,
-                                  {"macs": macs, "params": params})
+            keep, _ = budget_keep(orders[tau], widths, size, {"macs": macs, "params": params})
             cuts.append(({"cutoff": "budget", "tau": tau, "macs": macs, "params": params}, keep))
-    size = size_function(net, data.input_shape)
     for factor in args.mac_factors:
         macs = int(size(dict(widths))["macs"] / factor)
         for tau in args.taus:
-            keep, _ = budget_keep(removal_order(post.prob_below(tau), means), widths, size, {"macs": macs})
+            keep, _ = budget_keep(orders[tau], widths, size, {"macs": macs})
             cuts.append(({"cutoff": "budget", "tau": tau, "mac_factor": factor, "macs": macs}, keep))
     return cuts, fit_seconds, state
 

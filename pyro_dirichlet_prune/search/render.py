@@ -39,9 +39,7 @@ def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -
         lines += ["| method | archs | mean diff (pp) | 95% t interval (pp) | better | worse | ties | sign test p |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m, c in summary["comparisons_vs_best_baseline"].items():
-            lo, hi = c["ci95"]
-            ci = "–" if lo is None else f"[{100 * lo:+.3f}, {100 * hi:+.3f}]"
-            md = "–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"
+            md, ci = _diff_and_interval(c)
             lines.append(f"| {m} | {c['archs']} | {md} | {ci} | {c['better']} | {c['worse']} | {c['ties']} | "
                          f"{c['sign_test_p']:.3g} |")
     lines += _seed_paired_markdown(summary)
@@ -54,10 +52,15 @@ def summary_markdown(summary: Mapping, title: str = "Sub-architecture search") -
     return "\n".join(lines) + "\n"
 
 
-def _comparison_cells(c: Mapping) -> str:
+def _diff_and_interval(c: Mapping) -> tuple[str, str]:
+    """A ``paired_comparison``'s mean difference and 95% t interval, in points."""
     lo, hi = c["ci95"]
     ci = "–" if lo is None else f"[{100 * lo:+.3f}, {100 * hi:+.3f}]"
-    md = "–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"
+    return ("–" if c["mean_diff"] is None else f"{100 * c['mean_diff']:+.3f}"), ci
+
+
+def _comparison_cells(c: Mapping) -> str:
+    md, ci = _diff_and_interval(c)
     return f"{md} | {ci} | {c['better']} / {c['worse']} / {c['ties']} | {c['sign_test_p']:.3g}"
 
 

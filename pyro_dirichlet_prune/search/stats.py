@@ -104,7 +104,7 @@ def summarize(records: Iterable[Mapping], methods: Sequence[str] | None = None,
                      if e[m] is not None and e[best] is not None]
             comparisons[m] = paired_comparison([p[0] for p in pairs], [p[1] for p in pairs], tol)
     seconds = [r["seconds"] for r in records if "seconds" in r]
-    by_seed = seed_paired(by, methods, archs, best, tol)
+    by_seed = seed_paired(by, methods, {row["arch"]: row["test_error"] for row in per_arch}, best, tol)
     return {
         "methods": methods, "archs": archs, "tie_tolerance": tol, "per_arch": per_arch, "per_method": per_method,
         "wins": wins, "ties": ties, "best_baseline": best, "comparisons_vs_best_baseline": comparisons,
@@ -115,12 +115,13 @@ def summarize(records: Iterable[Mapping], methods: Sequence[str] | None = None,
     }
 
 
-def seed_paired(by: Mapping[tuple[str, str], Sequence[Mapping]], methods: Sequence[str], archs: Sequence[str],
-                best: str | None, tol: float = TIE_TOL) -> dict:
+def seed_paired(by: Mapping[tuple[str, str], Sequence[Mapping]], methods: Sequence[str],
+                arch_means: Mapping[str, Mapping[str, float | None]], best: str | None, tol: float = TIE_TOL) -> dict:
     """The comparisons paired by seed, for pools of few architectures (``rates:``/``macs:``), where
     pairing the means of two or three architectures says little: a method's record and the
     baseline's of the same architecture and seed (the same fine-tuning seed; only the units kept
-    differ) form a pair (``paired_comparison`` over the pairs).
+    differ) form a pair (``paired_comparison`` over the pairs). ``by``: the records per (method,
+    architecture); ``arch_means``: per architecture, each method's mean test error (None: no records).
 
     ``paired_by_seed``: every method against ``best`` over all (architecture, seed) pairs;
     ``paired_by_seed_per_arch``: per architecture, that architecture's best baseline (the lowest
@@ -136,15 +137,17 @@ def seed_paired(by: Mapping[tuple[str, str], Sequence[Mapping]], methods: Sequen
         return ours, theirs
 
     def against(b: str | None, arch_list: Sequence[str]) -> dict:
-        if b is None:
-            return {}
-        return {m: paired_comparison(*pairs(m, b, arch_list), tol) | {"pairs": len(pairs(m, b, arch_list)[0])}
-                for m in methods if m != b and pairs(m, b, arch_list)[0]}
+        out = {}
+        for m in methods:
+            if b is not None and m != b:
+                ours, theirs = pairs(m, b, arch_list)
+                if ours:
+                    out[m] = paired_comparison(ours, theirs, tol) | {"pairs": len(ours)}
+        return out
 
     per_arch = {}
-    for a in archs:
-        means = {m: float(np.mean([r["test_error"] for r in by[(m, a)]])) for m in methods
-                 if m in BASELINES and by.get((m, a))}
-        b = min(means, key=lambda m: (means[m], methods.index(m))) if means else None
+    for a, means in arch_means.items():
+        run = [m for m in methods if m in BASELINES and means.get(m) is not None]
+        b = min(run, key=lambda m: (means[m], methods.index(m))) if run else None
         per_arch[a] = {"best_baseline": b, "comparisons": against(b, [a])}
-    return {"paired_by_seed": against(best, archs), "paired_by_seed_per_arch": per_arch}
+    return {"paired_by_seed": against(best, list(arch_means)), "paired_by_seed_per_arch": per_arch}
