@@ -186,6 +186,12 @@ def test_few_architectures_are_compared_paired_by_seed():
     md = search.summary_markdown(s)
     assert "| a4 | 1000 | dirichlet | 3 | 7.00 ± 0.10 | -0.500 |" in md
     assert "| a4 | 1000 | fisher | 3 | 7.50 ± 0.10 | best baseline | | | |" in md
+    # the one-paragraph account quotes the six seed pairs, not the two architecture means
+    report = {"summary": s, "archs": 2, "config": {"seeds": [0, 1, 2]}, "records": len(records),
+              "records_computed_now": 0, "timings_seconds": {"wall_this_invocation": 1.0}}
+    text = search.describe(report, "out")
+    assert "Paired by seed: dirichlet - l1: -0.533 pp" in text
+    assert "better on 5, worse on 1 (architecture, seed) pairs, sign test p=0.219" in text
 
 
 def test_sign_test_leaves_ties_out():

@@ -129,11 +129,19 @@ def describe(report: Mapping, out: str | os.PathLike) -> str:
     best = s["best_baseline"]
     if best is not None:
         text += f" Best baseline: {best} ({_pct(s['per_method'][best]['mean_test_error'], 3)}% mean test error)."
-        for m, c in s["comparisons_vs_best_baseline"].items():
+        # with several seeds per architecture, the pairs of (architecture, seed) say more than
+        # the pairs of architecture means (two of them for a `macs:2,4` pool)
+        by_seed = s.get("paired_by_seed") or {}
+        seeded = bool(by_seed) and any(n > 1 for row in s["per_arch"] for n in row["seeds"].values())
+        comparisons, unit = (by_seed, "(architecture, seed) pairs") if seeded else \
+            (s["comparisons_vs_best_baseline"], "architectures")
+        if seeded:
+            text += " Paired by seed:"
+        for m, c in comparisons.items():
             if c["mean_diff"] is None:
                 continue
             lo, hi = c["ci95"]
             ci = "" if lo is None else f", 95% CI [{100 * lo:+.3f}, {100 * hi:+.3f}]"
             text += (f" {m} - {best}: {100 * c['mean_diff']:+.3f} pp{ci}, better on {c['better']}, worse on "
-                     f"{c['worse']}, sign test p={c['sign_test_p']:.3g}.")
+                     f"{c['worse']} {unit}, sign test p={c['sign_test_p']:.3g}.")
     return text + f" -> {Path(out) / 'summary.md'}"
