@@ -46,14 +46,11 @@ def pair_rows(rows: Sequence[Mapping], records: Sequence[Mapping]) -> dict[float
 
 def compare(pairs: Mapping[float, Mapping[str, Sequence[tuple]]]) -> dict:
     """``paired_comparison`` of the cut-off against every method, per factor and pooled."""
-    per_factor = {str(f): {m: paired_comparison([p[1] for p in ps], [p[2] for p in ps]) | {"pairs": len(ps)}
-                           for m, ps in by_m.items()} for f, by_m in pairs.items()}
+    def paired(ps: Sequence[tuple]) -> dict:
+        return paired_comparison([p[1] for p in ps], [p[2] for p in ps]) | {"pairs": len(ps)}
     methods = sorted({m for by_m in pairs.values() for m in by_m})
-    pooled = {}
-    for m in methods:
-        ps = [p for by_m in pairs.values() for p in by_m.get(m, [])]
-        pooled[m] = paired_comparison([p[1] for p in ps], [p[2] for p in ps]) | {"pairs": len(ps)}
-    return {"per_factor": per_factor, "pooled": pooled}
+    return {"per_factor": {str(f): {m: paired(ps) for m, ps in by_m.items()} for f, by_m in pairs.items()},
+            "pooled": {m: paired([p for by_m in pairs.values() for p in by_m.get(m, [])]) for m in methods}}
 
 
 def markdown(result: Mapping) -> str:

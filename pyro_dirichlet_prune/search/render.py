@@ -64,12 +64,17 @@ def _comparison_cells(c: Mapping) -> str:
     return f"{md} | {ci} | {c['better']} / {c['worse']} / {c['ties']} | {c['sign_test_p']:.3g}"
 
 
+def _several_seeds(summary: Mapping) -> bool:
+    """Whether some architecture of a summary has records of several seeds."""
+    return any(n > 1 for row in summary["per_arch"] for n in row["seeds"].values())
+
+
 def _seed_paired_markdown(summary: Mapping) -> list[str]:
     """The comparisons paired by seed (``stats.seed_paired``), when some architecture has
     several seeds: every method's mean ± sd per architecture, against that architecture's best
     baseline, and against the best baseline over all (architecture, seed) pairs."""
     per_arch = summary.get("paired_by_seed_per_arch") or {}
-    if not any(n > 1 for row in summary["per_arch"] for n in row["seeds"].values()):
+    if not _several_seeds(summary):
         return []
     best = summary["best_baseline"]
     lines = ["", f"## Paired by seed with the best baseline ({best or 'none run'}), over every architecture and seed",
@@ -132,7 +137,7 @@ def describe(report: Mapping, out: str | os.PathLike) -> str:
         # with several seeds per architecture, the pairs of (architecture, seed) say more than
         # the pairs of architecture means (two of them for a `macs:2,4` pool)
         by_seed = s.get("paired_by_seed") or {}
-        seeded = bool(by_seed) and any(n > 1 for row in s["per_arch"] for n in row["seeds"].values())
+        seeded = bool(by_seed) and _several_seeds(s)
         comparisons, unit = (by_seed, "(architecture, seed) pairs") if seeded else \
             (s["comparisons_vs_best_baseline"], "architectures")
         if seeded:
